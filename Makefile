@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+DATA_DIR ?= $(or $(BATON_DATA_DIR),./var)
+
+.PHONY: run serve demo test bench postgres docs clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+## run: seed the demo county on first run (empty SQLite data dir), then serve everything
+run: $(STAMP)
+	@if [ -z "$$BATON_STORE" ] && [ ! -f "$(DATA_DIR)/events.sqlite" ]; then $(BIN)/baton demo; fi
+	$(BIN)/baton serve
+
+serve: $(STAMP)
+	$(BIN)/baton serve
+
+demo: $(STAMP)
+	$(BIN)/baton demo
+
+## test: the whole suite against real SQLite, PostgreSQL and nats-server
+test: $(STAMP) postgres
+	$(BIN)/pytest -q
+
+postgres:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true
+
+docs: $(STAMP)
+	$(BIN)/baton openapi > docs/openapi.json
+	$(BIN)/baton asyncapi > docs/asyncapi.json
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -1,0 +1,198 @@
+"""HTTP request and response bodies (the OpenAPI document is generated from these)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from services.schemas import Strict
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable reason, e.g. step_out_of_order.")
+    message: str = Field(description="What went wrong and what to do about it, for a person.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer has this shape."""
+
+    error: ErrorDetail
+
+
+class WhistleCreated(BaseModel):
+    whistle_id: str
+    position: int | None = Field(None, description="Store position of the last event written.")
+
+
+class StepAccepted(BaseModel):
+    whistle_id: str
+    status: str
+    position: int | None = None
+
+
+class Accepted(BaseModel):
+    """An organisation change was recorded."""
+
+    model_config = {"extra": "allow"}
+    position: int | None = None
+
+
+class UnitIn(Strict):
+    id: str = Field(max_length=63, description="Lower-case id, e.g. tishu-community.")
+    kind: Literal["city", "district", "street", "community", "grid"]
+    parent: str | None = Field(None, max_length=63)
+    name: str = Field(min_length=1, max_length=200)
+    residents: int | None = Field(None, ge=0)
+
+
+class DepartmentIn(Strict):
+    code: str = Field(max_length=32, description="Upper-case code, e.g. PSB; used in NATS subjects.")
+    name: str = Field(min_length=1, max_length=200)
+
+
+class CategoryIn(Strict):
+    code: str = Field(max_length=41)
+    name: str = Field(min_length=1, max_length=200)
+    duty: Literal["community", "department"] = Field(
+        description="community: 社区职责; department: 部门职责 (admission list: not pushed onto communities unfunded)."
+    )
+    departments: list[str] = Field(default_factory=list, max_length=20)
+    deadline_class: Literal["utilities", "normal", "complex"] = "normal"
+    report_in_minutes: int | None = Field(None, gt=0)
+    feedback_hours: int | None = Field(None, gt=0)
+    urgent_report_in_minutes: int | None = Field(None, gt=0)
+    urgent_feedback_hours: int | None = Field(None, gt=0)
+
+
+class CadreIn(Strict):
+    id: str = Field(max_length=63)
+    name: str = Field(min_length=1, max_length=200)
+    department: str | None = None
+    unit: str | None = None
+    title: str | None = Field(None, max_length=200)
+
+
+class SecondmentIn(Strict):
+    community_id: str = Field(max_length=63)
+
+
+class Unit(BaseModel):
+    id: str
+    kind: str
+    parent: str | None
+    name: str
+    residents: int | None
+
+
+class Department(BaseModel):
+    code: str
+    name: str
+
+
+class Deadlines(BaseModel):
+    report_in_minutes: int
+    feedback_hours: int
+
+
+class Category(BaseModel):
+    code: str
+    name: str
+    duty: str
+    departments: list[str]
+    deadline_class: str
+    deadlines: dict[str, Deadlines]
+
+
+class Cadre(BaseModel):
+    id: str
+    name: str
+    department: str | None
+    unit: str | None
+    title: str | None
+    seconded_to: str | None
+
+
+class OrgTree(BaseModel):
+    units: list[Unit]
+    departments: list[Department]
+    categories: list[Category]
+    cadres: list[Cadre]
+
+
+class WhistleSummary(BaseModel):
+    whistle_id: str
+    community_id: str
+    street_id: str | None
+    district_id: str | None
+    grid_id: str | None
+    category: str
+    duty: str
+    title: str
+    urgency: str
+    source: str
+    status: str
+    summoned: list[str]
+    reported: list[str]
+    lead_department: str | None
+    co_departments: list[str]
+    dispatch_round: int
+    report_in_due: str
+    feedback_due: str | None
+    overdue: bool
+    escalation_level: int
+    escalated_to: str | None
+    declines: int
+    reopens: int
+    rating: str | None
+    resolved: bool | None
+    blown_at: str
+    updated_at: str
+    version: int
+    last_position: int
+
+
+class TimelineEntry(BaseModel):
+    position: int
+    version: int
+    type: str
+    occurred_at: str
+    actor: dict[str, Any] | None
+    data: dict[str, Any]
+
+
+class WhistleDetail(WhistleSummary):
+    description: str
+    location: str | None
+    missed_report_in: list[str]
+    timeline: list[TimelineEntry]
+
+
+class WhistlePage(BaseModel):
+    items: list[WhistleSummary]
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page; null at the end.")
+
+
+class Scorecard(BaseModel):
+    department: str
+    summoned: int
+    report_in: dict[str, int]
+    work_orders: int
+    handling: dict[str, int]
+    ratings: dict[str, int]
+    declines: int
+    reopens: int
+    escalations: int
+    report_in_on_time_pct: str | None = Field(description="On-time report-ins / (report-ins + missed), in %.")
+    handled_on_time_pct: str | None = Field(description="Work orders fed back on time / (fed back + missed), in %.")
+    satisfaction_pct: str | None = Field(description="(Satisfied + basically satisfied) / evaluations, in %.")
+    mean_report_in_minutes: float | None
+    mean_handling_hours: float | None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    store: dict[str, Any]
+    nats: dict[str, Any]
+    relay: dict[str, Any]
+    projections: dict[str, dict[str, Any]]

@@ -1,0 +1,71 @@
+"""Each department's inbox: the events that concern it, copied to baton.dept.CODE.inbox.<aggregate>.<event>."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from faststream.middlewares import AckPolicy
+from faststream.nats import NatsRouter
+
+from consumers.common import BatchMessage, pull, stream
+from domain.common import DEPARTMENT_CODE
+from infra.jetstream import EVENTS_STREAM, JetStreamPublisher
+
+log = structlog.get_logger("baton.inbox")
+
+ROUTES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "blown": lambda d: d["summoned_departments"],
+    "dispatched": lambda d: [d["lead_department"], *d["co_departments"]],
+    "evaluated": lambda d: d["departments"],
+    "deadline_missed": lambda d: d["departments"],
+    "escalated": lambda d: d["departments"],
+}
+
+
+def recipients(body: dict[str, Any]) -> list[str]:
+    """Department codes that must see this whistle event (a community handling a work order is not one)."""
+    route = ROUTES.get(body["type"]) if body.get("aggregate") == "whistle" else None
+    if route is None:
+        return []
+    return [code for code in dict.fromkeys(route(body["data"])) if code and DEPARTMENT_CODE.match(code)]
+
+
+def inbox_router(publisher: Callable[[], JetStreamPublisher], batch_size: int = 500) -> NatsRouter:
+    """Copies whistle events into the inboxes of the departments they concern."""
+    router = NatsRouter()
+
+    @router.subscriber(
+        "baton.evt.whistle.>",
+        stream=stream(EVENTS_STREAM),
+        durable="baton_inbox",
+        pull_sub=pull(batch_size),
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        title="inbox",
+        include_in_schema=False,
+    )
+    async def route_to_inboxes(bodies: list[dict[str, Any]], msg: BatchMessage) -> None:
+        pub = publisher()
+        futures = []
+        try:
+            for raw, body in zip(msg.raw_message, bodies, strict=True):
+                msg_id = (raw.headers or {}).get("Nats-Msg-Id", f"{body['aggregate_id']}:{body['version']}")
+                for code in recipients(body):
+                    futures.append(
+                        await pub.publish(
+                            f"baton.dept.{code}.inbox.{body['aggregate']}.{body['type']}",
+                            raw.data,
+                            {"Nats-Msg-Id": f"inbox:{code}:{msg_id}", "Baton-Position": str(body["position"])},
+                        )
+                    )
+            for result in await asyncio.gather(*futures, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise result
+        except Exception:
+            log.exception("inbox_batch_failed", size=len(bodies))
+            await asyncio.sleep(0.5)
+            raise
+
+    return router

@@ -1,0 +1,89 @@
+"""Named errors the domain raises when a command breaks a rule; each tells a person what to fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class DomainError(Exception):
+    """A command broke a rule of the domain."""
+
+    code = "domain_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidCommand(DomainError):
+    """The command can never succeed as written: fix the input."""
+
+    code = "invalid_command"
+
+
+class Conflict(DomainError):
+    """The command does not fit the current state: look at the state and try another step."""
+
+    code = "conflict"
+
+
+class OutOfScope(DomainError):
+    """The actor may not act on this thing."""
+
+    code = "out_of_scope"
+
+
+class NotFound(DomainError):
+    """The thing the command names does not exist."""
+
+    code = "not_found"
+
+
+class StepOutOfOrder(Conflict):
+    """A whistle step was asked for that its current status does not allow."""
+
+    code = "step_out_of_order"
+
+    def __init__(self, step: str, status: str, allowed: Iterable[str]) -> None:
+        allowed = sorted(allowed)
+        nxt = ", ".join(allowed) if allowed else "none: the whistle is closed"
+        super().__init__(f"cannot {step.replace('_', ' ')}: the whistle is '{status}'; steps allowed next: {nxt}")
+        self.step = step
+        self.status = status
+        self.allowed = allowed
+
+
+class AlreadyReportedIn(Conflict):
+    """The department has already reported in to this whistle."""
+
+    code = "already_reported_in"
+
+
+class NotSummoned(OutOfScope):
+    """Only a summoned department may report in."""
+
+    code = "not_summoned"
+
+
+class NotHandler(OutOfScope):
+    """Only the department the work order is dispatched to may handle it."""
+
+    code = "not_handler"
+
+
+class AdmissionListViolation(InvalidCommand):
+    """A department-duty matter was pushed onto a community without funding (权随责走、费随事走)."""
+
+    code = "admission_list_unfunded"
+
+
+class DuplicateEntry(Conflict):
+    """Something with that identity already exists."""
+
+    code = "duplicate"
+
+
+class UnknownReference(InvalidCommand):
+    """The command names a unit, department or category that does not exist."""
+
+    code = "unknown_reference"

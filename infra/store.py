@@ -1,0 +1,248 @@
+"""The event store: one notification log shared by every bounded context, on SQLite or PostgreSQL.
+
+Besides the events, the store keeps a command log: the outcome of each command that carried an
+idempotency key (HTTP Idempotency-Key, a department's command_id), written in the same transaction
+as the command's events, so a retried command is answered from the log and never applied twice.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    DecimalAsStr,
+    InfrastructureFactory,
+    IntegrityError,
+    JSONTranscoder,
+    Mapper,
+    Notification,
+    StoredEvent,
+    UUIDAsHex,
+)
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+from eventsourcing.utils import Environment, get_topic
+from psycopg.sql import SQL, Identifier
+
+from infra.settings import Settings
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    """The remembered outcome of a command that carried an idempotency key."""
+
+    key: str
+    fingerprint: str
+    outcome: dict[str, Any]
+    positions: list[int] = field(default_factory=list)
+
+    def row(self, positions: Sequence[int] | None = None) -> tuple[str, str, str, str]:
+        return (
+            self.key,
+            self.fingerprint,
+            json.dumps(self.outcome, sort_keys=True),
+            json.dumps(list(positions if positions is not None else self.positions)),
+        )
+
+    @classmethod
+    def from_row(cls, row: Any) -> CommandRecord:
+        return cls(
+            key=row["key"],
+            fingerprint=row["fingerprint"],
+            outcome=json.loads(row["outcome"]),
+            positions=json.loads(row["positions"]),
+        )
+
+
+class CommandLog:
+    """Reads and writes the command log (the half of it not written alongside events)."""
+
+    def get(self, key: str) -> CommandRecord | None:
+        raise NotImplementedError
+
+    def put(self, record: CommandRecord) -> bool:
+        """Record an outcome that produced no events; False if the key was already recorded."""
+        raise NotImplementedError
+
+
+COMMANDS_TABLE = "baton_commands"
+
+
+class BatonSQLiteRecorder(SQLiteApplicationRecorder, CommandLog):
+    """SQLite application recorder that also writes the command log in the events' transaction."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            *super().construct_create_table_statements(),
+            f"CREATE TABLE IF NOT EXISTS {COMMANDS_TABLE} ("
+            "key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, "
+            "outcome TEXT NOT NULL, positions TEXT NOT NULL)",
+        ]
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        command: CommandRecord | None = kwargs.get("command")
+        if command is not None:
+            c.execute(f"INSERT INTO {COMMANDS_TABLE} VALUES (?,?,?,?)", command.row(ids))
+        return ids
+
+    def get(self, key: str) -> CommandRecord | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT * FROM {COMMANDS_TABLE} WHERE key=?", (key,))
+            row = c.fetchone()
+        return CommandRecord.from_row(row) if row else None
+
+    def put(self, record: CommandRecord) -> bool:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                f"INSERT INTO {COMMANDS_TABLE} VALUES (?,?,?,?) ON CONFLICT (key) DO NOTHING",
+                record.row(),
+            )
+            return c.sqlite_cursor.rowcount == 1
+
+
+class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
+    """PostgreSQL application recorder that also writes the command log in the events' transaction."""
+
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        self.commands_table = SQL("{0}.{1}").format(Identifier(self.datastore.schema), Identifier(COMMANDS_TABLE))
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0} ("
+                "key text PRIMARY KEY, fingerprint text NOT NULL, "
+                "outcome text NOT NULL, positions text NOT NULL)"
+            ).format(self.commands_table)
+        )
+        self.insert_command_statement = SQL("INSERT INTO {0} VALUES (%s, %s, %s, %s)").format(self.commands_table)
+
+    def _fetch_ids_after_insert_events(
+        self, curs: psycopg.Cursor[Any], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        command: CommandRecord | None = kwargs.get("command")
+        if command is not None:
+            curs.execute(self.insert_command_statement, command.row(ids))
+        return ids
+
+    def get(self, key: str) -> CommandRecord | None:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(SQL("SELECT * FROM {0} WHERE key = %s").format(self.commands_table), (key,))
+            row = curs.fetchone()
+        return CommandRecord.from_row(row) if row else None
+
+    def put(self, record: CommandRecord) -> bool:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(self.insert_command_statement + SQL(" ON CONFLICT (key) DO NOTHING"), record.row())
+            return curs.rowcount == 1
+
+
+class Store:
+    """The opened event store: its factory, recorder and mapper, shared by every Application."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.backend = "postgresql" if settings.is_postgres else "sqlite"
+        env = self._environment(settings)
+        if settings.is_postgres:
+            _ensure_schema(env)
+        self.env = Environment("Baton", env)
+        self.factory = InfrastructureFactory.construct(self.env)
+        self.recorder: BatonSQLiteRecorder | BatonPostgresRecorder = self.factory.application_recorder()  # type: ignore[assignment]
+        transcoder = self.factory.transcoder()
+        if isinstance(transcoder, JSONTranscoder):
+            for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO()):
+                transcoder.register(transcoding)
+        self.mapper: Mapper[Any] = self.factory.mapper(transcoder=transcoder)
+        self._listeners: list[Callable[[int], None]] = []
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _environment(settings: Settings) -> dict[str, str]:
+        if settings.is_postgres:
+            return {
+                "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                "APPLICATION_RECORDER_TOPIC": get_topic(BatonPostgresRecorder),
+                **settings.postgres_env(),
+            }
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "APPLICATION_RECORDER_TOPIC": get_topic(BatonSQLiteRecorder),
+            "SQLITE_DBNAME": str(settings.data_dir / "events.sqlite"),
+            "SQLITE_LOCK_TIMEOUT": "30",
+        }
+
+    @property
+    def commands(self) -> CommandLog:
+        return self.recorder
+
+    def max_position(self) -> int:
+        """The position of the newest stored event, 0 when there is none."""
+        return self.recorder.max_notification_id() or 0
+
+    def select(self, after: int, limit: int, stop: int | None = None) -> Sequence[Notification]:
+        """Up to `limit` notifications with positions above `after` (and at most `stop`)."""
+        return self.recorder.select_notifications(start=after, limit=limit, stop=stop, inclusive_of_start=False)
+
+    def add_listener(self, listener: Callable[[int], None]) -> None:
+        """Call listener(position) after every local save (it must not block)."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[int], None]) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def saved(self, position: int) -> None:
+        """Tell listeners that events up to position were saved."""
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(position)
+
+    def views_datastore(self) -> SQLiteDatastore | PostgresDatastore:
+        """Where read models live: a second SQLite file, or the same PostgreSQL schema."""
+        if self.settings.is_postgres:
+            pg = self.settings.postgres_env()
+            return PostgresDatastore(
+                dbname=pg["POSTGRES_DBNAME"],
+                host=pg["POSTGRES_HOST"],
+                port=pg["POSTGRES_PORT"],
+                user=pg["POSTGRES_USER"],
+                password=pg["POSTGRES_PASSWORD"],
+                schema=pg["POSTGRES_SCHEMA"],
+                connect_timeout=float(pg["POSTGRES_CONNECT_TIMEOUT"]),
+                pool_size=4,
+                max_overflow=8,
+            )
+        return SQLiteDatastore(str(self.settings.data_dir / "views.sqlite"), lock_timeout=30, pool_size=6)
+
+    def close(self) -> None:
+        self.factory.close()
+
+
+def _ensure_schema(env: dict[str, str]) -> None:
+    schema = env["POSTGRES_SCHEMA"]
+    with psycopg.connect(
+        dbname=env["POSTGRES_DBNAME"],
+        host=env["POSTGRES_HOST"],
+        port=env["POSTGRES_PORT"],
+        user=env["POSTGRES_USER"],
+        password=env["POSTGRES_PASSWORD"],
+        connect_timeout=int(float(env["POSTGRES_CONNECT_TIMEOUT"])),
+        autocommit=True,
+    ) as conn:
+        conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {0}").format(Identifier(schema)))
+
+
+__all__ = ["CommandLog", "CommandRecord", "IntegrityError", "Store"]

@@ -1,0 +1,220 @@
+"""Read models: views whose every write records the projection's position in the same transaction."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Generic, Protocol, TypeVar
+
+from eventsourcing.persistence import Tracking, TrackingRecorder
+from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.projection import Projection
+from eventsourcing.sqlite import SQLiteDatastore
+
+from infra.envelope import Envelope
+
+_TABLE = re.compile(r"\{(\w+)\}")
+
+
+class Tx:
+    """One transaction on the views database; SQL is written with %s placeholders for both backends."""
+
+    def __init__(self, cursor: Any, postgres: bool) -> None:
+        self._cursor = cursor
+        self._postgres = postgres
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._cursor.execute(sql if self._postgres else sql.replace("%s", "?"), tuple(params))
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._cursor.executemany(sql if self._postgres else sql.replace("%s", "?"), list(rows))
+
+    def fetchone(self) -> dict[str, Any] | None:
+        row = self._cursor.fetchone()
+        return dict(row) if row is not None else None
+
+    def fetchall(self) -> list[dict[str, Any]]:
+        return [dict(row) for row in self._cursor.fetchall()]
+
+    @property
+    def rowcount(self) -> int:
+        cursor = getattr(self._cursor, "sqlite_cursor", self._cursor)
+        return int(cursor.rowcount)
+
+
+class Sql:
+    """The views database: SQLite file or PostgreSQL schema, with table names qualified."""
+
+    def __init__(self, datastore: SQLiteDatastore | PostgresDatastore) -> None:
+        self.datastore = datastore
+        self.postgres = isinstance(datastore, PostgresDatastore)
+        self.schema = datastore.schema if isinstance(datastore, PostgresDatastore) else None
+
+    def table(self, name: str) -> str:
+        return f'"{self.schema}"."{name}"' if self.schema else name
+
+    def sql(self, statement: str) -> str:
+        """Replace {name} with the qualified table name."""
+        return _TABLE.sub(lambda m: self.table(m.group(1)), statement)
+
+    @contextmanager
+    def transaction(self, *, commit: bool = True) -> Iterator[Tx]:
+        with self.datastore.transaction(commit=commit) as cursor:
+            yield Tx(cursor, self.postgres)
+
+    def close(self) -> None:
+        self.datastore.close()
+
+
+TRACKING_DDL = "CREATE TABLE IF NOT EXISTS {baton_tracking} (name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
+
+
+class View(TrackingRecorder):
+    """A read model: its tables and the position up to which it has applied events."""
+
+    tables: tuple[str, ...] = ()
+    ddl: tuple[str, ...] = ()
+
+    def __init__(self, sql: Sql) -> None:
+        self.db = sql
+        self.create_tables()
+
+    def q(self, statement: str) -> str:
+        return self.db.sql(statement)
+
+    def create_tables(self) -> None:
+        with self.db.transaction() as tx:
+            tx.execute(self.q(TRACKING_DDL))
+            for statement in self.ddl:
+                tx.execute(self.q(statement))
+
+    def drop_tables(self, projection_name: str) -> None:
+        """Drop this view's tables and forget its position (for a rebuild)."""
+        with self.db.transaction() as tx:
+            for table in self.tables:
+                tx.execute(f"DROP TABLE IF EXISTS {self.db.table(table)}")
+            tx.execute(self.q("DELETE FROM {baton_tracking} WHERE name = %s"), (projection_name,))
+        self.create_tables()
+
+    # TrackingRecorder -----------------------------------------------------------
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        with self.db.transaction() as tx:
+            self.track(tx, tracking)
+
+    def track(self, tx: Tx, tracking: Tracking) -> None:
+        """Record the position inside the caller's transaction."""
+        tx.execute(
+            self.q(
+                "INSERT INTO {baton_tracking} (name, position) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET position = excluded.position"
+            ),
+            (tracking.application_name, tracking.notification_id),
+        )
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        with self.db.transaction(commit=False) as tx:
+            return self.position(tx, application_name)
+
+    def position(self, tx: Tx, name: str) -> int | None:
+        tx.execute(self.q("SELECT position FROM {baton_tracking} WHERE name = %s"), (name,))
+        row = tx.fetchone()
+        return int(row["position"]) if row else None
+
+
+class EventSource(Protocol):
+    """The store, read as envelopes."""
+
+    def envelopes(self, after: int, limit: int, stop: int | None = None) -> list[Envelope]: ...
+
+    def max_position(self) -> int: ...
+
+
+TView = TypeVar("TView", bound=View)
+
+Handler = Callable[[Any, Tx, Envelope], None]
+
+
+class BatonProjection(Projection[TView], Generic[TView]):
+    """Applies events to a view in batches; each batch and its position commit together."""
+
+    name = "projection"
+    fill_limit = 2000
+
+    def __init__(self, view: TView, source: EventSource) -> None:
+        super().__init__(view)
+        self.source = source
+        self.handlers: dict[str, Handler] = {}
+        for attr in dir(type(self)):
+            handled = getattr(getattr(type(self), attr), "handles", ())
+            for name in handled:
+                self.handlers[name] = getattr(type(self), attr)
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        """Apply one envelope (the eventsourcing Projection interface)."""
+        self.process_batch([domain_event])
+
+    def position(self) -> int:
+        return self.view.max_tracking_id(self.name) or 0
+
+    def process_batch(self, envelopes: Sequence[Envelope]) -> int:
+        """Apply what is new in envelopes, filling any gap from the store; return the new position."""
+        if not envelopes:
+            return self.position()
+        target = max(e.position for e in envelopes)
+        while True:
+            with self.view.db.transaction() as tx:
+                tracked = self.view.position(tx, self.name) or 0
+                if tracked >= target:
+                    return tracked
+                fresh = sorted((e for e in envelopes if e.position > tracked), key=lambda e: e.position)
+                if [e.position for e in fresh] != list(range(tracked + 1, tracked + 1 + len(fresh))):
+                    # Redelivered or missing messages: the store, not the stream, says what comes next.
+                    fresh = self.source.envelopes(tracked, self.fill_limit, stop=target)
+                if not fresh:
+                    return tracked
+                for envelope in fresh:
+                    self.apply(tx, envelope)
+                self.view.track(tx, Tracking(self.name, fresh[-1].position))
+                if fresh[-1].position >= target:
+                    return fresh[-1].position
+
+    def apply(self, tx: Tx, envelope: Envelope) -> None:
+        handler = self.handlers.get(envelope.name)
+        if handler is not None:
+            handler(self, tx, envelope)
+
+    def catch_up(self, batch_size: int = 2000, progress: Callable[[int], None] | None = None) -> int:
+        """Apply everything the store holds beyond this view's position; return the new position."""
+        position = self.position()
+        while True:
+            batch = self.source.envelopes(position, batch_size)
+            if not batch:
+                return position
+            position = self.process_batch(batch)
+            if progress is not None:
+                progress(position)
+
+    def reset(self) -> None:
+        """Drop the view's tables and position."""
+        self.view.drop_tables(self.name)
+
+
+def handles(*names: str) -> Callable[[Handler], Handler]:
+    """Mark a projection method as the handler of events named aggregate.type."""
+
+    def mark(fn: Handler) -> Handler:
+        fn.handles = names  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def loads(text: str | None) -> Any:
+    return json.loads(text) if text else None

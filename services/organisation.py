@@ -1,0 +1,116 @@
+"""The organisation context: units, departments, categories and cadres, managed by admins."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.application import AggregateNotFoundError
+
+from domain.organisation import ORGANISATION_ID, Organisation
+from services.access import Context, Role, require_role
+from services.base import BatonApplication, Decision, Receipt
+
+
+class OrganisationApp(BatonApplication):
+    """Keeps the organisation's reference data as events."""
+
+    def current(self) -> Organisation:
+        """The organisation as of now; an empty, unsaved one before the first admin command."""
+        try:
+            return self.repository.get(ORGANISATION_ID)
+        except AggregateNotFoundError:
+            return _empty_organisation()
+
+    def _change(self, ctx: Context, change: Any) -> Receipt:
+        require_role(ctx.actor, Role.ADMIN, action="change the organisation")
+
+        def decide(now: datetime) -> Decision:
+            try:
+                org = self.repository.get(ORGANISATION_ID)
+            except AggregateNotFoundError:
+                org = Organisation(name="organisation", timestamp=now, meta=ctx.meta())
+            body = change(org, now)
+            return [org], body
+
+        return self.execute(ctx, decide)
+
+    def add_unit(
+        self,
+        ctx: Context,
+        *,
+        unit_id: str,
+        kind: str,
+        parent_id: str | None,
+        name: str,
+        residents: int | None,
+    ) -> Receipt:
+        def change(org: Organisation, now: datetime) -> dict[str, Any]:
+            org.add_unit(unit_id, kind, parent_id, name, residents, timestamp=now, meta=ctx.meta())
+            return {"unit_id": unit_id}
+
+        return self._change(ctx, change)
+
+    def add_department(self, ctx: Context, *, code: str, name: str) -> Receipt:
+        def change(org: Organisation, now: datetime) -> dict[str, Any]:
+            org.add_department(code, name, timestamp=now, meta=ctx.meta())
+            return {"code": code}
+
+        return self._change(ctx, change)
+
+    def define_category(
+        self,
+        ctx: Context,
+        *,
+        code: str,
+        name: str,
+        duty: str,
+        departments: list[str],
+        deadline_class: str,
+        deadline_overrides: dict[str, int | None],
+    ) -> Receipt:
+        def change(org: Organisation, now: datetime) -> dict[str, Any]:
+            org.define_category(
+                code,
+                name,
+                duty,
+                departments,
+                deadline_class,
+                deadline_overrides,
+                timestamp=now,
+                meta=ctx.meta(),
+            )
+            return {"code": code}
+
+        return self._change(ctx, change)
+
+    def register_cadre(
+        self,
+        ctx: Context,
+        *,
+        cadre_id: str,
+        name: str,
+        department: str | None,
+        unit_id: str | None,
+        title: str | None,
+    ) -> Receipt:
+        def change(org: Organisation, now: datetime) -> dict[str, Any]:
+            org.register_cadre(cadre_id, name, department, unit_id, title, timestamp=now, meta=ctx.meta())
+            return {"cadre_id": cadre_id}
+
+        return self._change(ctx, change)
+
+    def second_cadre(self, ctx: Context, *, cadre_id: str, community_id: str) -> Receipt:
+        def change(org: Organisation, now: datetime) -> dict[str, Any]:
+            org.second_cadre(cadre_id, community_id, timestamp=now, meta=ctx.meta())
+            return {"cadre_id": cadre_id, "community_id": community_id}
+
+        return self._change(ctx, change)
+
+
+def _empty_organisation() -> Organisation:
+    from datetime import UTC
+
+    org = Organisation(name="organisation", timestamp=datetime.min.replace(tzinfo=UTC), meta={})
+    org.collect_events()
+    return org

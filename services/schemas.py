@@ -1,0 +1,160 @@
+"""Input shapes of the whistle steps, shared by the HTTP API and the NATS intake."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """Unknown fields are an error, so a typo is reported rather than ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class BlowWhistle(Strict):
+    """吹哨: raise a case and summon departments."""
+
+    community_id: str = Field(description="The community (社区) blowing the whistle.", max_length=63)
+    category: str = Field(description="A category code from GET /v1/org.", max_length=41)
+    title: str = Field(min_length=1, max_length=200)
+    description: str = Field(min_length=1, max_length=5000)
+    urgency: Literal["normal", "urgent"] = "normal"
+    summoned_departments: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Department codes that must report in; empty: the category's responsible departments.",
+    )
+    grid_id: str | None = Field(None, max_length=63)
+    location: str | None = Field(None, max_length=500)
+    source: Literal["resident", "grid_patrol", "community"] | None = None
+
+
+class Funding(Strict):
+    """Funds that come with a department-duty matter handed to a community (费随事走)."""
+
+    amount_yuan: Decimal = Field(gt=0, max_digits=14, decimal_places=2)
+    from_department: str = Field(max_length=32)
+    note: str | None = Field(None, max_length=500)
+
+
+class Dispatch(Strict):
+    """派单: a work order to a lead department and co-handlers."""
+
+    lead_department: str = Field(
+        max_length=63,
+        description="A department code, or the whistle's own community id (needs funding for a department duty).",
+    )
+    co_departments: list[str] = Field(default_factory=list, max_length=20)
+    due_at: AwareDatetime | None = Field(None, description="Feedback due; default from the category.")
+    funding: Funding | None = None
+
+
+class Decline(Strict):
+    """The dispatched department says it is not its duty."""
+
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class Progress(Strict):
+    """办理: a progress note."""
+
+    note: str = Field(min_length=1, max_length=5000)
+
+
+class Complete(Strict):
+    """办理: handling completed."""
+
+    summary: str = Field(min_length=1, max_length=5000)
+
+
+class Feedback(Strict):
+    """反馈: the result reported back."""
+
+    result: str = Field(min_length=1, max_length=5000)
+    resolved: bool
+
+
+class Evaluate(Strict):
+    """评价: the resident's or community's rating."""
+
+    rating: Literal["satisfied", "basically_satisfied", "dissatisfied"]
+    comment: str | None = Field(None, max_length=2000)
+
+
+class DepartmentCommand(Strict):
+    """Fields every command from a department system carries."""
+
+    command_id: str = Field(
+        min_length=1, max_length=200, description="Unique per command; a repeat is answered, never applied twice."
+    )
+    whistle_id: UUID
+
+
+class ReportInCommand(DepartmentCommand):
+    """应哨 over NATS: baton.dept.CODE.cmd.report_in."""
+
+
+class DeclineCommand(DepartmentCommand, Decline):
+    """Decline over NATS: baton.dept.CODE.cmd.decline."""
+
+
+class ProgressCommand(DepartmentCommand, Progress):
+    """办理 over NATS: baton.dept.CODE.cmd.progress."""
+
+
+class CompleteCommand(DepartmentCommand, Complete):
+    """办理 over NATS: baton.dept.CODE.cmd.complete."""
+
+
+class FeedbackCommand(DepartmentCommand, Feedback):
+    """反馈 over NATS: baton.dept.CODE.cmd.feedback."""
+
+
+DEPARTMENT_COMMANDS: dict[str, type[DepartmentCommand]] = {
+    "report_in": ReportInCommand,
+    "decline": DeclineCommand,
+    "progress": ProgressCommand,
+    "complete": CompleteCommand,
+    "feedback": FeedbackCommand,
+}
+
+
+class ActorBody(BaseModel):
+    """Who caused an event."""
+
+    role: str
+    unit: str | None
+    id: str
+
+
+class EventBody(BaseModel):
+    """An event as published on BATON_EVENTS and into a department's inbox."""
+
+    position: int = Field(description="Global position in the store (also the Baton-Position header).")
+    aggregate: str
+    aggregate_id: str
+    version: int
+    type: str
+    occurred_at: AwareDatetime
+    actor: ActorBody | None
+    data: dict[str, Any]
+
+
+class OutcomeError(BaseModel):
+    """Why a command was rejected, for a person to fix."""
+
+    code: str
+    message: str
+
+
+class Outcome(BaseModel):
+    """The one answer to each command a department sent."""
+
+    command_id: str | None
+    status: Literal["accepted", "rejected"]
+    position: int | None = None
+    error: OutcomeError | None = None

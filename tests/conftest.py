@@ -1,0 +1,217 @@
+"""Fixtures: the real event store (SQLite and PostgreSQL), a real nats-server, real HTTP through the ASGI app."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import psycopg
+import pytest
+from psycopg import sql
+
+from api.app import create_app
+from api.tokens import Tokens
+from infra.bootstrap import Baton, Runtime, bootstrap
+from infra.clock import ManualClock
+from infra.nats_server import EmbeddedNats
+from infra.settings import Settings
+
+PG_URL = os.environ.get("BATON_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+def _postgres_reachable() -> str | None:
+    try:
+        with psycopg.connect(PG_URL, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return str(exc)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    problem = _postgres_reachable()
+    if problem:
+        message = f"PostgreSQL at {PG_URL} is not reachable: {problem}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message + " (CI not set, so skipping)")
+    return PG_URL
+
+
+@pytest.fixture
+def pg_schema(postgres_url: str) -> Iterator[str]:
+    """A fresh schema for one test, dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    yield schema
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    if backend == "postgres":
+        schema = request.getfixturevalue("pg_schema")
+        return Settings(data_dir=tmp_path, store=f"{PG_URL}?schema={schema}", watch_interval=3600)
+    return Settings(data_dir=tmp_path, store="sqlite", watch_interval=3600)
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path, store="sqlite", watch_interval=3600)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture
+def baton(settings: Settings, clock: ManualClock) -> Iterator[Baton]:
+    b = bootstrap(settings, clock)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
+    """A real nats-server (the wheel's, v2.15) with JetStream, on a free port and its own data dir."""
+    server = EmbeddedNats(tmp_path / "nats-test")
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def runtime(baton: Baton, nats_server: EmbeddedNats) -> AsyncIterator[Runtime]:
+    rt = Runtime(baton, nats_url=nats_server.url, watch=False)
+    await rt.start()
+    yield rt
+    await rt.stop()
+
+
+@pytest.fixture
+def tokens() -> Tokens:
+    return Tokens(b"test-secret-that-is-long-enough-for-hs256!")
+
+
+@pytest.fixture
+async def client(baton: Baton, tokens: Tokens) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(baton, tokens)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://baton.test") as c:
+        yield c
+
+
+@pytest.fixture
+async def nc(nats_server: EmbeddedNats) -> AsyncIterator[nats.aio.client.Client]:
+    conn = await nats.connect(nats_server.url)
+    yield conn
+    await conn.close()
+
+
+class Auth:
+    """Authorization headers for actors of the test county."""
+
+    def __init__(self, tokens: Tokens) -> None:
+        self.tokens = tokens
+
+    def __call__(self, role: str, unit: str | None = None, actor: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens.issue(role, unit, actor)}"}
+
+
+@pytest.fixture
+def auth(tokens: Tokens) -> Auth:
+    return Auth(tokens)
+
+
+async def seed_county(client: httpx.AsyncClient, auth: Auth) -> None:
+    """A small county: one city, district, two streets, three communities, grids, five departments, categories."""
+    admin = auth("admin", None, "root")
+    units = [
+        {"id": "maanshan", "kind": "city", "name": "马鞍山市"},
+        {"id": "dangtu", "kind": "district", "parent": "maanshan", "name": "当涂县"},
+        {"id": "gushu", "kind": "street", "parent": "dangtu", "name": "姑孰镇"},
+        {"id": "huxi", "kind": "street", "parent": "dangtu", "name": "护河镇"},
+        {"id": "tishu", "kind": "community", "parent": "gushu", "name": "提署社区", "residents": 12000},
+        {"id": "qingshan", "kind": "community", "parent": "gushu", "name": "青山社区", "residents": 9000},
+        {"id": "taibai", "kind": "community", "parent": "huxi", "name": "太白社区", "residents": 8000},
+        {"id": "tishu-g1", "kind": "grid", "parent": "tishu", "name": "提署一网格"},
+    ]
+    for unit in units:
+        r = await client.post("/v1/org/units", json=unit, headers=admin)
+        assert r.status_code == 201, r.text
+    for code, name in [
+        ("PSB", "派出所"),
+        ("HOUSING", "住建局"),
+        ("URBAN", "城管局"),
+        ("EDU", "教育局"),
+        ("WATER", "水务公司"),
+    ]:
+        r = await client.post("/v1/org/departments", json={"code": code, "name": name}, headers=admin)
+        assert r.status_code == 201, r.text
+    for category in [
+        {"code": "drainage", "name": "排水", "duty": "department", "departments": ["HOUSING"]},
+        {"code": "security", "name": "治安", "duty": "department", "departments": ["PSB"]},
+        {
+            "code": "water_outage",
+            "name": "停水",
+            "duty": "department",
+            "departments": ["WATER"],
+            "deadline_class": "utilities",
+        },
+        {"code": "neighbourhood", "name": "邻里纠纷", "duty": "community", "departments": []},
+    ]:
+        r = await client.post("/v1/org/categories", json=category, headers=admin)
+        assert r.status_code == 201, r.text
+
+
+async def blow(client: httpx.AsyncClient, auth: Auth, **overrides: Any) -> str:
+    body = {
+        "community_id": "tishu",
+        "category": "drainage",
+        "title": "Blocked drain at building 3",
+        "description": "Sewage backing up into the courtyard since morning.",
+        "summoned_departments": ["HOUSING", "PSB"],
+    }
+    body.update(overrides)
+    r = await client.post("/v1/whistles", json=body, headers=auth("community", body["community_id"], "wang"))
+    assert r.status_code == 201, r.text
+    return str(r.json()["whistle_id"])
+
+
+async def stream_messages(nc: nats.aio.client.Client, stream: str, subject: str = ">") -> list[Any]:
+    """Every message a stream holds (on subject), read with an ephemeral ordered consumer."""
+    js = nc.jetstream()
+    info = await js.stream_info(stream)
+    out: list[Any] = []
+    if not info.state.messages:
+        return out
+    sub = await js.subscribe(subject, stream=stream, ordered_consumer=True)
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1.0)
+            except TimeoutError:
+                break
+            out.append(msg)
+            if msg.metadata.sequence.stream >= info.state.last_seq:
+                break
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+def body(msg: Any) -> dict[str, Any]:
+    return dict(json.loads(msg.data))
