@@ -57,6 +57,10 @@ class Intake:
 
     def decide(self, subject: str, data: bytes, seq: int) -> tuple[str, Outcome, str]:
         """Return (department code, outcome, dedupe id of the outcome) for one message."""
+        with structlog.contextvars.bound_contextvars(intake_seq=seq, correlation_id=None):
+            return self._decide(subject, data, seq)
+
+    def _decide(self, subject: str, data: bytes, seq: int) -> tuple[str, Outcome, str]:
         tokens = subject.split(".")
         code = tokens[2] if len(tokens) > 2 else "unknown"
         action = ".".join(tokens[4:])
@@ -70,6 +74,7 @@ class Intake:
             else:
                 raise Rejected("invalid_command", "command_id is required: a string of 1-200 characters")
             key = f"nats:{code}:{command_id}"
+            structlog.contextvars.bind_contextvars(correlation_id=command_id)
             prior = self.commands.get(key)
             if prior is not None:
                 return code, self._replay(prior, fingerprint), _msg_id(key, fingerprint)

@@ -46,12 +46,14 @@ def serve() -> None:
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    days: Annotated[int, typer.Option(min=1, max=365, help="How many days of governance to play.")] = 28,
+) -> None:
     """Fill an empty data dir with a county and play weeks of governance through the real command path."""
-    from infra.demo import run_demo
+    from demo.script import run_demo
 
     settings = _settings()
-    raise typer.Exit(run_demo(settings))
+    raise typer.Exit(run_demo(settings, days))
 
 
 @token_app.command("issue")

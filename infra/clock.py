@@ -33,6 +33,13 @@ class ManualClock:
         with self._lock:
             return self._now
 
+    def set(self, moment: datetime) -> None:
+        """Move the clock to moment, which may not be in its past."""
+        with self._lock:
+            if moment < self._now:
+                raise ValueError(f"the clock cannot go back from {self._now} to {moment}")
+            self._now = moment
+
     def advance(self, delta: timedelta) -> datetime:
         """Move the clock forward by delta and return the new time."""
         with self._lock:

@@ -23,6 +23,8 @@ from infra.store import Store
 
 log = structlog.get_logger("baton.relay")
 
+STORE_HEADER = "Baton-Store"
+
 
 class StreamMismatch(RuntimeError):
     """BATON_EVENTS holds events this store does not have: it belongs to another store."""
@@ -98,6 +100,11 @@ class Relay:
             msg = await self.js.get_msg(EVENTS_STREAM, seq=last_seq)
             headers = msg.headers or {}
             position = int(headers.get("Baton-Position", "0"))
+            if headers.get(STORE_HEADER) != self.store.identity:
+                raise StreamMismatch(
+                    f"{EVENTS_STREAM} ends with an event of store {headers.get(STORE_HEADER)}, not of this store "
+                    f"({self.store.identity}); point Baton at the NATS that belongs to this store, or at a fresh one"
+                )
             await asyncio.to_thread(self._check_same_store, position, headers.get("Nats-Msg-Id"))
         self.published, self.stream_seq = position, last_seq
         self.synced, self.error = True, None
@@ -126,7 +133,9 @@ class Relay:
         out = []
         for n in notifications:
             envelope = self.codec.envelope(n)
-            out.append((envelope.position, envelope.subject, envelope.to_json(), envelope.headers()))
+            headers = envelope.headers()
+            headers[STORE_HEADER] = self.store.identity
+            out.append((envelope.position, envelope.subject, envelope.to_json(), headers))
         return out
 
     async def _publish(self, batch: list[tuple[int, str, bytes, dict[str, str]]]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,8 +71,13 @@ class CommandLog:
         """Record an outcome that produced no events; False if the key was already recorded."""
         raise NotImplementedError
 
+    def identity(self) -> str:
+        """This store's id, made once when the store is created."""
+        raise NotImplementedError
+
 
 COMMANDS_TABLE = "baton_commands"
+META_TABLE = "baton_store_meta"
 
 
 class BatonSQLiteRecorder(SQLiteApplicationRecorder, CommandLog):
@@ -83,6 +89,7 @@ class BatonSQLiteRecorder(SQLiteApplicationRecorder, CommandLog):
             f"CREATE TABLE IF NOT EXISTS {COMMANDS_TABLE} ("
             "key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, "
             "outcome TEXT NOT NULL, positions TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         ]
 
     def _insert_events(
@@ -108,6 +115,14 @@ class BatonSQLiteRecorder(SQLiteApplicationRecorder, CommandLog):
             )
             return c.sqlite_cursor.rowcount == 1
 
+    def identity(self) -> str:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                f"INSERT INTO {META_TABLE} VALUES ('store_id', ?) ON CONFLICT (key) DO NOTHING", (uuid.uuid4().hex,)
+            )
+            c.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'store_id'")
+            return str(c.fetchone()["value"])
+
 
 class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
     """PostgreSQL application recorder that also writes the command log in the events' transaction."""
@@ -123,6 +138,10 @@ class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
             ).format(self.commands_table)
         )
         self.insert_command_statement = SQL("INSERT INTO {0} VALUES (%s, %s, %s, %s)").format(self.commands_table)
+        self.meta_table = SQL("{0}.{1}").format(Identifier(self.datastore.schema), Identifier(META_TABLE))
+        self.sql_create_statements.append(
+            SQL("CREATE TABLE IF NOT EXISTS {0} (key text PRIMARY KEY, value text NOT NULL)").format(self.meta_table)
+        )
 
     def _fetch_ids_after_insert_events(
         self, curs: psycopg.Cursor[Any], stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -144,6 +163,17 @@ class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
             curs.execute(self.insert_command_statement + SQL(" ON CONFLICT (key) DO NOTHING"), record.row())
             return curs.rowcount == 1
 
+    def identity(self) -> str:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                SQL("INSERT INTO {0} VALUES ('store_id', %s) ON CONFLICT (key) DO NOTHING").format(self.meta_table),
+                (uuid.uuid4().hex,),
+            )
+            curs.execute(SQL("SELECT value FROM {0} WHERE key = 'store_id'").format(self.meta_table))
+            row = curs.fetchone()
+            assert row is not None
+            return str(row["value"])
+
 
 class Store:
     """The opened event store: its factory, recorder and mapper, shared by every Application."""
@@ -162,6 +192,7 @@ class Store:
             for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO()):
                 transcoder.register(transcoding)
         self.mapper: Mapper[Any] = self.factory.mapper(transcoder=transcoder)
+        self.identity = self.recorder.identity()
         self._listeners: list[Callable[[int], None]] = []
         self._lock = threading.Lock()
 

@@ -22,6 +22,7 @@ from infra.bootstrap import Baton, Runtime, bootstrap
 from infra.clock import ManualClock
 from infra.nats_server import EmbeddedNats
 from infra.settings import Settings
+from services.access import Actor, Context, Role
 
 PG_URL = os.environ.get("BATON_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -136,45 +137,83 @@ def auth(tokens: Tokens) -> Auth:
     return Auth(tokens)
 
 
+UNITS = [
+    {"id": "maanshan", "kind": "city", "name": "马鞍山市"},
+    {"id": "dangtu", "kind": "district", "parent": "maanshan", "name": "当涂县"},
+    {"id": "gushu", "kind": "street", "parent": "dangtu", "name": "姑孰镇"},
+    {"id": "huxi", "kind": "street", "parent": "dangtu", "name": "护河镇"},
+    {"id": "tishu", "kind": "community", "parent": "gushu", "name": "提署社区", "residents": 12000},
+    {"id": "qingshan", "kind": "community", "parent": "gushu", "name": "青山社区", "residents": 9000},
+    {"id": "taibai", "kind": "community", "parent": "huxi", "name": "太白社区", "residents": 8000},
+    {"id": "tishu-g1", "kind": "grid", "parent": "tishu", "name": "提署一网格"},
+]
+DEPARTMENTS = [("PSB", "派出所"), ("HOUSING", "住建局"), ("URBAN", "城管局"), ("EDU", "教育局"), ("WATER", "水务公司")]
+CATEGORIES = [
+    {"code": "drainage", "name": "排水", "duty": "department", "departments": ["HOUSING"]},
+    {"code": "security", "name": "治安", "duty": "department", "departments": ["PSB"]},
+    {
+        "code": "water_outage",
+        "name": "停水",
+        "duty": "department",
+        "departments": ["WATER"],
+        "deadline_class": "utilities",
+    },
+    {"code": "neighbourhood", "name": "邻里纠纷", "duty": "community", "departments": []},
+]
+ADMIN = Actor(Role.ADMIN, None, "root")
+
+
 async def seed_county(client: httpx.AsyncClient, auth: Auth) -> None:
-    """A small county: one city, district, two streets, three communities, grids, five departments, categories."""
+    """A small county over HTTP: a city, a district, two streets, three communities, a grid, five departments."""
     admin = auth("admin", None, "root")
-    units = [
-        {"id": "maanshan", "kind": "city", "name": "马鞍山市"},
-        {"id": "dangtu", "kind": "district", "parent": "maanshan", "name": "当涂县"},
-        {"id": "gushu", "kind": "street", "parent": "dangtu", "name": "姑孰镇"},
-        {"id": "huxi", "kind": "street", "parent": "dangtu", "name": "护河镇"},
-        {"id": "tishu", "kind": "community", "parent": "gushu", "name": "提署社区", "residents": 12000},
-        {"id": "qingshan", "kind": "community", "parent": "gushu", "name": "青山社区", "residents": 9000},
-        {"id": "taibai", "kind": "community", "parent": "huxi", "name": "太白社区", "residents": 8000},
-        {"id": "tishu-g1", "kind": "grid", "parent": "tishu", "name": "提署一网格"},
+    requests = [("/v1/org/units", u) for u in UNITS]
+    requests += [("/v1/org/departments", {"code": c, "name": n}) for c, n in DEPARTMENTS]
+    requests += [("/v1/org/categories", c) for c in CATEGORIES]
+    for path, payload in requests:
+        r = await client.post(path, json=payload, headers=admin)
+        assert r.status_code == 201, r.text
+
+
+def seed_county_direct(baton: Baton) -> None:
+    """The same county, through the application services (no HTTP)."""
+    ctx = Context(actor=ADMIN, correlation_id="seed")
+    for u in UNITS:
+        baton.org.add_unit(
+            ctx,
+            unit_id=u["id"],
+            kind=u["kind"],
+            parent_id=u.get("parent"),
+            name=u["name"],
+            residents=u.get("residents"),
+        )
+    for code, name in DEPARTMENTS:
+        baton.org.add_department(ctx, code=code, name=name)
+    for c in CATEGORIES:
+        baton.org.define_category(
+            ctx,
+            code=c["code"],
+            name=c["name"],
+            duty=c["duty"],
+            departments=c["departments"],
+            deadline_class=c.get("deadline_class", "normal"),
+            deadline_overrides={},
+        )
+
+
+def blow_direct(baton: Baton, n: int = 1, community: str = "tishu") -> list[str]:
+    """Blow n whistles through the application service; return their ids."""
+    ctx = Context(actor=Actor(Role.COMMUNITY, community, "wang"), correlation_id="direct")
+    return [
+        baton.whistles.blow(
+            ctx,
+            community_id=community,
+            category="drainage",
+            title=f"Drain {i}",
+            description="Blocked",
+            summoned_departments=["HOUSING"],
+        ).body["whistle_id"]
+        for i in range(n)
     ]
-    for unit in units:
-        r = await client.post("/v1/org/units", json=unit, headers=admin)
-        assert r.status_code == 201, r.text
-    for code, name in [
-        ("PSB", "派出所"),
-        ("HOUSING", "住建局"),
-        ("URBAN", "城管局"),
-        ("EDU", "教育局"),
-        ("WATER", "水务公司"),
-    ]:
-        r = await client.post("/v1/org/departments", json={"code": code, "name": name}, headers=admin)
-        assert r.status_code == 201, r.text
-    for category in [
-        {"code": "drainage", "name": "排水", "duty": "department", "departments": ["HOUSING"]},
-        {"code": "security", "name": "治安", "duty": "department", "departments": ["PSB"]},
-        {
-            "code": "water_outage",
-            "name": "停水",
-            "duty": "department",
-            "departments": ["WATER"],
-            "deadline_class": "utilities",
-        },
-        {"code": "neighbourhood", "name": "邻里纠纷", "duty": "community", "departments": []},
-    ]:
-        r = await client.post("/v1/org/categories", json=category, headers=admin)
-        assert r.status_code == 201, r.text
 
 
 async def blow(client: httpx.AsyncClient, auth: Auth, **overrides: Any) -> str:

@@ -1,0 +1,383 @@
+"""`baton demo`: build the county and play four weeks of whistles through the real command path.
+
+Communities act over HTTP (through the ASGI app, with bearer tokens and idempotency keys); departments
+act as department systems would, over NATS (baton.dept.CODE.cmd.*, answered on .outcome). The clock is
+a ManualClock that the script moves forward, so weeks pass in seconds and the deadline watcher sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import random
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from api.app import create_app
+from api.tokens import Tokens, load_secret
+from demo.county import County, build_county
+from infra.bootstrap import Baton, Runtime, bootstrap
+from infra.clock import ManualClock
+from infra.settings import Settings
+
+DAYS = 28
+WHISTLES_PER_DAY = (4, 9)
+FATES = [
+    ("smooth", 50),
+    ("late_report_in", 10),
+    ("never_reports_in", 5),
+    ("declined", 10),
+    ("reopened", 8),
+    ("reopened_twice", 3),
+    ("admission_list", 7),
+    ("late_feedback", 7),
+]
+TITLES = {
+    "drainage": ["3号楼下水道堵塞", "小区化粪池外溢", "雨水井盖缺失"],
+    "water_outage": ["整栋楼停水两天", "水压不足", "管道爆裂"],
+    "public_security": ["楼道可疑人员", "电动车夜间被盗", "路灯损坏治安隐患"],
+    "street_vending": ["菜市场门口占道经营", "夜市噪音扰民"],
+    "school_safety": ["校门口交通拥堵", "学校周边无证摊点"],
+    "old_housing": ["外墙脱落", "老旧小区加装电梯协调", "屋顶漏水"],
+    "elderly_care": ["独居老人无人照料", "困难家庭冬季救助"],
+    "wage_arrears": ["装修工人讨薪", "物业公司拖欠工资"],
+    "health_service": ["慢病随访不到位", "疫苗接种点拥挤"],
+    "neighbour_dispute": ["楼上漏水邻里纠纷", "宠物扰民"],
+    "greening": ["绿化带被占种菜", "枯树存在安全隐患"],
+}
+
+
+@dataclass
+class Tally:
+    """What the demo did."""
+
+    commands_http: int = 0
+    commands_nats: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    fates: Counter[str] = field(default_factory=Counter)
+
+
+class Demo:
+    """Drives the county through the HTTP API and the NATS intake."""
+
+    def __init__(
+        self, baton: Baton, runtime: Runtime, http: httpx.AsyncClient, tokens: Tokens, clock: ManualClock, days: int
+    ) -> None:
+        self.days = days
+        self.baton = baton
+        self.runtime = runtime
+        self.http = http
+        self.tokens = tokens
+        self.clock = clock
+        self.rng = random.Random(2019)
+        self.tally = Tally()
+        self.county: County = build_county()
+        self.categories = {c["code"]: c for c in self.county.categories}
+        self._outcomes: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._headers: dict[tuple[str, str | None], dict[str, str]] = {}
+
+    def auth(self, role: str, unit: str | None = None) -> dict[str, str]:
+        key = (role, unit)
+        if key not in self._headers:
+            actor = f"{role}-{unit or 'county'}"
+            self._headers[key] = {"Authorization": f"Bearer {self.tokens.issue(role, unit, actor)}"}
+        return self._headers[key]
+
+    async def post(self, path: str, body: dict[str, Any] | None, headers: dict[str, str]) -> httpx.Response:
+        self.tally.commands_http += 1
+        r = await self.http.post(path, json=body, headers={**headers, "Idempotency-Key": uuid.uuid4().hex})
+        if r.status_code >= 400:
+            self.tally.refused[r.json()["error"]["code"]] += 1
+        return r
+
+    async def build_county(self) -> None:
+        admin = self.auth("admin")
+        steps = [("/v1/org/units", u) for u in self.county.units]
+        steps += [("/v1/org/departments", d) for d in self.county.departments]
+        steps += [("/v1/org/categories", c) for c in self.county.categories]
+        steps += [("/v1/org/cadres", c) for c in self.county.cadres]
+        steps += [(f"/v1/org/cadres/{c}/secondment", {"community_id": m}) for c, m in self.county.secondments]
+        for path, body in steps:
+            r = await self.post(path, body, admin)
+            if r.status_code != 201:
+                raise RuntimeError(f"{path}: {r.status_code} {r.text}")
+
+    # Department systems over NATS ----------------------------------------------------------
+
+    async def listen_for_outcomes(self) -> None:
+        assert self.runtime.nc is not None
+
+        async def on_outcome(msg: Any) -> None:
+            outcome = json.loads(msg.data)
+            future = self._outcomes.pop(outcome.get("command_id"), None)
+            if future is not None and not future.done():
+                future.set_result(outcome)
+
+        await self.runtime.nc.subscribe("baton.dept.*.outcome", cb=on_outcome)
+
+    async def department(self, code: str, action: str, whistle_id: str, **fields: Any) -> dict[str, Any]:
+        """Send a command as department CODE's system would, and wait for its one outcome."""
+        assert self.runtime.nc is not None
+        command_id = uuid.uuid4().hex
+        future = self._outcomes[command_id] = asyncio.get_running_loop().create_future()
+        payload = {"command_id": command_id, "whistle_id": whistle_id, **fields}
+        await self.runtime.nc.jetstream().publish(f"baton.dept.{code}.cmd.{action}", json.dumps(payload).encode())
+        self.tally.commands_nats += 1
+        outcome = await asyncio.wait_for(future, 30)
+        if outcome["status"] == "rejected":
+            self.tally.refused[outcome["error"]["code"]] += 1
+        return outcome
+
+    # Stories ----------------------------------------------------------------------------------
+
+    async def story(self, start: datetime) -> AsyncIterator[datetime]:
+        """One whistle from blow to evaluation, along a fate drawn at random."""
+        rng = self.rng
+        fate = rng.choices([f for f, _ in FATES], weights=[w for _, w in FATES])[0]
+        community = rng.choice(self.county.communities)
+        category = self.categories[rng.choice(list(self.categories))]
+        if fate == "admission_list" and category["duty"] != "department":
+            category = self.categories["drainage"]
+        urgent = rng.random() < 0.15
+        summoned = list(category["departments"])
+        if fate == "never_reports_in" or rng.random() < 0.3:
+            summoned.append(rng.choice([d["code"] for d in self.county.departments if d["code"] not in summoned]))
+        yield start
+        grid = rng.choice(self.county.grids[community])
+        via_grid = rng.random() < 0.4
+        r = await self.post(
+            "/v1/whistles",
+            {
+                "community_id": community,
+                "category": category["code"],
+                "title": rng.choice(TITLES[category["code"]]),
+                "description": "居民通过民情e站反映，社区无法单独解决，吹哨报到。",
+                "urgency": "urgent" if urgent else "normal",
+                "summoned_departments": summoned,
+                "grid_id": grid,
+                "source": "grid_patrol" if via_grid else "resident",
+            },
+            self.auth("grid", grid) if via_grid else self.auth("community", community),
+        )
+        whistle = r.json()["whistle_id"]
+        self.tally.fates[fate] += 1
+        community_auth = self.auth("community", community)
+        report_in_limit = timedelta(
+            minutes=30 if urgent else 120 if category["deadline_class"] == "utilities" else 24 * 60
+        )
+
+        # 应哨: each summoned department reports in, on time unless the fate says otherwise.
+        laggard = summoned[-1]
+        for code in summoned:
+            if fate == "never_reports_in" and code == laggard:
+                continue
+            late = fate == "late_report_in" and code == laggard
+            delay = report_in_limit * (rng.uniform(1.3, 2.5) if late else rng.uniform(0.1, 0.8))
+            yield start + delay
+            await self.department(code, "report_in", whistle)
+        lead = category["departments"][0]
+        # 派单: the community dispatches; the admission list refuses an unfunded department duty.
+        yield self.clock.now() + timedelta(minutes=rng.randint(20, 90))
+        if fate == "admission_list":
+            await self.post(f"/v1/whistles/{whistle}/dispatch", {"lead_department": community}, community_auth)
+            yield self.clock.now() + timedelta(hours=rng.randint(2, 6))
+            funding = {"amount_yuan": str(rng.choice([3000, 5000, 8000, 12000])), "from_department": lead}
+            await self.post(
+                f"/v1/whistles/{whistle}/dispatch", {"lead_department": community, "funding": funding}, community_auth
+            )
+            yield from_now(self.clock, hours=rng.randint(12, 30))
+            await self.post(f"/v1/whistles/{whistle}/progress", {"note": "社区网格员协助施工"}, community_auth)
+            yield from_now(self.clock, hours=rng.randint(12, 30))
+            await self.post(f"/v1/whistles/{whistle}/complete", {"summary": "已疏通"}, community_auth)
+            await self.post(
+                f"/v1/whistles/{whistle}/feedback", {"result": "已处理并回访居民", "resolved": True}, community_auth
+            )
+            yield from_now(self.clock, hours=rng.randint(2, 20))
+            await self.post(f"/v1/whistles/{whistle}/evaluate", {"rating": "satisfied"}, community_auth)
+            return
+        co = [d for d in summoned if d != lead][:1]
+        await self.post(
+            f"/v1/whistles/{whistle}/dispatch", {"lead_department": lead, "co_departments": co}, community_auth
+        )
+        if fate == "declined":
+            yield from_now(self.clock, hours=rng.randint(1, 8))
+            await self.department(lead, "decline", whistle, reason="该事项不属于本部门职责，建议由其他部门牵头")
+            others = [d["code"] for d in self.county.departments if d["code"] not in (lead, *co)]
+            lead = co[0] if co else rng.choice(others)
+            yield from_now(self.clock, hours=rng.randint(1, 6))
+            await self.post(f"/v1/whistles/{whistle}/dispatch", {"lead_department": lead}, community_auth)
+        feedback_hours = 2 if urgent else {"utilities": 24, "normal": 168, "complex": 360}[category["deadline_class"]]
+        rounds = {"reopened": 2, "reopened_twice": 3}.get(fate, 1)
+        for round_ in range(1, rounds + 1):
+            if round_ > 1:
+                yield from_now(self.clock, hours=rng.randint(2, 24))
+                await self.post(f"/v1/whistles/{whistle}/dispatch", {"lead_department": lead}, community_auth)
+            share = rng.uniform(1.2, 1.6) if fate == "late_feedback" else rng.uniform(0.2, 0.8)
+            yield from_now(self.clock, hours=feedback_hours * share / 2)
+            await self.department(lead, "progress", whistle, note="已到现场勘查，正在处理")
+            yield from_now(self.clock, hours=feedback_hours * share / 2)
+            await self.department(lead, "complete", whistle, summary="处理完毕")
+            await self.department(lead, "feedback", whistle, result="已处理并向社区和居民反馈", resolved=True)
+            yield from_now(self.clock, hours=rng.randint(4, 48))
+            unhappy = round_ < rounds
+            rating = "dissatisfied" if unhappy else rng.choice(["satisfied", "satisfied", "basically_satisfied"])
+            await self.post(f"/v1/whistles/{whistle}/evaluate", {"rating": rating}, community_auth)
+
+    async def watcher(self, start: datetime, end: datetime) -> AsyncIterator[datetime]:
+        """The deadline watcher, every simulated hour."""
+        moment = start
+        while moment < end:
+            moment += timedelta(hours=1)
+            yield moment
+            await self.runtime.wait_idle(timeout=60)
+            await asyncio.to_thread(self.runtime.watcher.tick)
+
+    async def play(self, start: datetime) -> None:
+        end = start + timedelta(days=self.days)
+        stories: list[AsyncIterator[datetime]] = [self.watcher(start, end)]
+        for day in range(self.days):
+            for _ in range(self.rng.randint(*WHISTLES_PER_DAY)):
+                moment = start + timedelta(days=day, hours=self.rng.uniform(7, 19))
+                stories.append(self.story(moment))
+        counter = itertools.count()
+        queue: list[tuple[datetime, int, AsyncIterator[datetime]]] = []
+        for story in stories:
+            heapq.heappush(queue, (await anext(story), next(counter), story))
+        while queue:
+            moment, _, story = heapq.heappop(queue)
+            if moment > end:
+                continue
+            if moment > self.clock.now():
+                self.clock.set(moment)
+            try:
+                heapq.heappush(queue, (await anext(story), next(counter), story))
+            except StopAsyncIteration:
+                pass
+        self.clock.set(max(self.clock.now(), end))
+        await self.runtime.wait_idle(timeout=60)
+        await asyncio.to_thread(self.runtime.watcher.tick)
+        await self.runtime.wait_idle(timeout=60)
+
+
+def from_now(clock: ManualClock, hours: float) -> datetime:
+    return clock.now() + timedelta(hours=hours)
+
+
+def run_demo(settings: Settings, days: int = DAYS) -> int:
+    """Fill an empty data dir; print what was done and how to look at it. Returns the exit code."""
+    console = Console(soft_wrap=True)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    clock = ManualClock(now - timedelta(days=days))
+    baton = bootstrap(settings, clock)
+    try:
+        if baton.store.max_position():
+            console.print(
+                f"[red]The store already holds {baton.store.max_position()} events; "
+                "the demo fills an empty one.[/red]\n"
+                "Use a fresh data dir, e.g. BATON_DATA_DIR=./var-demo baton demo"
+            )
+            return 1
+        return asyncio.run(_play(baton, clock, settings, console, days))
+    finally:
+        baton.close()
+
+
+async def _play(baton: Baton, clock: ManualClock, settings: Settings, console: Console, days: int) -> int:
+    runtime = Runtime(baton, watch=False)
+    tokens = Tokens(load_secret(settings.data_dir, settings.token_secret), timedelta(days=settings.token_ttl_days))
+    await runtime.start()
+    try:
+        app = create_app(baton, tokens)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://baton.demo") as http:
+            demo = Demo(baton, runtime, http, tokens, clock, days)
+            await demo.listen_for_outcomes()
+            with console.status("building the county"):
+                await demo.build_county()
+            with console.status(f"playing {days} days of governance"):
+                await demo.play(clock.now())
+            await summarise(demo, http, console, settings)
+    finally:
+        await runtime.stop()
+    return 0
+
+
+async def summarise(demo: Demo, http: httpx.AsyncClient, console: Console, settings: Settings) -> None:
+    """Print what happened, from the read models, and how to look at it."""
+    admin = demo.auth("admin")
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = (
+            await http.get(
+                "/v1/whistles", params={"limit": 200, **({"cursor": cursor} if cursor else {})}, headers=admin
+            )
+        ).json()
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    county = demo.county
+    console.print(
+        f"\n[bold]County[/bold]: 当涂县, {len(county.communities)} communities ({county.residents:,} residents), "
+        f"{sum(len(g) for g in county.grids.values())} grids, {len(county.departments)} departments, "
+        f"{len(county.cadres)} part-time cadres seconded to communities."
+    )
+    statuses = Counter(i["status"] for i in items)
+    table = Table(title=f"{len(items)} whistles over {demo.days} days")
+    table.add_column("status")
+    table.add_column("whistles", justify="right")
+    for status, n in statuses.most_common():
+        table.add_row(status, str(n))
+    console.print(table)
+    escalated = sum(1 for i in items if i["escalation_level"] > 0)
+    console.print(
+        f"Paths: {dict(demo.tally.fates)}\n"
+        f"Overdue now: {sum(1 for i in items if i['overdue'])}; escalated: {escalated}; "
+        f"declines: {sum(i['declines'] for i in items)}; reopens: {sum(i['reopens'] for i in items)}\n"
+        f"Commands: {demo.tally.commands_http} over HTTP, {demo.tally.commands_nats} over NATS; "
+        f"refused as expected: {dict(demo.tally.refused)}\n"
+        f"Events in the store: {demo.baton.store.max_position()}, all published to BATON_EVENTS."
+    )
+    cards = (await http.get("/v1/scorecards", headers=admin)).json()
+    table = Table(title="Department scorecards")
+    for column in ("department", "summoned", "report-in on time %", "handled on time %", "satisfaction %", "declines"):
+        table.add_column(column, justify="right")
+    for c in cards:
+        table.add_row(
+            c["department"],
+            str(c["summoned"]),
+            str(c["report_in_on_time_pct"]),
+            str(c["handled_on_time_pct"]),
+            str(c["satisfaction_pct"]),
+            str(c["declines"]),
+        )
+    console.print(table)
+    base = f"http://{settings.http_host}:{settings.http_port}"
+
+    def token(role: str, unit: str | None = None) -> str:
+        return demo.auth(role, unit)["Authorization"].split(" ", 1)[1]
+
+    print(
+        f"\nLook at it (tokens are valid for {settings.token_ttl_days} days):\n"
+        "  baton serve &\n"
+        f"  curl -s {base}/health\n"
+        f"  ADMIN={token('admin')}\n"
+        f"  TISHU={token('community', 'tishu')}\n"
+        f"  PSB={token('department', 'PSB')}\n"
+        f'  curl -s -H "Authorization: Bearer $ADMIN" "{base}/v1/whistles?overdue=true&limit=5"\n'
+        f'  curl -s -H "Authorization: Bearer $TISHU" "{base}/v1/whistles?status=in_progress"\n'
+        f'  curl -s -H "Authorization: Bearer $PSB" {base}/v1/scorecards/PSB\n'
+        "  More tokens: baton token issue --role department --unit HOUSING\n"
+        "  NATS: /health shows nats.url; events are on stream BATON_EVENTS (baton.evt.>), each department's\n"
+        "  inbox and outcomes on BATON_DEPT (baton.dept.CODE.>)."
+    )

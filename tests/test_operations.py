@@ -1,0 +1,103 @@
+"""Operations: the embedded nats-server, correlation ids from command to event to outcome, the CLI, the docs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+import structlog
+from typer.testing import CliRunner
+
+from api.app import openapi_document
+from api.tokens import Tokens, load_secret
+from consumers.spec import asyncapi_document
+from demo.script import run_demo
+from infra.bootstrap import Runtime
+from infra.cli import app as cli
+from infra.nats_server import EmbeddedNats
+from infra.settings import Settings
+from tests.conftest import Auth, seed_county, stream_messages
+
+DOCS = Path(__file__).parent.parent / "docs"
+
+
+async def test_embedded_nats_fsyncs_on_loopback_restarts_when_killed_and_stops(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path, port=0)
+    await server.start()
+    try:
+        config = (tmp_path / "nats" / "nats-server.conf").read_text()
+        assert "sync_interval: always" in config and f'listen: "127.0.0.1:{server.port}"' in config
+        assert f'store_dir: "{(tmp_path / "nats").resolve()}"' in config
+        first = server.process.pid
+        server.kill()
+        for _ in range(100):
+            if server.process.pid != first and server.process.returncode is None:
+                break
+            await asyncio.sleep(0.05)
+        assert server.process.pid != first and server.restarts == 1
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert (await reader.readline()).startswith(b"INFO")
+        writer.close()
+    finally:
+        await server.stop()
+    assert server.process.returncode is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(server.process.pid, signal.SIG_DFL)
+
+
+async def test_a_correlation_id_follows_a_command_to_its_event(
+    client: httpx.AsyncClient, auth: Auth, runtime: Runtime, nc
+) -> None:
+    await seed_county(client, auth)
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        r = await client.post(
+            "/v1/whistles",
+            json={"community_id": "tishu", "category": "drainage", "title": "t", "description": "d"},
+            headers={**auth("community", "tishu"), "X-Correlation-Id": "corr-42"},
+        )
+    assert r.headers["X-Correlation-Id"] == "corr-42"
+    assert any(e["event"] == "command_accepted" and e.get("correlation_id") == "corr-42" for e in logs)
+    await runtime.wait_idle()
+    (msg,) = await stream_messages(nc, "BATON_EVENTS", "baton.evt.whistle.>")
+    assert msg.headers["Baton-Correlation-Id"] == "corr-42"
+
+
+def test_token_issue_prints_a_token_the_api_accepts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATON_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(cli, ["token", "issue", "--role", "department", "--unit", "PSB", "--actor", "li"])
+    assert result.exit_code == 0, result.output
+    actor = Tokens(load_secret(tmp_path, None)).verify(result.output.strip())
+    assert (actor.role.value, actor.unit, actor.id) == ("department", "PSB", "li")
+    bad = CliRunner().invoke(cli, ["token", "issue", "--role", "department"])
+    assert bad.exit_code == 2 and "needs --unit" in bad.output
+    assert (tmp_path / "keys" / "token-secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_asyncapi_command_prints_the_nats_interface() -> None:
+    result = CliRunner().invoke(cli, ["asyncapi"])
+    assert result.exit_code == 0
+    doc = json.loads(result.output)
+    assert doc["asyncapi"].startswith("3.")
+    channels = {c["address"] for c in doc["channels"].values()}
+    assert {"baton.evt.whistle.blown", "baton.dept.{code}.cmd.report_in", "baton.dept.{code}.outcome"} <= channels
+
+
+def test_committed_api_documents_are_current() -> None:
+    for name, document in (("openapi.json", openapi_document()), ("asyncapi.json", asyncapi_document())):
+        committed = json.loads((DOCS / name).read_text())
+        assert committed == json.loads(json.dumps(document, sort_keys=True)), f"docs/{name} is stale: run make docs"
+
+
+def test_demo_fills_an_empty_data_dir_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = Settings(data_dir=tmp_path, store="sqlite")
+    assert run_demo(settings, days=2) == 0
+    out = capsys.readouterr().out
+    assert "13 communities" in out and "45 part-time cadres" in out and "over NATS" in out
+    assert "all published to BATON_EVENTS" in out
+    assert run_demo(settings, days=2) == 1
+    assert "fills an empty one" in capsys.readouterr().out
