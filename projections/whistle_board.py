@@ -247,6 +247,9 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _overdue(row: dict[str, Any]) -> bool:
+    """An open whistle with a missed deadline whose step is still not done."""
+    if row["status"] == "closed":
+        return False
     unreported = set(row["missed_report_in"]) - set(row["reported"])
     return bool(unreported) or bool(row["feedback_missed"])
 

@@ -174,6 +174,18 @@ async def test_board_filters_scopes_and_cursor_paging(
     assert [t["type"] for t in detail["timeline"]] == ["blown", "deadline_missed", "escalated"]
     assert detail["timeline"][1]["actor"]["role"] == "system"
 
+    # PSB never reports in, yet once the case is closed it is no longer overdue.
+    housing, community = auth("department", "HOUSING"), auth("community", "tishu")
+    await client.post(f"/v1/whistles/{tishu[1]}/report-in", headers=housing)
+    await client.post(f"/v1/whistles/{tishu[1]}/dispatch", json={"lead_department": "HOUSING"}, headers=community)
+    await client.post(f"/v1/whistles/{tishu[1]}/complete", json={"summary": "done"}, headers=housing)
+    await client.post(f"/v1/whistles/{tishu[1]}/feedback", json={"result": "ok", "resolved": True}, headers=housing)
+    r = await client.post(f"/v1/whistles/{tishu[1]}/evaluate", json={"rating": "satisfied"}, headers=community)
+    await runtime.wait_idle()
+    detail = (await client.get(f"/v1/whistles/{tishu[1]}", headers=admin)).json()
+    assert r.json()["status"] == "closed" and detail["missed_report_in"] == ["HOUSING", "PSB"]
+    assert detail["overdue"] is False and tishu[1] not in await ids("?overdue=true", admin)
+
 
 async def test_read_your_writes_with_min_position(client: httpx.AsyncClient, auth: Auth, runtime: Runtime) -> None:
     await seed_county(client, auth)
