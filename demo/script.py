@@ -133,7 +133,8 @@ class Demo:
         payload = {"command_id": command_id, "whistle_id": whistle_id, **fields}
         await self.runtime.nc.jetstream().publish(f"baton.dept.{code}.cmd.{action}", json.dumps(payload).encode())
         self.tally.commands_nats += 1
-        outcome = await asyncio.wait_for(future, 30)
+        async with asyncio.timeout(30):
+            outcome = await future
         if outcome["status"] == "rejected":
             self.tally.refused[outcome["error"]["code"]] += 1
         return outcome

@@ -122,6 +122,7 @@ class Runtime:
             self.nats_url = self.embedded.url
         self.nc = await nats.connect(
             self.url,
+            disconnected_cb=self._on_disconnect,
             name="baton",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
@@ -153,6 +154,11 @@ class Runtime:
             )
         log.info("runtime_started", nats=self.url, store=self.baton.store.backend)
 
+    async def _on_disconnect(self) -> None:
+        """Fail in-flight publishes at once; the relay resyncs from the stream when NATS is back."""
+        if self.publisher is not None:
+            self.publisher.fail_pending(ConnectionError("disconnected from NATS"))
+
     def _publisher(self) -> JetStreamPublisher:
         assert self.publisher is not None
         return self.publisher
@@ -162,7 +168,8 @@ class Runtime:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                async with asyncio.timeout(10):
+                    await task
         self._tasks.clear()
         if self.broker is not None:
             with contextlib.suppress(Exception):

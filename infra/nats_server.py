@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import signal
@@ -39,6 +40,21 @@ def check_version(binary: Path) -> str:
     if not match or tuple(int(x) for x in match.groups()) < MIN_VERSION:
         raise RuntimeError(f"{binary} is {out.strip() or 'unknown'}; Baton needs nats-server 2.10 or newer")
     return match.group(0)
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM nats-server when Baton dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _alive(pid: int) -> bool:
+    """True while the process runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -88,6 +104,7 @@ class EmbeddedNats:
         self._supervisor = asyncio.create_task(self._supervise(), name="nats-server-supervisor")
 
     async def _spawn(self) -> None:
+        await self._stop_stale()
         config = self.write_config()
         self.process = await asyncio.create_subprocess_exec(
             str(self.binary),
@@ -99,9 +116,30 @@ class EmbeddedNats:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         await self._wait_ready()
         log.info("nats_server_started", url=self.url, pid=self.process.pid, version=self.version)
+
+    async def _stop_stale(self) -> None:
+        """Stop a nats-server left on this data dir by a Baton that died without stopping it."""
+        pid_file = self.dir / "nats-server.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if str(self.dir / "nats-server.conf").encode() not in cmdline:
+            return
+        log.warning("nats_server_stale", pid=pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not _alive(pid):
+                return
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
     async def _wait_ready(self, timeout: float = 15.0) -> None:
         loop = asyncio.get_running_loop()
@@ -114,7 +152,8 @@ class EmbeddedNats:
                 )
             with contextlib.suppress(OSError):
                 reader, writer = await asyncio.open_connection(self.host, self.port)
-                line = await asyncio.wait_for(reader.readline(), 2)
+                async with asyncio.timeout(2):
+                    line = await reader.readline()
                 writer.close()
                 if line.startswith(b"INFO"):
                     return
@@ -151,7 +190,8 @@ class EmbeddedNats:
         if self.process is not None and self.process.returncode is None:
             self.process.terminate()
             try:
-                await asyncio.wait_for(self.process.wait(), 10)
+                async with asyncio.timeout(10):
+                    await self.process.wait()
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()

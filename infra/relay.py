@@ -123,8 +123,10 @@ class Relay:
             self._wake.clear()
             batch = await asyncio.to_thread(self._next_batch)
             if not batch:
+                # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancel that races the event.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._wake.wait()
                 continue
             await self._publish(batch)
 
@@ -147,7 +149,8 @@ class Relay:
             futures.append(await self.publisher.publish(subject, payload, headers))
             seq += 1
         try:
-            acks = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), self.ack_timeout)
+            async with asyncio.timeout(self.ack_timeout):
+                acks = await asyncio.gather(*futures, return_exceptions=True)
         except TimeoutError:
             raise ConnectionError(f"no ack for {len(batch)} events within {self.ack_timeout}s") from None
         for (position, _subject, _payload, _headers), ack in zip(batch, acks, strict=True):

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -53,6 +54,23 @@ async def test_embedded_nats_fsyncs_on_loopback_restarts_when_killed_and_stops(t
     assert server.process.returncode is not None
     with pytest.raises(ProcessLookupError):
         os.kill(server.process.pid, signal.SIG_DFL)
+
+
+async def test_a_nats_server_left_behind_by_a_dead_baton_is_stopped_first(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path)
+    config = server.write_config()
+    stale = subprocess.Popen([str(server.binary), "-c", str(config)], start_new_session=True)
+    try:
+        for _ in range(100):
+            if (tmp_path / "nats" / "nats-server.pid").exists():
+                break
+            await asyncio.sleep(0.05)
+        await server.start()  # the same port and store dir: it only starts if the stale one is gone
+        assert stale.wait(timeout=5) is not None
+        assert server.process.pid != stale.pid
+    finally:
+        stale.kill()
+        await server.stop()
 
 
 async def test_a_correlation_id_follows_a_command_to_its_event(
