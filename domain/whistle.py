@@ -240,10 +240,6 @@ class Whistle(Aggregate):
         """The lead and co-handlers of the current work order."""
         return [self.lead, *self.co_departments] if self.lead else list(self.co_departments)
 
-    def concerns(self, department: str) -> bool:
-        """True when the department is summoned to, or handles, this whistle."""
-        return department in self.summoned or department in self.handlers()
-
     def check_step(self, step: Step) -> None:
         if step.value not in self.allowed_steps():
             raise StepOutOfOrder(step.value, self.status.value, self.allowed_steps())

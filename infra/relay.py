@@ -166,7 +166,3 @@ class Relay:
             count=len(batch),
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
-
-    def lag(self) -> int:
-        """Events stored but not yet known to be in BATON_EVENTS (blocking: reads the store)."""
-        return max(self.store.max_position() - self.published, 0)

@@ -129,8 +129,6 @@ class EventSource(Protocol):
 
     def envelopes(self, after: int, limit: int, stop: int | None = None) -> list[Envelope]: ...
 
-    def max_position(self) -> int: ...
-
 
 TView = TypeVar("TView", bound=View)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from eventsourcing.application import AggregateNotFoundError
@@ -109,8 +109,6 @@ class OrganisationApp(BatonApplication):
 
 
 def _empty_organisation() -> Organisation:
-    from datetime import UTC
-
     org = Organisation(name="organisation", timestamp=datetime.min.replace(tzinfo=UTC), meta={})
     org.collect_events()
     return org

@@ -10,15 +10,16 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
 import structlog
 from typer.testing import CliRunner
 
-from api.app import openapi_document
+from api.app import create_app, openapi_document
 from api.tokens import Tokens, load_secret
 from consumers.spec import asyncapi_document
 from demo.script import run_demo
-from infra.bootstrap import Runtime
+from infra.bootstrap import Runtime, bootstrap
 from infra.cli import app as cli
 from infra.nats_server import EmbeddedNats
 from infra.settings import Settings
@@ -116,11 +117,35 @@ def test_committed_api_documents_are_current() -> None:
         assert committed == json.loads(json.dumps(document, sort_keys=True)), f"docs/{name} is stale: run make docs"
 
 
-def test_demo_fills_an_empty_data_dir_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_demo_then_serve_shows_the_county_through_the_api_and_on_nats(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     settings = Settings(data_dir=tmp_path, store="sqlite")
-    assert run_demo(settings, days=2) == 0
+    assert await asyncio.to_thread(run_demo, settings, 2) == 0
     out = capsys.readouterr().out
     assert "13 communities" in out and "45 part-time cadres" in out and "over NATS" in out
     assert "all published to BATON_EVENTS" in out
-    assert run_demo(settings, days=2) == 1
+    assert await asyncio.to_thread(run_demo, settings, 2) == 1
     assert "fills an empty one" in capsys.readouterr().out
+
+    baton = bootstrap(settings)
+    tokens = Tokens(load_secret(tmp_path, None))
+    runtime = Runtime(baton)  # as `baton serve` runs it: embedded nats-server on the demo's store dir
+    app = create_app(baton, tokens, runtime)
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://serve") as http:
+                health = (await http.get("/health")).json()
+                admin = {"Authorization": f"Bearer {tokens.issue('admin', None)}"}
+                board = (await http.get("/v1/whistles", params={"limit": 200}, headers=admin)).json()
+            assert health["status"] == "ok" and health["nats"]["embedded"] is True
+            assert len(board["items"]) >= 8
+            conn = await nats.connect(health["nats"]["url"])
+            try:
+                info = await conn.jetstream().stream_info("BATON_EVENTS")
+                assert info.state.messages == baton.store.max_position()
+            finally:
+                await conn.close()
+    finally:
+        baton.close()
