@@ -134,6 +134,7 @@ async def test_demo_then_serve_shows_the_county_through_the_api_and_on_nats(
     app = create_app(baton, tokens, runtime)
     try:
         async with app.router.lifespan_context(app):
+            await runtime.wait_idle()
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://serve") as http:
                 health = (await http.get("/health")).json()
