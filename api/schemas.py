@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from services.schemas import Strict
 
@@ -196,3 +197,178 @@ class Health(BaseModel):
     nats: dict[str, Any]
     relay: dict[str, Any]
     projections: dict[str, dict[str, Any]]
+
+
+# Volunteering ---------------------------------------------------------------------------------
+
+
+class VolunteerIn(Strict):
+    """Register a volunteer with the community where they live (在职党员到社区报到 for party members)."""
+
+    community_id: str = Field(max_length=63)
+    name: str = Field(min_length=1, max_length=100)
+    phone: str | None = Field(None, max_length=40)
+    party_member: bool = False
+    branch: str | None = Field(None, max_length=200, description="An in-service party member's own branch.")
+    work_unit: str | None = Field(None, max_length=200)
+
+
+class ActivityIn(Strict):
+    community_id: str = Field(max_length=63)
+    title: str = Field(min_length=1, max_length=200)
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
+    place: str = Field(min_length=1, max_length=300)
+    capacity: int = Field(gt=0, le=10_000)
+    points_per_hour: Decimal = Field(gt=0, max_digits=8, decimal_places=2)
+    max_hours_per_person: Decimal = Field(gt=0, max_digits=6, decimal_places=2, description="Cap on credited hours.")
+
+
+class SignupIn(Strict):
+    volunteer_id: str
+
+
+class AttendanceIn(Strict):
+    volunteer_id: str
+    hours: Decimal = Field(gt=0, max_digits=6, decimal_places=2)
+
+
+class VoidIn(Strict):
+    reason: str = Field(min_length=1, max_length=2000, description="The complaint that voids the credit.")
+
+
+class RewardIn(Strict):
+    community_id: str = Field(max_length=63)
+    name: str = Field(min_length=1, max_length=200)
+    cost: Decimal = Field(gt=0, max_digits=10, decimal_places=2, description="Points per item.")
+    stock: int = Field(ge=0, le=1_000_000)
+
+
+class RestockIn(Strict):
+    quantity: int = Field(gt=0, le=1_000_000)
+
+
+class RedemptionIn(Strict):
+    reward_id: str
+
+
+class PledgeIn(Strict):
+    year: int = Field(ge=2000, le=2100)
+    hours: Decimal | None = Field(None, gt=0, max_digits=6, decimal_places=2)
+    service: str | None = Field(None, max_length=500)
+
+
+class PointsPolicyIn(Strict):
+    kind: Literal["never", "year_end", "after_years", "after_days"] = Field(
+        description="year_end: points lapse at the end of the year they were earned in (+ years - 1)."
+    )
+    years: int | None = Field(None, gt=0, le=50)
+    days: int | None = Field(None, gt=0, le=36_500)
+    timezone: str = "Asia/Shanghai"
+
+
+class LedgerEntry(BaseModel):
+    position: int
+    version: int
+    kind: Literal["award", "void", "redeem", "expire"]
+    points: str = Field(description="Signed; the entries sum to the balance.")
+    balance: str
+    ref: str | None
+    note: str | None
+    occurred_at: str
+
+
+class VolunteerSummary(BaseModel):
+    volunteer_id: str
+    community_id: str
+    name: str
+    party_member: bool
+    branch: str | None
+    work_unit: str | None
+    balance: str
+    earned: str
+    voided: str
+    redeemed: str
+    expired: str
+    hours: str
+    activities: int
+    next_expiry_at: str | None
+    registered_at: str
+
+
+class VolunteerDetail(VolunteerSummary):
+    entries: list[LedgerEntry]
+
+
+class LeaderboardRow(VolunteerSummary):
+    rank: int
+
+
+class RosterEntry(BaseModel):
+    volunteer_id: str
+    name: str
+    signed_up_at: str
+    hours: str | None
+    credited_hours: str | None
+    points: str | None
+    confirmed_at: str | None
+    voided: bool
+
+
+class ActivitySummary(BaseModel):
+    activity_id: str
+    community_id: str
+    title: str
+    starts_at: str
+    ends_at: str
+    place: str
+    capacity: int
+    points_per_hour: str
+    max_hours_per_person: str
+    signups: int
+    confirmed: int
+    status: str
+    voided_reason: str | None
+
+
+class ActivityDetail(ActivitySummary):
+    roster: list[RosterEntry]
+
+
+class RewardOut(BaseModel):
+    reward_id: str
+    community_id: str
+    name: str
+    cost: str
+    stock: int
+    handed_out: int
+
+
+class RedemptionOut(BaseModel):
+    redemption_id: str
+    volunteer_id: str
+    reward_id: str
+    reward_name: str
+    community_id: str
+    points: str
+    occurred_at: str
+    position: int
+
+
+class PartyService(BaseModel):
+    volunteer_id: str
+    name: str
+    community_id: str
+    branch: str | None
+    pledged_hours: str | None
+    pledged_service: str | None
+    served_hours: str
+    fulfilled: bool | None
+
+
+class Participation(BaseModel):
+    community_id: str
+    year: int
+    residents: int | None
+    volunteers_served: int
+    per_1000_residents: str | None

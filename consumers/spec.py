@@ -11,11 +11,12 @@ from faststream.specification import AsyncAPI
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from domain.organisation import Organisation
+from domain.volunteering import Activity, PointsPolicy, Reward, Volunteer
 from domain.whistle import Whistle
 from infra.envelope import META_FIELDS, snake
 from services.schemas import DEPARTMENT_COMMANDS, EventBody, Outcome
 
-AGGREGATES: tuple[type, ...] = (Organisation, Whistle)
+AGGREGATES: tuple[type, ...] = (Organisation, Whistle, Volunteer, Activity, Reward, PointsPolicy)
 INBOX_EVENTS = ("blown", "dispatched", "evaluated", "deadline_missed", "escalated")
 
 

@@ -22,11 +22,13 @@ from infra.nats_server import EmbeddedNats
 from infra.relay import Relay
 from infra.settings import Settings
 from infra.store import Store
-from infra.watcher import DeadlineWatcher
+from infra.watcher import Watcher
 from projections.base import BatonProjection, Sql
 from projections.scorecard import ScorecardProjection, ScorecardView
+from projections.volunteering import VolunteeringProjection, VolunteeringView
 from projections.whistle_board import WhistleBoardProjection, WhistleBoardView
 from services.organisation import OrganisationApp
+from services.volunteering import VolunteeringApp
 from services.whistles import WhistleApp
 
 log = structlog.get_logger("baton.runtime")
@@ -54,9 +56,11 @@ class Baton:
     source: StoreEventSource
     org: OrganisationApp
     whistles: WhistleApp
+    volunteering: VolunteeringApp
     views: Sql
     board: WhistleBoardProjection
     scorecard: ScorecardProjection
+    volunteers: VolunteeringProjection
     projections: dict[str, BatonProjection[Any]] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -73,9 +77,11 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> B
     source = StoreEventSource(store, codec)
     org = OrganisationApp(store, clock)
     whistles = WhistleApp(store, clock, org)
+    volunteering = VolunteeringApp(store, clock, org)
     views = Sql(store.views_datastore())
     board = WhistleBoardProjection(WhistleBoardView(views), source)
     scorecard = ScorecardProjection(ScorecardView(views), source)
+    volunteers = VolunteeringProjection(VolunteeringView(views), source)
     return Baton(
         settings=settings,
         clock=clock,
@@ -84,10 +90,12 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> B
         source=source,
         org=org,
         whistles=whistles,
+        volunteering=volunteering,
         views=views,
         board=board,
         scorecard=scorecard,
-        projections={p.name: p for p in (board, scorecard)},
+        volunteers=volunteers,
+        projections={p.name: p for p in (board, scorecard, volunteers)},
     )
 
 
@@ -103,7 +111,7 @@ class Runtime:
         self.publisher: JetStreamPublisher | None = None
         self.broker: NatsBroker | None = None
         self.relay: Relay | None = None
-        self.watcher = DeadlineWatcher(baton.whistles, baton.board.view, baton.clock)
+        self.watcher = Watcher(baton.clock, baton.whistles, baton.board.view, baton.volunteering, baton.volunteers.view)
         self._tasks: list[asyncio.Task[Any]] = []
 
     @property

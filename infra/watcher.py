@@ -1,39 +1,69 @@
-"""The deadline watcher: records missed deadlines and escalations as time passes."""
+"""The watcher: as time passes, records missed deadlines and escalations, and lapses expired points."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 
 from infra.clock import Clock
+from projections.volunteering import VolunteeringView
 from projections.whistle_board import WhistleBoardView
 from services.access import SYSTEM_ACTOR, Context
+from services.base import Receipt
+from services.volunteering import VolunteeringApp
 from services.whistles import WhistleApp
 
 log = structlog.get_logger("baton.watcher")
 
 
-class DeadlineWatcher:
-    """Asks each whistle with a due deadline to check itself against the clock."""
+@dataclass(frozen=True)
+class Tick:
+    """What one tick recorded."""
 
-    def __init__(self, whistles: WhistleApp, board: WhistleBoardView, clock: Clock) -> None:
+    escalated: int = 0
+    expired: int = 0
+
+
+class Watcher:
+    """Asks each aggregate with something due (from the read models' indexes) to check itself against the clock."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        whistles: WhistleApp,
+        board: WhistleBoardView,
+        volunteering: VolunteeringApp,
+        volunteers: VolunteeringView,
+    ) -> None:
+        self.clock = clock
         self.whistles = whistles
         self.board = board
-        self.clock = clock
+        self.volunteering = volunteering
+        self.volunteers = volunteers
 
-    def tick(self) -> int:
-        """Check every whistle with a deadline due by now; return how many recorded a miss."""
-        due = self.board.due_deadlines(self.clock.now().isoformat())
-        escalated = 0
-        for whistle_id in due:
+    def tick(self) -> Tick:
+        """Check everything due by now."""
+        now = self.clock.now().isoformat()
+        tick = Tick(
+            escalated=self._each(self.board.due_deadlines(now), self.whistles.check_deadlines),
+            expired=self._each(self.volunteers.due_expiries(now), self.volunteering.expire_points),
+        )
+        if tick.escalated or tick.expired:
+            log.info("watcher_recorded", whistles_escalated=tick.escalated, volunteers_expired=tick.expired)
+        return tick
+
+    @staticmethod
+    def _each(ids: list[str], check: Callable[[Context, str], Receipt | None]) -> int:
+        changed = 0
+        for aggregate_id in ids:
             ctx = Context(actor=SYSTEM_ACTOR, correlation_id=f"watch-{uuid.uuid4().hex[:12]}")
-            if self.whistles.check_deadlines(ctx, whistle_id) is not None:
-                escalated += 1
-        if escalated:
-            log.info("deadlines_missed", whistles=escalated)
-        return escalated
+            if check(ctx, aggregate_id) is not None:
+                changed += 1
+        return changed
 
     async def run(self, interval: float) -> None:
         """Tick every `interval` seconds until cancelled."""

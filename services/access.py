@@ -83,6 +83,16 @@ def check_community_scope(org: Organisation, actor: Actor, community_id: str, ac
     )
 
 
+def check_acts_for_community(org: Organisation, actor: Actor, community_id: str, action: str, *roles: Role) -> None:
+    """Raise OutOfScope unless the actor has one of roles and acts for this community (an organiser: its own)."""
+    require_role(actor, *roles, action=action)
+    if actor.role is Role.ORGANISER:
+        if actor.unit != community_id:
+            raise OutOfScope(f"an organiser acts for their own community ({actor.unit}), not {community_id!r}")
+        return
+    check_community_scope(org, actor, community_id, action)
+
+
 def acting_handler(actor: Actor, whistle: Whistle) -> str:
     """The handler identity the actor takes on this whistle: its department code, or its own community."""
     if actor.role is Role.DEPARTMENT and actor.unit:

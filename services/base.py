@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,7 +22,7 @@ from services.access import Context
 
 log = structlog.get_logger("baton.commands")
 
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = 12
 
 
 class ConcurrentChange(Conflict):
@@ -93,6 +95,7 @@ class BatonApplication(Application[UUID]):
                 if key and (prior := self.store.commands.get(key)) is not None:
                     return self.replay(prior, ctx)
                 log.info("command_conflict_retry", attempt=attempt)
+                time.sleep(random.uniform(0, 0.005 * attempt))  # let the competing writers through
                 continue
             positions = [r.notification.id for r in recordings]
             log.info("command_accepted", positions=positions, **_summary(body))

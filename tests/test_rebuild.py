@@ -55,7 +55,7 @@ async def play(client: httpx.AsyncClient, auth: Auth, clock: ManualClock, runtim
 
     clock.advance(timedelta(days=2))
     await runtime.wait_idle()
-    assert await asyncio.to_thread(runtime.watcher.tick) >= 3
+    assert (await asyncio.to_thread(runtime.watcher.tick)).escalated >= 3
     assert await step(late, "report-in", psb) == 200
     await runtime.wait_idle()
 

@@ -1,0 +1,140 @@
+"""What every HTTP route shares: the error shape, authentication, command context and idempotency."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import structlog
+from eventsourcing.persistence import PersistenceError
+from fastapi import FastAPI, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.schemas import ErrorBody
+from api.tokens import InvalidToken, Tokens
+from domain.errors import Conflict, DomainError, InvalidCommand, NotFound, OutOfScope
+from services.access import Actor, Context
+from services.base import Receipt
+
+log = structlog.get_logger("baton.http")
+
+STATUS_BY_ERROR: list[tuple[type[DomainError], int]] = [
+    (NotFound, 404),
+    (OutOfScope, 403),
+    (Conflict, 409),
+    (InvalidCommand, 422),
+]
+ERRORS = {
+    401: {"model": ErrorBody, "description": "No token, or a bad one."},
+    403: {"model": ErrorBody, "description": "Outside the actor's scope."},
+    404: {"model": ErrorBody, "description": "Unknown id."},
+    409: {"model": ErrorBody, "description": "A step out of order, or a concurrent change."},
+    422: {"model": ErrorBody, "description": "Invalid input."},
+}
+
+
+class ApiError(Exception):
+    """An HTTP error with the contract's body."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def install_middleware(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def correlate(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        correlation_id = request.headers.get("X-Correlation-Id") or uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
+        try:
+            response: Response = await call_next(request)
+        finally:
+            structlog.contextvars.unbind_contextvars("correlation_id")
+        response.headers["X-Correlation-Id"] = correlation_id
+        return response
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        status = next((s for cls, s in STATUS_BY_ERROR if isinstance(exc, cls)), 422)
+        return error_response(status, exc.code, exc.message)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error_response(exc.status, exc.code, exc.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+            parts.append(f"{where}: {error.get('msg')}")
+        return error_response(422, "invalid_request", "; ".join(parts) or "the request is not valid")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(PersistenceError)
+    async def store_down(request: Request, exc: PersistenceError) -> JSONResponse:
+        log.warning("store_unavailable", error=str(exc))
+        return error_response(
+            503,
+            "store_unavailable",
+            "the event store cannot be reached; nothing was recorded, retry shortly",
+            {"Retry-After": "2"},
+        )
+
+
+def actor_dependency(tokens: Tokens) -> Callable[..., Actor]:
+    def actor(authorization: Annotated[str | None, Header()] = None) -> Actor:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise ApiError(
+                401, "unauthenticated", "send Authorization: Bearer <token>; get one with `baton token issue`"
+            )
+        try:
+            return tokens.verify(authorization.split(" ", 1)[1].strip())
+        except InvalidToken as exc:
+            raise ApiError(401, "unauthenticated", str(exc)) from None
+
+    return actor
+
+
+MinPosition = Annotated[
+    int | None, Query(ge=0, description="Wait (up to 5 s) until the board has applied this store position.")
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=200, description="Same key and body: applied once, answered again."),
+]
+
+
+def command_context(request: Request, actor: Actor, key: str | None, body: Any = None) -> Context:
+    payload = body.model_dump(mode="json") if body is not None else None
+    fingerprint = hashlib.sha256(
+        json.dumps([request.method, request.url.path, payload], sort_keys=True).encode()
+    ).hexdigest()
+    correlation_id = structlog.contextvars.get_contextvars().get("correlation_id") or uuid.uuid4().hex
+    return Context(
+        actor=actor,
+        correlation_id=correlation_id,
+        idempotency_key=f"http:{actor.role.value}:{actor.unit}:{actor.id}:{key}" if key else None,
+        fingerprint=fingerprint,
+    )
+
+
+def answer(response: Response, receipt: Receipt) -> dict[str, Any]:
+    if receipt.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return {**receipt.body, "position": receipt.position}

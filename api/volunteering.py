@@ -1,0 +1,303 @@
+"""Volunteering routes: volunteers and their points, activities, the reward catalogue, party members' service."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from api.common import ERRORS, IdempotencyKey, actor_dependency, answer, command_context
+from api.schemas import (
+    Accepted,
+    ActivityDetail,
+    ActivityIn,
+    ActivitySummary,
+    AttendanceIn,
+    LeaderboardRow,
+    Participation,
+    PartyService,
+    PledgeIn,
+    PointsPolicyIn,
+    RedemptionIn,
+    RedemptionOut,
+    RestockIn,
+    RewardIn,
+    RewardOut,
+    SignupIn,
+    VoidIn,
+    VolunteerDetail,
+    VolunteerIn,
+)
+from api.tokens import Tokens
+from domain.errors import NotFound, OutOfScope
+from infra.bootstrap import Baton
+from services.access import SEE_EVERYTHING, UNIT_ROLES, Actor, Role
+
+Year = Annotated[int | None, Query(ge=2000, le=2100, description="Default: this year.")]
+
+
+def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["volunteering"], responses=ERRORS)
+    actor_dep = Depends(actor_dependency(tokens))
+    app = baton.volunteering
+    view = baton.volunteers.view
+
+    def check_reads_community(actor: Actor, community_id: str) -> None:
+        """Community-level reads: staff over the community, and its own organisers and volunteers."""
+        org = baton.org.current()
+        org.community(community_id)
+        if actor.role in SEE_EVERYTHING:
+            return
+        if actor.role in (Role.ORGANISER, Role.VOLUNTEER) and actor.unit == community_id:
+            return
+        if actor.role in UNIT_ROLES and actor.unit in org.units:
+            unit = org.units[actor.unit]
+            if (unit["kind"] == "grid" and unit["parent"] == community_id) or org.is_within(community_id, actor.unit):
+                return
+        raise OutOfScope(f"community {community_id}'s volunteering is outside this token's scope")
+
+    def this_year(year: int | None) -> int:
+        return year or baton.clock.now().year
+
+    # Commands ----------------------------------------------------------------------------------
+
+    @router.post("/volunteers", status_code=201, response_model=Accepted, summary="Register a volunteer")
+    def register(
+        body: VolunteerIn,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        return answer(response, app.register_volunteer(ctx, **body.model_dump()))
+
+    @router.post(
+        "/volunteers/{volunteer_id}/redemptions",
+        status_code=201,
+        response_model=Accepted,
+        summary="Redeem points for a reward (the volunteer themself)",
+    )
+    def redeem(
+        volunteer_id: str,
+        body: RedemptionIn,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        return answer(response, app.redeem(ctx, volunteer_id, reward_id=body.reward_id))
+
+    @router.post(
+        "/volunteers/{volunteer_id}/pledges",
+        status_code=201,
+        response_model=Accepted,
+        summary="承诺 An in-service party member pledges service for a year",
+    )
+    def pledge(
+        volunteer_id: str,
+        body: PledgeIn,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        return answer(response, app.pledge(ctx, volunteer_id, year=body.year, hours=body.hours, service=body.service))
+
+    @router.post("/activities", status_code=201, response_model=Accepted, summary="Publish a service activity")
+    def publish(
+        body: ActivityIn,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        return answer(response, app.publish_activity(ctx, **body.model_dump()))
+
+    @router.post(
+        "/activities/{activity_id}/signups", status_code=201, response_model=Accepted, summary="Sign a volunteer up"
+    )
+    def sign_up(
+        activity_id: str,
+        body: SignupIn,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        return answer(response, app.sign_up(ctx, activity_id, volunteer_id=body.volunteer_id))
+
+    @router.post(
+        "/activities/{activity_id}/attendance",
+        status_code=201,
+        response_model=Accepted,
+        summary="Confirm a volunteer's hours; only confirmed hours earn points, once per activity",
+    )
+    def attendance(
+        activity_id: str,
+        body: AttendanceIn,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        return answer(
+            response, app.confirm_attendance(ctx, activity_id, volunteer_id=body.volunteer_id, hours=body.hours)
+        )
+
+    @router.post(
+        "/activities/{activity_id}/void",
+        response_model=Accepted,
+        summary="A complaint voids the activity's credit (reversing entries)",
+    )
+    def void(
+        activity_id: str,
+        body: VoidIn,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        return answer(response, app.void_credit(ctx, activity_id, reason=body.reason))
+
+    @router.post("/rewards", status_code=201, response_model=Accepted, summary="Add a gift to a community's catalogue")
+    def offer(
+        body: RewardIn,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        return answer(response, app.offer_reward(ctx, **body.model_dump()))
+
+    @router.post("/rewards/{reward_id}/restock", response_model=Accepted, summary="Restock a gift")
+    def restock(
+        reward_id: str,
+        body: RestockIn,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        return answer(response, app.restock(ctx, reward_id, quantity=body.quantity))
+
+    @router.put(
+        "/communities/{community_id}/points-policy",
+        response_model=Accepted,
+        summary="Set how the community's points lapse (applies to points earned from now on)",
+    )
+    def points_policy(
+        community_id: str,
+        body: PointsPolicyIn,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        return answer(response, app.set_points_policy(ctx, community_id=community_id, **body.model_dump()))
+
+    # Reads -----------------------------------------------------------------------------------
+
+    @router.get(
+        "/volunteers/{volunteer_id}",
+        response_model=VolunteerDetail,
+        summary="A volunteer's balance and ledger (entries sum to the balance)",
+    )
+    def volunteer(volunteer_id: str, actor: Actor = actor_dep) -> dict[str, Any]:
+        row = view.volunteer(volunteer_id)
+        if row is None:
+            raise NotFound(f"volunteer {volunteer_id} does not exist (or is not in the read model yet)")
+        if not (actor.role is Role.VOLUNTEER and actor.id == volunteer_id):
+            if actor.role is Role.VOLUNTEER:
+                raise OutOfScope("a volunteer reads their own points only")
+            check_reads_community(actor, row["community_id"])
+        return row
+
+    @router.get(
+        "/communities/{community_id}/leaderboard",
+        response_model=list[LeaderboardRow],
+        summary="Volunteers ranked by points earned",
+    )
+    def leaderboard(
+        community_id: str, actor: Actor = actor_dep, limit: Annotated[int, Query(ge=1, le=200)] = 20
+    ) -> list[dict[str, Any]]:
+        check_reads_community(actor, community_id)
+        return view.leaderboard(community_id, limit)
+
+    @router.get(
+        "/communities/{community_id}/participation",
+        response_model=Participation,
+        summary="Volunteers with confirmed service in a year per 1,000 residents",
+    )
+    def participation(community_id: str, actor: Actor = actor_dep, year: Year = None) -> dict[str, Any]:
+        check_reads_community(actor, community_id)
+        rows = view.participation(this_year(year), community_id)
+        if not rows:
+            raise NotFound(f"community {community_id} is not in the read model yet")
+        return rows[0]
+
+    @router.get(
+        "/participation",
+        response_model=list[Participation],
+        summary="Participation per 1,000 residents for every community",
+    )
+    def participation_all(actor: Actor = actor_dep, year: Year = None) -> list[dict[str, Any]]:
+        if actor.role not in (*SEE_EVERYTHING, Role.DISTRICT):
+            raise OutOfScope("county-wide participation is for district, admin, inspector and auditor tokens")
+        return view.participation(this_year(year), None)
+
+    @router.get("/activities", response_model=list[ActivitySummary], summary="A community's activities")
+    def activities(community: str, actor: Actor = actor_dep) -> list[dict[str, Any]]:
+        check_reads_community(actor, community)
+        return view.activities(community)
+
+    @router.get("/activities/{activity_id}", response_model=ActivityDetail, summary="An activity and its roster")
+    def activity(activity_id: str, actor: Actor = actor_dep) -> dict[str, Any]:
+        row = view.activity(activity_id)
+        if row is None:
+            raise NotFound(f"activity {activity_id} does not exist (or is not in the read model yet)")
+        check_reads_community(actor, row["community_id"])
+        return row
+
+    @router.get("/rewards", response_model=list[RewardOut], summary="A community's catalogue, with stock")
+    def rewards(community: str, actor: Actor = actor_dep) -> list[dict[str, Any]]:
+        check_reads_community(actor, community)
+        return view.catalogue(community)
+
+    @router.get("/redemptions", response_model=list[RedemptionOut], summary="Redemptions, newest first")
+    def redemptions(
+        actor: Actor = actor_dep, community: str | None = None, volunteer: str | None = None
+    ) -> list[dict[str, Any]]:
+        if actor.role is Role.VOLUNTEER:
+            if volunteer != actor.id:
+                raise OutOfScope(f"a volunteer reads their own redemptions: ?volunteer={actor.id}")
+        elif community:
+            check_reads_community(actor, community)
+        elif actor.role not in SEE_EVERYTHING:
+            raise OutOfScope("name the community: ?community=ID")
+        return view.redemptions(community, volunteer)
+
+    @router.get(
+        "/party-service",
+        response_model=list[PartyService],
+        summary="In-service party members' pledges and confirmed service hours, per branch or community",
+    )
+    def party_service(
+        actor: Actor = actor_dep, year: Year = None, community: str | None = None, branch: str | None = None
+    ) -> list[dict[str, Any]]:
+        if community:
+            check_reads_community(actor, community)
+        elif actor.role not in (*SEE_EVERYTHING, Role.DISTRICT):
+            raise OutOfScope("name the community: ?community=ID (county-wide views need a district token)")
+        return view.party_service(this_year(year), community, branch)
+
+    return router

@@ -1,0 +1,237 @@
+"""Whistle routes (the six steps, the board, a whistle's detail) and department scorecards."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from api.common import ERRORS, IdempotencyKey, MinPosition, actor_dependency, answer, command_context
+from api.schemas import Scorecard, StepAccepted, WhistleCreated, WhistleDetail, WhistlePage
+from api.tokens import Tokens
+from domain.errors import NotFound, OutOfScope
+from infra.bootstrap import Baton
+from projections.scorecard import empty_scorecard
+from projections.whistle_board import BoardQuery
+from services.access import SEE_EVERYTHING, Actor, Role, can_read_whistle
+from services.schemas import BlowWhistle, Complete, Decline, Dispatch, Evaluate, Feedback, Progress
+
+log = structlog.get_logger("baton.http")
+
+
+def whistle_router(baton: Baton, tokens: Tokens) -> APIRouter:
+    router = APIRouter(prefix="/v1/whistles", tags=["whistles"], responses=ERRORS)
+    actor_dep = Depends(actor_dependency(tokens))
+    whistles = baton.whistles
+
+    @router.post("", status_code=201, response_model=WhistleCreated, summary="吹哨 Blow a whistle")
+    def blow(
+        body: BlowWhistle,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        return answer(response, whistles.blow(ctx, **body.model_dump()))
+
+    @router.post("/{whistle_id}/report-in", response_model=StepAccepted, summary="应哨 Report in (department)")
+    def report_in(
+        whistle_id: str,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        return answer(response, whistles.report_in(command_context(request, actor, idempotency_key), whistle_id))
+
+    @router.post("/{whistle_id}/dispatch", response_model=StepAccepted, summary="派单 Dispatch a work order")
+    def dispatch(
+        whistle_id: str,
+        body: Dispatch,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        funding = body.funding.model_dump() if body.funding else None
+        return answer(
+            response,
+            whistles.dispatch(
+                ctx,
+                whistle_id,
+                lead_department=body.lead_department,
+                co_departments=body.co_departments,
+                due_at=body.due_at,
+                funding=funding,
+            ),
+        )
+
+    @router.post("/{whistle_id}/decline", response_model=StepAccepted, summary="Decline the work order (department)")
+    def decline(
+        whistle_id: str,
+        body: Decline,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        return answer(response, whistles.decline(ctx, whistle_id, reason=body.reason))
+
+    @router.post("/{whistle_id}/progress", response_model=StepAccepted, summary="办理 Record progress")
+    def progress(
+        whistle_id: str,
+        body: Progress,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        return answer(response, whistles.record_progress(ctx, whistle_id, note=body.note))
+
+    @router.post("/{whistle_id}/complete", response_model=StepAccepted, summary="办理 Complete the handling")
+    def complete(
+        whistle_id: str,
+        body: Complete,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        return answer(response, whistles.complete(ctx, whistle_id, summary=body.summary))
+
+    @router.post("/{whistle_id}/feedback", response_model=StepAccepted, summary="反馈 Report the result back")
+    def feedback(
+        whistle_id: str,
+        body: Feedback,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        return answer(response, whistles.feed_back(ctx, whistle_id, result=body.result, resolved=body.resolved))
+
+    @router.post("/{whistle_id}/evaluate", response_model=StepAccepted, summary="评价 Evaluate the handling")
+    def evaluate(
+        whistle_id: str,
+        body: Evaluate,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        return answer(response, whistles.evaluate(ctx, whistle_id, rating=body.rating, comment=body.comment))
+
+    @router.get("", response_model=WhistlePage, summary="The whistle board, newest first")
+    def board(
+        actor: Actor = actor_dep,
+        community: str | None = None,
+        department: str | None = None,
+        status: str | None = None,
+        overdue: bool | None = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, Query(pattern=r"^\d+$", description="next_cursor of the previous page")] = None,
+        min_position: MinPosition = None,
+    ) -> dict[str, Any]:
+        _wait_for(baton, min_position)
+        query = _scoped_query(
+            baton,
+            actor,
+            BoardQuery(
+                community=community,
+                department=department,
+                status=status,
+                overdue=overdue,
+                limit=limit,
+                before_position=int(cursor) if cursor else None,
+            ),
+        )
+        items = baton.board.view.query(query)
+        next_cursor = str(items[-1]["blown_position"]) if len(items) == limit else None
+        return {"items": items, "next_cursor": next_cursor}
+
+    @router.get("/{whistle_id}", response_model=WhistleDetail, summary="A whistle, with its timeline oldest first")
+    def detail(
+        whistle_id: str,
+        actor: Actor = actor_dep,
+        min_position: MinPosition = None,
+    ) -> dict[str, Any]:
+        _wait_for(baton, min_position)
+        row = baton.board.view.get(whistle_id)
+        if row is None:
+            raise NotFound(f"whistle {whistle_id} does not exist (or is not on the board yet)")
+        departments = baton.board.view.departments_of(whistle_id)
+        if not can_read_whistle(baton.org.current(), actor, row["community_id"], departments):
+            raise OutOfScope("this whistle is outside your scope")
+        return row
+
+    return router
+
+
+def _wait_for(baton: Baton, position: int | None) -> None:
+    if position:
+        try:
+            baton.board.view.wait(baton.board.name, position, timeout=5.0)
+        except TimeoutError:
+            log.info("read_model_behind", wanted=position)
+
+
+def _scoped_query(baton: Baton, actor: Actor, query: BoardQuery) -> BoardQuery:
+    """Narrow a board query to what the actor may see; refuse filters outside it."""
+    if actor.role in SEE_EVERYTHING:
+        return query
+    org = baton.org.current()
+    fields: dict[str, Any] = {**query.__dict__}
+    if actor.role is Role.DEPARTMENT:
+        if query.department not in (None, actor.unit):
+            raise OutOfScope(f"a department sees its own whistles only; use department={actor.unit}")
+        fields["department"] = actor.unit
+    elif actor.role in (Role.COMMUNITY, Role.GRID) and actor.unit in org.units:
+        community = actor.unit if actor.role is Role.COMMUNITY else org.units[actor.unit]["parent"]
+        if query.community not in (None, community):
+            raise OutOfScope(f"this token sees community {community} only")
+        fields["community"] = community
+    elif actor.role in (Role.STREET, Role.DISTRICT) and actor.unit in org.units:
+        kind = org.units[actor.unit]["kind"]
+        if kind not in ("street", "district", "city"):
+            raise OutOfScope(f"unit {actor.unit} is a {kind}; a {actor.role.value} token needs a street or district")
+        fields["scope_column"], fields["scope_value"] = f"{kind}_id", actor.unit
+    else:
+        raise OutOfScope(f"a {actor.role.value} token cannot read whistles")
+    return BoardQuery(**fields)
+
+
+def scorecard_router(baton: Baton, tokens: Tokens) -> APIRouter:
+    router = APIRouter(prefix="/v1/scorecards", tags=["scorecards"], responses=ERRORS)
+    actor_dep = Depends(actor_dependency(tokens))
+    readers = {Role.ADMIN, Role.DISTRICT, Role.STREET, Role.COMMUNITY, Role.INSPECTOR, Role.AUDITOR, Role.DEPARTMENT}
+
+    def cards(actor: Actor, department: str | None) -> list[dict[str, Any]]:
+        if actor.role not in readers:
+            raise OutOfScope(f"a {actor.role.value} token cannot read department scorecards")
+        if actor.role is Role.DEPARTMENT and department != actor.unit:
+            raise OutOfScope(f"a department reads its own scorecard only: /v1/scorecards/{actor.unit}")
+        known = baton.org.current().departments
+        return [c for c in baton.scorecard.view.scorecards(department) if c["department"] in known]
+
+    @router.get("", response_model=list[Scorecard], summary="Every department's scorecard")
+    def all_scorecards(actor: Actor = actor_dep) -> list[dict[str, Any]]:
+        return cards(actor, None)
+
+    @router.get("/{code}", response_model=Scorecard, summary="One department's scorecard")
+    def one_scorecard(code: str, actor: Actor = actor_dep) -> dict[str, Any]:
+        found = cards(actor, code)
+        if not found:
+            if code not in baton.org.current().departments:
+                raise NotFound(f"department {code} does not exist")
+            return empty_scorecard(code)
+        return found[0]
+
+    return router
