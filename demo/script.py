@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -26,6 +27,7 @@ from rich.table import Table
 from api.app import create_app
 from api.tokens import Tokens, load_secret
 from demo.county import County, build_county
+from demo.volunteering import VolunteeringDemo
 from infra.bootstrap import Baton, Runtime, bootstrap
 from infra.clock import ManualClock
 from infra.settings import Settings
@@ -84,18 +86,22 @@ class Demo:
         self.county: County = build_county()
         self.categories = {c["code"]: c for c in self.county.categories}
         self._outcomes: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._headers: dict[tuple[str, str | None], dict[str, str]] = {}
+        self._headers: dict[tuple[str, str | None, str | None], dict[str, str]] = {}
+        self.volunteering = VolunteeringDemo(self.county, clock, runtime, self.post, self.auth, self.rng)
 
-    def auth(self, role: str, unit: str | None = None) -> dict[str, str]:
-        key = (role, unit)
+    def auth(self, role: str, unit: str | None = None, actor: str | None = None) -> dict[str, str]:
+        key = (role, unit, actor)
         if key not in self._headers:
-            actor = f"{role}-{unit or 'county'}"
-            self._headers[key] = {"Authorization": f"Bearer {self.tokens.issue(role, unit, actor)}"}
+            actor_id = actor or f"{role}-{unit or 'county'}"
+            self._headers[key] = {"Authorization": f"Bearer {self.tokens.issue(role, unit, actor_id)}"}
         return self._headers[key]
 
-    async def post(self, path: str, body: dict[str, Any] | None, headers: dict[str, str]) -> httpx.Response:
+    async def post(
+        self, path: str, body: dict[str, Any] | None, headers: dict[str, str], method: str = "POST"
+    ) -> httpx.Response:
         self.tally.commands_http += 1
-        r = await self.http.post(path, json=body, headers={**headers, "Idempotency-Key": uuid.uuid4().hex})
+        headers = {**headers, "Idempotency-Key": uuid.uuid4().hex}
+        r = await self.http.request(method, path, json=body, headers=headers)
         if r.status_code >= 400:
             self.tally.refused[r.json()["error"]["code"]] += 1
         return r
@@ -246,28 +252,34 @@ class Demo:
     async def play(self, start: datetime) -> None:
         end = start + timedelta(days=self.days)
         stories: list[AsyncIterator[datetime]] = [self.watcher(start, end)]
+        stories += self.volunteering.stories(start, self.days)
         for day in range(self.days):
             for _ in range(self.rng.randint(*WHISTLES_PER_DAY)):
                 moment = start + timedelta(days=day, hours=self.rng.uniform(7, 19))
                 stories.append(self.story(moment))
-        counter = itertools.count()
-        queue: list[tuple[datetime, int, AsyncIterator[datetime]]] = []
-        for story in stories:
-            heapq.heappush(queue, (await anext(story), next(counter), story))
-        while queue:
-            moment, _, story = heapq.heappop(queue)
-            if moment > end:
-                continue
-            if moment > self.clock.now():
-                self.clock.set(moment)
-            try:
-                heapq.heappush(queue, (await anext(story), next(counter), story))
-            except StopAsyncIteration:
-                pass
-        self.clock.set(max(self.clock.now(), end))
+        await run_stories(self.clock, stories, end)
         await self.runtime.wait_idle(timeout=60)
         await asyncio.to_thread(self.runtime.watcher.tick)
         await self.runtime.wait_idle(timeout=60)
+
+
+async def run_stories(clock: ManualClock, stories: list[AsyncIterator[datetime]], end: datetime) -> None:
+    """Interleave stories in time order: each yields when it next acts, and the clock moves there."""
+    counter = itertools.count()
+    queue: list[tuple[datetime, int, AsyncIterator[datetime]]] = []
+    for story in stories:
+        heapq.heappush(queue, (await anext(story), next(counter), story))
+    while queue:
+        moment, _, story = heapq.heappop(queue)
+        if moment > end:
+            continue
+        if moment > clock.now():
+            clock.set(moment)
+        try:
+            heapq.heappush(queue, (await anext(story), next(counter), story))
+        except StopAsyncIteration:
+            pass
+    clock.set(max(clock.now(), end))
 
 
 def from_now(clock: ManualClock, hours: float) -> datetime:
@@ -278,7 +290,8 @@ def run_demo(settings: Settings, days: int = DAYS) -> int:
     """Fill an empty data dir; print what was done and how to look at it. Returns the exit code."""
     console = Console(soft_wrap=True)
     now = datetime.now(UTC).replace(second=0, microsecond=0)
-    clock = ManualClock(now - timedelta(days=days))
+    start = now - timedelta(days=days)
+    clock = ManualClock(datetime(start.year - 1, 12, 1, 1, tzinfo=UTC))
     baton = bootstrap(settings, clock)
     try:
         if baton.store.max_position():
@@ -288,12 +301,14 @@ def run_demo(settings: Settings, days: int = DAYS) -> int:
                 "Use a fresh data dir, e.g. BATON_DATA_DIR=./var-demo baton demo"
             )
             return 1
-        return asyncio.run(_play(baton, clock, settings, console, days))
+        return asyncio.run(_play(baton, clock, settings, console, days, start))
     finally:
         baton.close()
 
 
-async def _play(baton: Baton, clock: ManualClock, settings: Settings, console: Console, days: int) -> int:
+async def _play(
+    baton: Baton, clock: ManualClock, settings: Settings, console: Console, days: int, start: datetime
+) -> int:
     runtime = Runtime(baton, watch=False)
     tokens = Tokens(load_secret(settings.data_dir, settings.token_secret), timedelta(days=settings.token_ttl_days))
     await runtime.start()
@@ -304,8 +319,11 @@ async def _play(baton: Baton, clock: ManualClock, settings: Settings, console: C
             await demo.listen_for_outcomes()
             with console.status("building the county"):
                 await demo.build_county()
+            with console.status("last December's volunteering, and New Year"):
+                await demo.volunteering.prelude(clock.now())
+            clock.set(start)
             with console.status(f"playing {days} days of governance"):
-                await demo.play(clock.now())
+                await demo.play(start)
             await summarise(demo, http, console, settings)
     finally:
         await runtime.stop()
@@ -363,6 +381,7 @@ async def summarise(demo: Demo, http: httpx.AsyncClient, console: Console, setti
             str(c["declines"]),
         )
     console.print(table)
+    await summarise_volunteering(demo, http, console)
     base = f"http://{settings.http_host}:{settings.http_port}"
 
     def token(role: str, unit: str | None = None) -> str:
@@ -378,7 +397,34 @@ async def summarise(demo: Demo, http: httpx.AsyncClient, console: Console, setti
         f'  curl -s -H "Authorization: Bearer $ADMIN" "{base}/v1/whistles?overdue=true&limit=5"\n'
         f'  curl -s -H "Authorization: Bearer $TISHU" "{base}/v1/whistles?status=in_progress"\n'
         f'  curl -s -H "Authorization: Bearer $PSB" {base}/v1/scorecards/PSB\n'
+        f'  curl -s -H "Authorization: Bearer $TISHU" {base}/v1/communities/tishu/leaderboard\n'
+        f'  curl -s -H "Authorization: Bearer $TISHU" "{base}/v1/rewards?community=tishu"\n'
         "  More tokens: baton token issue --role department --unit HOUSING\n"
         "  NATS: /health shows nats.url; events are on stream BATON_EVENTS (baton.evt.>), each department's\n"
         "  inbox and outcomes on BATON_DEPT (baton.dept.CODE.>)."
+    )
+
+
+async def summarise_volunteering(demo: Demo, http: httpx.AsyncClient, console: Console) -> None:
+    """Points, gifts, pledges and participation, from the volunteering read models."""
+    admin = demo.auth("admin")
+    counts = demo.volunteering.counts
+    year = demo.clock.now().year
+    rates = (await http.get("/v1/participation", params={"year": year}, headers=admin)).json()
+    served = sum(r["volunteers_served"] for r in rates)
+    residents = sum(r["residents"] or 0 for r in rates)
+    service = (await http.get("/v1/party-service", params={"year": year}, headers=admin)).json()
+    fulfilled = sum(1 for s in service if s["fulfilled"])
+    board = (await http.get("/v1/communities/tishu/leaderboard", params={"limit": 3}, headers=admin)).json()
+    console.print(
+        f"Volunteering: {counts['volunteers']} volunteers ({counts['party_members']} in-service party members), "
+        f"{counts['activities']} activities, {counts['confirmations']} confirmed attendances, "
+        f"{counts['redemptions']} gifts redeemed ({counts['redemptions_refused']} refused: points or stock short), "
+        f"{counts['voided_activities']} activity voided after a complaint; points of "
+        f"{counts['lapsed_at_new_year']} volunteers lapsed at New Year (year_end policy).\n"
+        f"Participation {year}: {served} volunteers served, "
+        f"{(Decimal(served) * 1000 / residents).quantize(Decimal('0.01')) if residents else '-'} per 1,000 residents; "
+        f"party members' pledges fulfilled: {fulfilled} of {len(service)}.\n"
+        "Tishu leaderboard: "
+        + ", ".join(f"{r['rank']}. {r['name']} {Decimal(r['earned']) + Decimal(r['voided'])} points" for r in board)
     )

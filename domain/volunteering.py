@@ -153,7 +153,7 @@ class PointsPolicy(Aggregate):
         policy.set(kind, years, days, timezone, timestamp=timestamp, meta=meta)
         return policy
 
-    @event("Created")
+    @event("Established")
     def __init__(self, community_id: str, *, timestamp: datetime, meta: Meta) -> None:
         self.community_id = community_id
         self.kind = ExpiryKind.NEVER

@@ -14,6 +14,7 @@ from infra.cli import app as cli
 from infra.clock import ManualClock
 from infra.settings import Settings
 from tests.conftest import Auth, blow, seed_county
+from tests.test_volunteering import Volunteering
 
 
 async def play(client: httpx.AsyncClient, auth: Auth, clock: ManualClock, runtime: Runtime) -> None:
@@ -53,11 +54,34 @@ async def play(client: httpx.AsyncClient, auth: Auth, clock: ManualClock, runtim
         assert await step(reopened, "feedback", housing, {"result": "done", "resolved": False}) == 200
         assert await step(reopened, "evaluate", community, {"rating": "dissatisfied"}) == 200
 
+    await volunteer(client, auth, clock)
     clock.advance(timedelta(days=2))
     await runtime.wait_idle()
     assert (await asyncio.to_thread(runtime.watcher.tick)).escalated >= 3
     assert await step(late, "report-in", psb) == 200
     await runtime.wait_idle()
+
+
+async def volunteer(client: httpx.AsyncClient, auth: Auth, clock: ManualClock) -> None:
+    """Points through every path: awards, a capped award, a redemption, a refusal, a void, a pledge, a lapse."""
+    r = await client.put(
+        "/v1/communities/tishu/points-policy",
+        json={"kind": "after_days", "days": 1},
+        headers=auth("community", "tishu"),
+    )
+    assert r.status_code == 200
+    v = Volunteering(client, auth, clock)
+    li = await v.volunteer()
+    wang = await v.volunteer("王芳", party_member=True, branch="城关派出所党支部")
+    first, second = await v.activity(), await v.activity(max_hours="1")
+    for activity in (first, second):
+        await v.serve(activity, li)
+        await v.serve(activity, wang)
+    towel = await v.reward(stock=1, cost="15", name="毛巾")
+    await v.post(f"/v1/volunteers/{li}/redemptions", {"reward_id": towel}, v.as_volunteer(li))
+    await v.post(f"/v1/volunteers/{wang}/redemptions", {"reward_id": towel}, v.as_volunteer(wang), 409)
+    await v.post(f"/v1/activities/{second}/void", {"reason": "complaint"}, v.organiser, 200)
+    await v.post(f"/v1/volunteers/{wang}/pledges", {"year": clock.now().year, "hours": "6"}, v.as_volunteer(wang))
 
 
 @pytest.mark.parametrize("how", ["catch_up", "cli"])
@@ -75,6 +99,8 @@ async def test_rebuild_equals_live(
     await play(client, auth, clock, runtime)
     live = {name: p.view.dump() for name, p in baton.projections.items()}
     assert live["whistle_board"]["baton_whistles"], "the live board is empty"
+    kinds = {row["kind"] for row in live["volunteering"]["baton_ledger"]}
+    assert kinds == {"award", "redeem", "void", "expire"}, kinds
     await runtime.stop()
 
     if how == "cli":
