@@ -366,6 +366,16 @@ class PartyService(BaseModel):
     fulfilled: bool | None
 
 
+class BranchService(BaseModel):
+    branch: str
+    year: int
+    members: int
+    pledged: int
+    fulfilled: int
+    pledged_hours: str
+    served_hours: str
+
+
 class Participation(BaseModel):
     community_id: str
     year: int

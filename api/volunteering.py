@@ -13,6 +13,7 @@ from api.schemas import (
     ActivityIn,
     ActivitySummary,
     AttendanceIn,
+    BranchService,
     LeaderboardRow,
     Participation,
     PartyService,
@@ -299,5 +300,19 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         elif actor.role not in (*SEE_EVERYTHING, Role.DISTRICT):
             raise OutOfScope("name the community: ?community=ID (county-wide views need a district token)")
         return view.party_service(this_year(year), community, branch)
+
+    @router.get(
+        "/party-service/branches",
+        response_model=list[BranchService],
+        summary="In-service party members' service summed per branch",
+    )
+    def branch_service(
+        actor: Actor = actor_dep, year: Year = None, community: str | None = None
+    ) -> list[dict[str, Any]]:
+        if community:
+            check_reads_community(actor, community)
+        elif actor.role not in (*SEE_EVERYTHING, Role.DISTRICT):
+            raise OutOfScope("name the community: ?community=ID (county-wide views need a district token)")
+        return view.branch_service(this_year(year), community)
 
     return router

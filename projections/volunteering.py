@@ -165,6 +165,33 @@ class VolunteeringView(View):
             )
         return out
 
+    def branch_service(self, year: int, community_id: str | None) -> list[dict[str, Any]]:
+        """Party members' service summed per branch: members, pledges, hours pledged and served, fulfilled."""
+        branches: dict[str, dict[str, Any]] = {}
+        for m in self.party_service(year, community_id, None):
+            b = branches.setdefault(
+                m["branch"],
+                {
+                    "branch": m["branch"],
+                    "year": year,
+                    "members": 0,
+                    "pledged": 0,
+                    "fulfilled": 0,
+                    "pledged_hours": Decimal(0),
+                    "served_hours": Decimal(0),
+                },
+            )
+            b["members"] += 1
+            b["served_hours"] += Decimal(m["served_hours"])
+            if m["pledged_hours"] is not None or m["pledged_service"]:
+                b["pledged"] += 1
+                b["pledged_hours"] += Decimal(m["pledged_hours"] or 0)
+            b["fulfilled"] += 1 if m["fulfilled"] else 0
+        return [
+            {**b, "pledged_hours": str(b["pledged_hours"]), "served_hours": str(b["served_hours"])}
+            for _, b in sorted(branches.items())
+        ]
+
     def participation(self, year: int, community_id: str | None) -> list[dict[str, Any]]:
         """Volunteers with confirmed service in the year per 1,000 residents (an assessment indicator)."""
         sql = (

@@ -116,6 +116,18 @@ async def test_points_flow_from_service_to_a_gift(
             "fulfilled": False,
         }
     ]
+    branches = (await client.get("/v1/party-service/branches", headers=auth("district", "dangtu"))).json()
+    assert branches == [
+        {
+            "branch": "县住建局第一党支部",
+            "year": clock.now().year,
+            "members": 1,
+            "pledged": 1,
+            "fulfilled": 0,
+            "pledged_hours": "12.00",
+            "served_hours": "1.50",
+        }
+    ]
     rate = (await client.get("/v1/communities/tishu/participation", headers=auth("street", "gushu"))).json()
     assert rate == {
         "community_id": "tishu",
