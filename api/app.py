@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
+from api.branches import branch_router
 from api.common import install_error_handlers, install_middleware
 from api.org import org_router
 from api.schemas import Health
@@ -50,6 +51,7 @@ def create_app(baton: Baton, tokens: Tokens, runtime: Runtime | None = None) -> 
     app.include_router(whistle_router(baton, tokens))
     app.include_router(scorecard_router(baton, tokens))
     app.include_router(volunteering_router(baton, tokens))
+    app.include_router(branch_router(baton, tokens))
     return app
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -382,3 +383,133 @@ class Participation(BaseModel):
     residents: int | None
     volunteers_served: int
     per_1000_residents: str | None
+
+
+# Branches -------------------------------------------------------------------------------------
+
+
+class BranchIn(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    parent_kind: Literal["community", "department", "enterprise"]
+    parent_id: str = Field(max_length=200, description="Community id, department code, or the enterprise's name.")
+    community_id: str | None = Field(None, max_length=63, description="Where an enterprise branch sits (optional).")
+    members: int = Field(ge=3, le=10_000)
+    established_on: date
+
+
+class MembersIn(Strict):
+    members: int = Field(ge=3, le=10_000)
+
+
+class MeetingIn(Strict):
+    kind: Literal["general_meeting", "committee_meeting", "group_meeting", "party_lecture", "themed_party_day"] = Field(
+        description="三会一课: 支部党员大会, 支部委员会, 党小组会, 党课; and 主题党日."
+    )
+    held_on: date
+    attendance: int = Field(gt=0, le=10_000)
+    topic: str = Field(min_length=1, max_length=500)
+
+
+class DuesIn(Strict):
+    period: str = Field(pattern=r"^\d{4}-\d{2}$", description="The month the dues are for, e.g. 2026-03.")
+    amount_yuan: Decimal = Field(gt=0, max_digits=12, decimal_places=2)
+    members_paid: int = Field(gt=0, le=10_000)
+    collected_on: date
+
+
+class FindingIn(Strict):
+    text: str = Field(min_length=1, max_length=2000)
+    criterion: str | None = None
+    due_on: date | None = Field(None, description="Default: the standard's rectification_days after the audit.")
+
+
+class AuditIn(Strict):
+    scores: dict[str, Decimal] = Field(description="A score for every auditor criterion of the standard in force.")
+    findings: list[FindingIn] = Field(default_factory=list, max_length=100)
+
+
+class EvidenceIn(Strict):
+    evidence: str = Field(min_length=1, max_length=5000)
+
+
+class BranchRow(BaseModel):
+    branch_id: str
+    name: str
+    parent_kind: str
+    parent_id: str
+    community_id: str | None
+    street_id: str | None
+    district_id: str | None
+    members: int
+    established_on: str
+    grade: str | None
+    total: str | None
+    standard_version: str | None
+    last_audit_on: str | None
+    audits: int
+    open_rectifications: int
+    overdue_rectifications: int
+    escalation_level: int
+    escalated_to: str | None
+
+
+class CadencePeriod(BaseModel):
+    period: str
+    held: int
+    status: Literal["met", "missed", "pending"]
+
+
+class Cadence(BaseModel):
+    meeting: str
+    name: str
+    every: str
+    at_least: int
+    periods: list[CadencePeriod]
+    met_so_far: bool
+
+
+class AuditOut(BaseModel):
+    audit_id: str
+    standard_version: str
+    audited_on: str
+    total: str
+    grade: str
+    previous_grade: str | None
+    aspects: list[dict[str, Any]]
+    auditor: str | None
+    position: int
+
+
+class RectificationOut(BaseModel):
+    rectification_id: str
+    audit_id: str
+    criterion: str | None
+    text: str
+    due_on: str
+    status: Literal["open", "overdue", "completed"]
+    evidence: str | None
+    completed_on: str | None
+    on_time: bool | None
+    escalated_to: str | None
+
+
+class BranchDetail(BranchRow):
+    cadence_this_quarter: list[Cadence]
+    audit_history: list[AuditOut]
+    rectifications: list[RectificationOut]
+    recent_meetings: list[dict[str, Any]]
+    dues: list[dict[str, Any]]
+
+
+class BranchOverview(BaseModel):
+    branches: int
+    by_grade: dict[str, int]
+    open_rectifications: int
+    overdue_rectifications: int
+
+
+class StandardVersion(BaseModel):
+    version: str
+    digest: str
+    published_at: str
+    position: int

@@ -13,7 +13,16 @@ import jwt
 from services.access import Actor, Role
 
 ISSUER = "baton"
-UNIT_REQUIRED = {Role.DISTRICT, Role.STREET, Role.COMMUNITY, Role.GRID, Role.DEPARTMENT, Role.ORGANISER, Role.VOLUNTEER}
+UNIT_REQUIRED = {
+    Role.DISTRICT,
+    Role.STREET,
+    Role.COMMUNITY,
+    Role.GRID,
+    Role.DEPARTMENT,
+    Role.ORGANISER,
+    Role.VOLUNTEER,
+    Role.SECRETARY,
+}
 ISSUABLE = [r for r in Role if r is not Role.SYSTEM]
 
 

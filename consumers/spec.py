@@ -10,13 +10,23 @@ from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from domain.branches import Branch, BranchStandard
 from domain.organisation import Organisation
 from domain.volunteering import Activity, PointsPolicy, Reward, Volunteer
 from domain.whistle import Whistle
 from infra.envelope import META_FIELDS, snake
 from services.schemas import DEPARTMENT_COMMANDS, EventBody, Outcome
 
-AGGREGATES: tuple[type, ...] = (Organisation, Whistle, Volunteer, Activity, Reward, PointsPolicy)
+AGGREGATES: tuple[type, ...] = (
+    Organisation,
+    Whistle,
+    Volunteer,
+    Activity,
+    Reward,
+    PointsPolicy,
+    Branch,
+    BranchStandard,
+)
 INBOX_EVENTS = ("blown", "dispatched", "evaluated", "deadline_missed", "escalated")
 
 

@@ -8,6 +8,7 @@ a ManualClock that the script moves forward, so weeks pass in seconds and the de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import json
@@ -26,6 +27,7 @@ from rich.table import Table
 
 from api.app import create_app
 from api.tokens import Tokens, load_secret
+from demo.branches import BranchesDemo
 from demo.county import County, build_county
 from demo.volunteering import VolunteeringDemo
 from infra.bootstrap import Baton, Runtime, bootstrap
@@ -88,6 +90,7 @@ class Demo:
         self._outcomes: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._headers: dict[tuple[str, str | None, str | None], dict[str, str]] = {}
         self.volunteering = VolunteeringDemo(self.county, clock, runtime, self.post, self.auth, self.rng)
+        self.branches = BranchesDemo(self.county, self.post, self.auth, self.rng)
 
     def auth(self, role: str, unit: str | None = None, actor: str | None = None) -> dict[str, str]:
         key = (role, unit, actor)
@@ -253,6 +256,7 @@ class Demo:
         end = start + timedelta(days=self.days)
         stories: list[AsyncIterator[datetime]] = [self.watcher(start, end)]
         stories += self.volunteering.stories(start, self.days)
+        stories += self.branches.stories(start, self.days, self.clock.now)
         for day in range(self.days):
             for _ in range(self.rng.randint(*WHISTLES_PER_DAY)):
                 moment = start + timedelta(days=day, hours=self.rng.uniform(7, 19))
@@ -268,7 +272,8 @@ async def run_stories(clock: ManualClock, stories: list[AsyncIterator[datetime]]
     counter = itertools.count()
     queue: list[tuple[datetime, int, AsyncIterator[datetime]]] = []
     for story in stories:
-        heapq.heappush(queue, (await anext(story), next(counter), story))
+        with contextlib.suppress(StopAsyncIteration):
+            heapq.heappush(queue, (await anext(story), next(counter), story))
     while queue:
         moment, _, story = heapq.heappop(queue)
         if moment > end:
@@ -322,6 +327,8 @@ async def _play(
             with console.status("last December's volunteering, and New Year"):
                 await demo.volunteering.prelude(clock.now())
             clock.set(start)
+            with console.status("a year of branches' organisational life"):
+                await demo.branches.setup(baton.branches.today(start))
             with console.status(f"playing {days} days of governance"):
                 await demo.play(start)
             await summarise(demo, http, console, settings)
@@ -382,6 +389,14 @@ async def summarise(demo: Demo, http: httpx.AsyncClient, console: Console, setti
         )
     console.print(table)
     await summarise_volunteering(demo, http, console)
+    overview = (await http.get("/v1/branches/overview", headers=admin)).json()
+    counts = demo.branches.counts
+    console.print(
+        f"Branches: {counts['branches']} (community, department, enterprise), {counts['meetings']} meetings of "
+        f"三会一课 and themed party days logged; grades now {overview['by_grade']}; rectifications completed "
+        f"{counts['rectified']}, open {overview['open_rectifications']} of which overdue and escalated "
+        f"{overview['overdue_rectifications']}."
+    )
     base = f"http://{settings.http_host}:{settings.http_port}"
 
     def token(role: str, unit: str | None = None) -> str:

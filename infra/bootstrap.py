@@ -24,9 +24,11 @@ from infra.settings import Settings
 from infra.store import Store
 from infra.watcher import Watcher
 from projections.base import BatonProjection, Sql
+from projections.branches import BranchProjection, BranchView
 from projections.scorecard import ScorecardProjection, ScorecardView
 from projections.volunteering import VolunteeringProjection, VolunteeringView
 from projections.whistle_board import WhistleBoardProjection, WhistleBoardView
+from services.branches import BranchApp
 from services.organisation import OrganisationApp
 from services.volunteering import VolunteeringApp
 from services.whistles import WhistleApp
@@ -57,10 +59,12 @@ class Baton:
     org: OrganisationApp
     whistles: WhistleApp
     volunteering: VolunteeringApp
+    branches: BranchApp
     views: Sql
     board: WhistleBoardProjection
     scorecard: ScorecardProjection
     volunteers: VolunteeringProjection
+    branch_board: BranchProjection
     projections: dict[str, BatonProjection[Any]] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -78,10 +82,12 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> B
     org = OrganisationApp(store, clock)
     whistles = WhistleApp(store, clock, org)
     volunteering = VolunteeringApp(store, clock, org)
+    branches = BranchApp(store, clock, org)
     views = Sql(store.views_datastore())
     board = WhistleBoardProjection(WhistleBoardView(views), source)
     scorecard = ScorecardProjection(ScorecardView(views), source)
     volunteers = VolunteeringProjection(VolunteeringView(views), source)
+    branch_board = BranchProjection(BranchView(views), source)
     return Baton(
         settings=settings,
         clock=clock,
@@ -91,11 +97,13 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> B
         org=org,
         whistles=whistles,
         volunteering=volunteering,
+        branches=branches,
         views=views,
         board=board,
         scorecard=scorecard,
         volunteers=volunteers,
-        projections={p.name: p for p in (board, scorecard, volunteers)},
+        branch_board=branch_board,
+        projections={p.name: p for p in (board, scorecard, volunteers, branch_board)},
     )
 
 
@@ -111,7 +119,7 @@ class Runtime:
         self.publisher: JetStreamPublisher | None = None
         self.broker: NatsBroker | None = None
         self.relay: Relay | None = None
-        self.watcher = Watcher(baton.clock, baton.whistles, baton.board.view, baton.volunteering, baton.volunteers.view)
+        self.watcher = Watcher(baton)
         self._tasks: list[asyncio.Task[Any]] = []
 
     @property

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,7 +19,23 @@ from infra.settings import Settings
 app = typer.Typer(help="Baton: the event-sourced backbone of community governance.", no_args_is_help=True)
 token_app = typer.Typer(help="Bearer tokens for the HTTP API.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
-err = Console(stderr=True)
+standard_app = typer.Typer(help="The branch standard (党支部标准化规范), kept as data.", no_args_is_help=True)
+app.add_typer(standard_app, name="standard")
+STANDARDS_DIR = Path(__file__).resolve().parent.parent / "standards"
+err = Console(stderr=True, soft_wrap=True)
+
+
+@contextmanager
+def _exclusive(settings: Settings, purpose: str) -> Iterator[None]:
+    """Hold the data dir for this command, or exit saying who holds it."""
+    from infra.lock import DataDirBusy, DataDirLock
+
+    try:
+        with DataDirLock(settings.data_dir, purpose):
+            yield
+    except DataDirBusy as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(3) from None
 
 
 def _settings() -> Settings:
@@ -35,14 +54,15 @@ def serve() -> None:
     from infra.bootstrap import Runtime, bootstrap
 
     settings = _settings()
-    baton = bootstrap(settings)
-    tokens = Tokens(load_secret(settings.data_dir, settings.token_secret), timedelta(days=settings.token_ttl_days))
-    runtime = Runtime(baton)
-    asgi = create_app(baton, tokens, runtime)
-    try:
-        uvicorn.run(asgi, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False)
-    finally:
-        baton.close()
+    with _exclusive(settings, "serve"):
+        baton = bootstrap(settings)
+        tokens = Tokens(load_secret(settings.data_dir, settings.token_secret), timedelta(days=settings.token_ttl_days))
+        runtime = Runtime(baton)
+        asgi = create_app(baton, tokens, runtime)
+        try:
+            uvicorn.run(asgi, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False)
+        finally:
+            baton.close()
 
 
 @app.command()
@@ -53,7 +73,9 @@ def demo(
     from demo.script import run_demo
 
     settings = _settings()
-    raise typer.Exit(run_demo(settings, days))
+    with _exclusive(settings, "demo"):
+        code = run_demo(settings, days)
+    raise typer.Exit(code)
 
 
 @token_app.command("issue")
@@ -74,14 +96,47 @@ def token_issue(
         raise typer.Exit(2) from None
 
 
+@standard_app.command("publish")
+def standard_publish(
+    path: Annotated[
+        Path | None, typer.Argument(help="A standard document (JSON); default: the newest in standards/.")
+    ] = None,
+) -> None:
+    """Publish a version of the branch standard into the history; audits use it from now on."""
+    from domain.errors import DomainError, DuplicateEntry
+    from infra.bootstrap import bootstrap
+    from services.access import Actor, Context, Role
+
+    settings = _settings()
+    path = path or sorted(STANDARDS_DIR.glob("branch-standard-*.json"))[-1]
+    document = json.loads(path.read_text())
+    baton = bootstrap(settings)
+    try:
+        ctx = Context(actor=Actor(Role.ADMIN, None, "cli"), correlation_id=f"publish-{path.name}")
+        receipt = baton.branches.publish_standard(ctx, document)
+        typer.echo(f"published branch standard {receipt.body['version']} at position {receipt.position}")
+    except DuplicateEntry as exc:
+        typer.echo(exc.message)
+    except DomainError as exc:
+        err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        baton.close()
+
+
 @app.command()
 def rebuild(
     name: Annotated[str | None, typer.Argument(help="One read model (e.g. whistle_board); default: all.")] = None,
 ) -> None:
-    """Drop read models and rebuild them from the history (stop `baton serve` first)."""
+    """Drop read models and rebuild them from the history (refused while `baton serve` runs)."""
+    settings = _settings()
+    with _exclusive(settings, "rebuild"):
+        _rebuild(settings, name)
+
+
+def _rebuild(settings: Settings, name: str | None) -> None:
     from infra.bootstrap import bootstrap
 
-    settings = _settings()
     baton = bootstrap(settings)
     try:
         names = [name] if name else list(baton.projections)

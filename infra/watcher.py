@@ -1,4 +1,4 @@
-"""The watcher: as time passes, records missed deadlines and escalations, and lapses expired points."""
+"""The watcher: as time passes, records missed deadlines, lapses expired points, marks overdue rectifications."""
 
 from __future__ import annotations
 
@@ -6,16 +6,15 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
-from infra.clock import Clock
-from projections.volunteering import VolunteeringView
-from projections.whistle_board import WhistleBoardView
 from services.access import SYSTEM_ACTOR, Context
 from services.base import Receipt
-from services.volunteering import VolunteeringApp
-from services.whistles import WhistleApp
+
+if TYPE_CHECKING:
+    from infra.bootstrap import Baton
 
 log = structlog.get_logger("baton.watcher")
 
@@ -26,34 +25,34 @@ class Tick:
 
     escalated: int = 0
     expired: int = 0
+    overdue: int = 0
 
 
 class Watcher:
     """Asks each aggregate with something due (from the read models' indexes) to check itself against the clock."""
 
-    def __init__(
-        self,
-        clock: Clock,
-        whistles: WhistleApp,
-        board: WhistleBoardView,
-        volunteering: VolunteeringApp,
-        volunteers: VolunteeringView,
-    ) -> None:
-        self.clock = clock
-        self.whistles = whistles
-        self.board = board
-        self.volunteering = volunteering
-        self.volunteers = volunteers
+    def __init__(self, baton: Baton) -> None:
+        self.baton = baton
 
     def tick(self) -> Tick:
         """Check everything due by now."""
-        now = self.clock.now().isoformat()
+        b = self.baton
+        now = b.clock.now()
         tick = Tick(
-            escalated=self._each(self.board.due_deadlines(now), self.whistles.check_deadlines),
-            expired=self._each(self.volunteers.due_expiries(now), self.volunteering.expire_points),
+            escalated=self._each(b.board.view.due_deadlines(now.isoformat()), b.whistles.check_deadlines),
+            expired=self._each(b.volunteers.view.due_expiries(now.isoformat()), b.volunteering.expire_points),
+            overdue=self._each(
+                b.branch_board.view.due_rectifications(b.branches.today(now).isoformat()),
+                b.branches.check_rectifications,
+            ),
         )
-        if tick.escalated or tick.expired:
-            log.info("watcher_recorded", whistles_escalated=tick.escalated, volunteers_expired=tick.expired)
+        if tick.escalated or tick.expired or tick.overdue:
+            log.info(
+                "watcher_recorded",
+                whistles_escalated=tick.escalated,
+                volunteers_expired=tick.expired,
+                branches_overdue=tick.overdue,
+            )
         return tick
 
     @staticmethod

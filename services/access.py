@@ -26,6 +26,7 @@ class Role(StrEnum):
     VOLUNTEER = "volunteer"  # 志愿者
     INSPECTOR = "inspector"  # 组织部门 / 巡视
     AUDITOR = "auditor"  # 考核组
+    SECRETARY = "secretary"  # 党支部书记: --unit is the branch id
     SYSTEM = "system"  # Baton itself (the deadline watcher); never issued as a token
 
 

@@ -216,4 +216,4 @@ async def test_health_reports_store_nats_relay_and_projections(
     assert health["relay"]["lag"] == 0
     top = runtime.baton.store.max_position()
     assert health["projections"] == {name: {"lag": 0, "position": top} for name in runtime.baton.projections}
-    assert set(health["projections"]) == {"whistle_board", "department_scorecard", "volunteering"}
+    assert set(health["projections"]) == {"whistle_board", "department_scorecard", "volunteering", "branches"}

@@ -150,3 +150,14 @@ async def test_demo_then_serve_shows_the_county_through_the_api_and_on_nats(
                 await conn.close()
     finally:
         baton.close()
+
+
+def test_one_baton_process_per_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from infra.lock import DataDirLock
+
+    monkeypatch.setenv("BATON_DATA_DIR", str(tmp_path))
+    with DataDirLock(tmp_path, "serve"):
+        result = CliRunner().invoke(cli, ["rebuild"])
+        assert result.exit_code == 3 and "in use by baton serve" in result.output
+    result = CliRunner().invoke(cli, ["rebuild"])
+    assert result.exit_code == 0, result.output

@@ -14,6 +14,8 @@ from infra.cli import app as cli
 from infra.clock import ManualClock
 from infra.settings import Settings
 from tests.conftest import Auth, blow, seed_county
+from tests.test_branches import Branches
+from tests.test_branches_domain import DOCUMENT
 from tests.test_volunteering import Volunteering
 
 
@@ -55,6 +57,7 @@ async def play(client: httpx.AsyncClient, auth: Auth, clock: ManualClock, runtim
         assert await step(reopened, "evaluate", community, {"rating": "dissatisfied"}) == 200
 
     await volunteer(client, auth, clock)
+    await standardise(client, auth, clock)
     clock.advance(timedelta(days=2))
     await runtime.wait_idle()
     assert (await asyncio.to_thread(runtime.watcher.tick)).escalated >= 3
@@ -84,6 +87,24 @@ async def volunteer(client: httpx.AsyncClient, auth: Auth, clock: ManualClock) -
     await v.post(f"/v1/volunteers/{wang}/pledges", {"year": clock.now().year, "hours": "6"}, v.as_volunteer(wang))
 
 
+async def standardise(client: httpx.AsyncClient, auth: Auth, clock: ManualClock) -> None:
+    """A branch with a logged year, two audits under two standard versions, a rectification done, one overdue."""
+    b = Branches(client, auth)
+    await b.publish(DOCUMENT)
+    branch, secretary = await b.register()
+    await b.log_year(branch, secretary, skip={("group_meeting", "2025-11")})
+    first = await b.audit(branch)
+    await b.post(
+        f"/v1/branches/{branch}/rectifications/{first['rectifications'][0]}/complete",
+        {"evidence": "done"},
+        secretary,
+        200,
+    )
+    await b.publish({**DOCUMENT, "version": "2026.2"})
+    due = (clock.now() + timedelta(days=1)).date().isoformat()
+    await b.audit(branch, findings=[{"text": "台账不全", "due_on": due}])
+
+
 @pytest.mark.parametrize("how", ["catch_up", "cli"])
 async def test_rebuild_equals_live(
     client: httpx.AsyncClient,
@@ -101,6 +122,8 @@ async def test_rebuild_equals_live(
     assert live["whistle_board"]["baton_whistles"], "the live board is empty"
     kinds = {row["kind"] for row in live["volunteering"]["baton_ledger"]}
     assert kinds == {"award", "redeem", "void", "expire"}, kinds
+    statuses = {row["status"] for row in live["branches"]["baton_rectifications"]}
+    assert statuses == {"completed", "overdue", "open"}, statuses
     await runtime.stop()
 
     if how == "cli":
