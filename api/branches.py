@@ -10,10 +10,10 @@ from api.common import ERRORS, IdempotencyKey, actor_dependency, answer, command
 from api.schemas import (
     Accepted,
     AuditIn,
+    BranchBoardRow,
     BranchDetail,
     BranchIn,
     BranchOverview,
-    BranchRow,
     DuesIn,
     EvidenceIn,
     MeetingIn,
@@ -192,7 +192,7 @@ def branch_router(baton: Baton, tokens: Tokens) -> APIRouter:
         ctx = command_context(request, actor, idempotency_key, body)
         return answer(response, app.complete_rectification(ctx, branch_id, rectification_id, evidence=body.evidence))
 
-    @router.get("/branches", response_model=list[BranchRow], summary="The branch status board")
+    @router.get("/branches", response_model=list[BranchBoardRow], summary="The branch status board")
     def board(
         actor: Actor = actor_dep, community: str | None = None, street: str | None = None, grade: str | None = None
     ) -> list[dict[str, Any]]:
@@ -202,7 +202,7 @@ def branch_router(baton: Baton, tokens: Tokens) -> APIRouter:
                 if filters.get(column) not in (None, value):
                     raise OutOfScope(f"this token sees {column} {filters[column]} only")
                 filters[column] = value
-        return view.board(filters)
+        return view.board_with_cadence(filters, app.today(baton.clock.now()))
 
     @router.get("/branches/overview", response_model=BranchOverview, summary="Branches by grade")
     def overview(actor: Actor = actor_dep, street: str | None = None) -> dict[str, Any]:

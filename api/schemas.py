@@ -493,6 +493,12 @@ class RectificationOut(BaseModel):
     escalated_to: str | None
 
 
+class BranchBoardRow(BranchRow):
+    cadence_this_quarter: dict[str, Literal["met", "missed", "pending"]] = Field(
+        description="Per meeting kind, this quarter so far: met, a period missed, or the current period pending."
+    )
+
+
 class BranchDetail(BranchRow):
     cadence_this_quarter: list[Cadence]
     audit_history: list[AuditOut]

@@ -64,6 +64,19 @@ class BranchView(View):
         rows = self.fetch("SELECT document FROM {baton_standards} WHERE version = %s", (version,))
         return loads(rows[0]["document"]) if rows else None
 
+    def board_with_cadence(self, filters: dict[str, str | None], today: date) -> list[dict[str, Any]]:
+        """Board rows, each with this quarter's cadence per meeting kind: met, missed or pending."""
+        rows = self.board(filters)
+        cadences = self.cadences([r["branch_id"] for r in rows], today)
+        for row in rows:
+            row["cadence_this_quarter"] = {
+                c["meeting"]: "missed"
+                if not c["met_so_far"]
+                else ("met" if all(p["status"] == "met" for p in c["periods"]) else "pending")
+                for c in cadences.get(row["branch_id"], [])
+            }
+        return rows
+
     def board(self, filters: dict[str, str | None]) -> list[dict[str, Any]]:
         sql = "SELECT * FROM {baton_branches} WHERE 1 = 1"
         params: list[Any] = []
@@ -110,20 +123,33 @@ class BranchView(View):
 
     def cadence(self, branch_id: str, today: date) -> list[dict[str, Any]]:
         """For each meeting kind of the latest standard: this quarter's periods, held counts, met/missed/pending."""
+        return self.cadences([branch_id], today).get(branch_id, [])
+
+    def cadences(self, branch_ids: list[str], today: date) -> dict[str, list[dict[str, Any]]]:
+        """cadence() for many branches, from one query."""
         latest = self.latest_standard()
-        if latest is None:
-            return []
+        if latest is None or not branch_ids:
+            return {}
         standard = Standard.parse(latest["document"])
         first_month = today.month - (today.month - 1) % 3
         start = date(today.year, first_month, 1)
-        held: dict[tuple[str, str], int] = {}
+        held: dict[str, dict[tuple[str, str], int]] = {b: {} for b in branch_ids}
+        marks = ", ".join(["%s"] * len(branch_ids))
         for row in self.fetch(
-            "SELECT kind, held_on FROM {baton_branch_meetings} WHERE branch_id = %s AND held_on >= %s",
-            (branch_id, start.isoformat()),
+            f"SELECT branch_id, kind, held_on FROM {{baton_branch_meetings}} WHERE held_on >= %s "
+            f"AND branch_id IN ({marks})",
+            (start.isoformat(), *branch_ids),
         ):
             day = date.fromisoformat(row["held_on"])
+            counts = held[row["branch_id"]]
             for key in (month_key(day), quarter_key(day)):
-                held[(row["kind"], key)] = held.get((row["kind"], key), 0) + 1
+                counts[(row["kind"], key)] = counts.get((row["kind"], key), 0) + 1
+        return {b: self._cadence(standard, counts, today, first_month) for b, counts in held.items()}
+
+    @staticmethod
+    def _cadence(
+        standard: Standard, held: dict[tuple[str, str], int], today: date, first_month: int
+    ) -> list[dict[str, Any]]:
         out = []
         for kind, c in standard.cadence.items():
             if c.period == "quarter":

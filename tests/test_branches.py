@@ -150,6 +150,16 @@ async def test_grades_on_the_board_and_the_county_overview(
     assert street["branches"] == 2
     board = (await client.get("/v1/branches?grade=below_standard", headers=auth("community", "tishu"))).json()
     assert [r["branch_id"] for r in board] == [weak] and board[0]["open_rectifications"] > 5
+    assert board[0]["cadence_this_quarter"]["committee_meeting"] == "missed"  # nothing logged this quarter
+    rows = (await client.get("/v1/branches", headers=auth("community", "tishu"))).json()
+    perfect_row = next(r for r in rows if r["branch_id"] == perfect)
+    assert perfect_row["cadence_this_quarter"] == {
+        "general_meeting": "met",
+        "committee_meeting": "pending",
+        "group_meeting": "pending",
+        "party_lecture": "met",
+        "themed_party_day": "pending",
+    }
     assert (await client.get("/v1/branches?community=taibai", headers=auth("community", "tishu"))).status_code == 403
     assert (await client.get(f"/v1/branches/{other}", headers=s1)).status_code == 403
 
@@ -209,3 +219,37 @@ async def test_a_standard_must_be_published_before_audits(
     bad["aspects"][0]["weight"] = "20"
     r = await client.post("/v1/standards", json=bad, headers=auth("admin"))
     assert r.status_code == 422 and "add up to 100" in r.json()["error"]["message"]
+
+
+async def test_grade_thresholds_at_their_edges_on_the_store(
+    client: httpx.AsyncClient, auth: Auth, runtime: Runtime
+) -> None:
+    await seed_county(client, auth)
+    b = Branches(client, auth)
+    edge = copy.deepcopy(DOCUMENT)
+    edge["version"] = "edge"
+    edge["aspects"] = [
+        {
+            "code": "all",
+            "name": "all",
+            "weight": "100",
+            "criteria": [{"code": "overall", "name": "overall", "max": "100", "source": "auditor"}],
+        }
+    ]
+    await b.publish(edge)
+    branch, _ = await b.register()
+    grades = []
+    for score in ("59.99", "60", "79.99", "80", "89.99", "90"):
+        audited = await b.post(f"/v1/branches/{branch}/audits", {"scores": {"overall": score}}, b.inspector)
+        grades.append(audited["grade"])
+    assert grades == ["below_standard", "standard", "standard", "exemplary", "exemplary", "red_flag"]
+    await runtime.wait_idle()
+    history = (await client.get(f"/v1/branches/{branch}", headers=b.inspector)).json()["audit_history"]
+    assert [(a["total"], a["grade"]) for a in history] == [
+        ("59.99", "below_standard"),
+        ("60.00", "standard"),
+        ("79.99", "standard"),
+        ("80.00", "exemplary"),
+        ("89.99", "exemplary"),
+        ("90.00", "red_flag"),
+    ]
