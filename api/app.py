@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
+from api.assessment import assessment_router
 from api.branches import branch_router
 from api.common import install_error_handlers, install_middleware
 from api.org import org_router
@@ -52,6 +53,7 @@ def create_app(baton: Baton, tokens: Tokens, runtime: Runtime | None = None) -> 
     app.include_router(scorecard_router(baton, tokens))
     app.include_router(volunteering_router(baton, tokens))
     app.include_router(branch_router(baton, tokens))
+    app.include_router(assessment_router(baton, tokens))
     return app
 
 

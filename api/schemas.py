@@ -198,6 +198,7 @@ class Health(BaseModel):
     nats: dict[str, Any]
     relay: dict[str, Any]
     projections: dict[str, dict[str, Any]]
+    notary: dict[str, Any] | None = Field(None, description="Merkle tree lag, last signed checkpoint size, origin.")
 
 
 # Volunteering ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from domain.assessment import Assessment, AssessmentScheme, MutualEvaluation
 from domain.branches import Branch, BranchStandard
 from domain.organisation import Organisation
 from domain.volunteering import Activity, PointsPolicy, Reward, Volunteer
@@ -26,6 +27,9 @@ AGGREGATES: tuple[type, ...] = (
     PointsPolicy,
     Branch,
     BranchStandard,
+    AssessmentScheme,
+    MutualEvaluation,
+    Assessment,
 )
 INBOX_EVENTS = ("blown", "dispatched", "evaluated", "deadline_missed", "escalated")
 
@@ -80,6 +84,16 @@ def asyncapi_document(server_url: str = "nats://127.0.0.1:4222") -> dict[str, An
             ),
             schema=EventBody,
         )
+    broker.publisher(
+        "baton.audit.checkpoint",
+        title="baton.audit.checkpoint",
+        description=(
+            "Stream BATON_AUDIT. Each signed checkpoint of the Merkle tree over BATON_EVENTS, as a C2SP signed note "
+            "(text/plain: origin, tree size, base64 root, blank line, Ed25519 signature line). Header "
+            "Baton-Tree-Size. Verify with the key from GET /v1/audit/key."
+        ),
+        schema=str,
+    )
     broker.publisher(
         "baton.dept.{code}.outcome",
         title="baton.dept.CODE.outcome",

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from api.app import create_app
 from api.tokens import Tokens, load_secret
+from demo.assessment import AssessmentDemo
 from demo.branches import BranchesDemo
 from demo.county import County, build_county
 from demo.volunteering import VolunteeringDemo
@@ -91,6 +92,7 @@ class Demo:
         self._headers: dict[tuple[str, str | None, str | None], dict[str, str]] = {}
         self.volunteering = VolunteeringDemo(self.county, clock, runtime, self.post, self.auth, self.rng)
         self.branches = BranchesDemo(self.county, self.post, self.auth, self.rng)
+        self.assessment = AssessmentDemo(self.county, self.post, self.auth, self.rng)
 
     def auth(self, role: str, unit: str | None = None, actor: str | None = None) -> dict[str, str]:
         key = (role, unit, actor)
@@ -330,7 +332,14 @@ async def _play(
             with console.status("a year of branches' organisational life"):
                 await demo.branches.setup(baton.branches.today(start))
             with console.status(f"playing {days} days of governance"):
+                await demo.assessment.publish()
                 await demo.play(start)
+            with console.status("two-way evaluation and the year's assessment"):
+                await demo.assessment.rate(clock.now().year)
+                await demo.assessment.finalise(clock.now().year)
+                await runtime.wait_idle(timeout=60)
+                await asyncio.to_thread(baton.notary.catch_up)
+                await asyncio.to_thread(baton.notary.sign)
             await summarise(demo, http, console, settings)
     finally:
         await runtime.stop()
@@ -389,6 +398,7 @@ async def summarise(demo: Demo, http: httpx.AsyncClient, console: Console, setti
         )
     console.print(table)
     await summarise_volunteering(demo, http, console)
+    await summarise_assessment(demo, http, console)
     overview = (await http.get("/v1/branches/overview", headers=admin)).json()
     counts = demo.branches.counts
     console.print(
@@ -442,4 +452,31 @@ async def summarise_volunteering(demo: Demo, http: httpx.AsyncClient, console: C
         f"party members' pledges fulfilled: {fulfilled} of {len(service)}.\n"
         "Tishu leaderboard: "
         + ", ".join(f"{r['rank']}. {r['name']} {Decimal(r['earned']) + Decimal(r['voided'])} points" for r in board)
+    )
+
+
+async def summarise_assessment(demo: Demo, http: httpx.AsyncClient, console: Console) -> None:
+    """The year's baton: top units by type, and the tree the final scores are tied to."""
+    auditor = demo.auth("auditor")
+    year = demo.clock.now().year
+    final = demo.assessment.final
+    lines = []
+    for unit_type in ("department", "community", "street"):
+        result = (
+            await http.get(
+                f"/v1/assessments/{year}",
+                params={"unit_type": unit_type, "position": final["cutoff_position"]},
+                headers=auditor,
+            )
+        ).json()
+        ranked = sorted((u for u in result["units"] if u["rank"]), key=lambda u: u["rank"])[:3]
+        lines.append(
+            f"  {unit_type}: " + ", ".join(f"{u['rank']}. {u['name']} {u['total']} ({u['grade']})" for u in ranked)
+        )
+    checkpoint = (await http.get("/v1/audit/checkpoint", headers=auditor)).text.split("\n")
+    console.print(
+        f"Assessment {year}: {final['units']} units finalised at "
+        f"position {final['cutoff_position']}, tree size {final['tree_size']}, root {final['root']}\n"
+        + "\n".join(lines)
+        + f"\nLatest signed checkpoint: tree size {checkpoint[1]}, origin {checkpoint[0]}."
     )

@@ -12,13 +12,15 @@ import structlog
 from faststream.nats import NatsBroker
 from nats.aio.client import Client
 
+from audit.note import Signer
 from consumers.inbox import inbox_router
 from consumers.intake import Intake, intake_router
 from consumers.projections import projection_router
 from infra.clock import Clock, SystemClock
 from infra.envelope import Envelope, EnvelopeCodec
-from infra.jetstream import JetStreamPublisher, ensure_streams
+from infra.jetstream import AUDIT_STREAM, JetStreamPublisher, ensure_streams
 from infra.nats_server import EmbeddedNats
+from infra.notary import MerkleView, Notary
 from infra.relay import Relay
 from infra.settings import Settings
 from infra.store import Store
@@ -28,6 +30,7 @@ from projections.branches import BranchProjection, BranchView
 from projections.scorecard import ScorecardProjection, ScorecardView
 from projections.volunteering import VolunteeringProjection, VolunteeringView
 from projections.whistle_board import WhistleBoardProjection, WhistleBoardView
+from services.assessment import AssessmentApp
 from services.branches import BranchApp
 from services.organisation import OrganisationApp
 from services.volunteering import VolunteeringApp
@@ -60,6 +63,8 @@ class Baton:
     whistles: WhistleApp
     volunteering: VolunteeringApp
     branches: BranchApp
+    assessment: AssessmentApp
+    notary: Notary
     views: Sql
     board: WhistleBoardProjection
     scorecard: ScorecardProjection
@@ -84,6 +89,25 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> B
     volunteering = VolunteeringApp(store, clock, org)
     branches = BranchApp(store, clock, org)
     views = Sql(store.views_datastore())
+    origin = settings.log_origin or f"baton/{store.identity}"
+    signer = Signer.load_or_create(settings.data_dir / "keys" / "checkpoint.ed25519", origin)
+    notary = Notary(
+        store,
+        codec,
+        MerkleView(views),
+        signer,
+        origin,
+        clock.now,
+        every=settings.checkpoint_every,
+        interval=settings.checkpoint_interval,
+    )
+
+    def tree(position: int) -> tuple[int, bytes]:
+        notary.catch_up()
+        size = notary.view.size_at(position)
+        return size, notary.view.root(size)
+
+    assessment = AssessmentApp(store, clock, org, codec, tree)
     board = WhistleBoardProjection(WhistleBoardView(views), source)
     scorecard = ScorecardProjection(ScorecardView(views), source)
     volunteers = VolunteeringProjection(VolunteeringView(views), source)
@@ -98,6 +122,8 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> B
         whistles=whistles,
         volunteering=volunteering,
         branches=branches,
+        assessment=assessment,
+        notary=notary,
         views=views,
         board=board,
         scorecard=scorecard,
@@ -161,11 +187,35 @@ class Runtime:
         await self.broker.start()
         self.relay = Relay(self.baton.store, self.baton.codec, self.nc, self.publisher)
         self._tasks.append(asyncio.create_task(self.relay.run(), name="relay"))
+        published = await self._published_checkpoint()
+        self._tasks.append(
+            asyncio.create_task(self.baton.notary.run(self._publish_checkpoint, published), name="notary")
+        )
         if self.watch:
             self._tasks.append(
                 asyncio.create_task(self.watcher.run(self.baton.settings.watch_interval), name="watcher")
             )
         log.info("runtime_started", nats=self.url, store=self.baton.store.backend)
+
+    async def _published_checkpoint(self) -> int:
+        """The tree size of the last checkpoint on BATON_AUDIT (0 when none)."""
+        assert self.nc is not None
+        js = self.nc.jetstream()
+        info = await js.stream_info(AUDIT_STREAM)
+        if not info.state.messages:
+            return 0
+        last = await js.get_msg(AUDIT_STREAM, seq=info.state.last_seq)
+        return int((last.headers or {}).get("Baton-Tree-Size", "0"))
+
+    async def _publish_checkpoint(self, note: str, size: int) -> None:
+        publisher = self._publisher()
+        ack = await publisher.publish(
+            "baton.audit.checkpoint",
+            note.encode(),
+            {"Nats-Msg-Id": f"checkpoint:{self.baton.notary.origin}:{size}", "Baton-Tree-Size": str(size)},
+        )
+        async with asyncio.timeout(15):
+            await ack
 
     async def _on_disconnect(self) -> None:
         """Fail in-flight publishes at once; the relay resyncs from the stream when NATS is back."""
@@ -213,6 +263,7 @@ class Runtime:
         lags = {"relay": top - (self.relay.published if self.relay else 0)}
         for name, projection in self.baton.projections.items():
             lags[name] = top - projection.position()
+        lags["notary"] = top - self.baton.notary.position()
         return lags
 
     async def health(self) -> dict[str, Any]:
@@ -237,6 +288,14 @@ class Runtime:
                 projections[name] = {"lag": None, "error": str(exc)}
         if top is not None:
             relay["lag"] = max(top - relay["published"], 0)
+        notary = self.baton.notary
+        latest = await asyncio.to_thread(notary.view.checkpoint)
+        notary_health = {
+            "lag": None if top is None else max(top - await asyncio.to_thread(notary.position), 0),
+            "checkpoint": latest["size"] if latest else 0,
+            "origin": notary.origin,
+            "error": notary.error,
+        }
         ok = store.get("ok") and connected and self.relay is not None and self.relay.synced
         return {
             "status": "ok" if ok else "degraded",
@@ -244,4 +303,5 @@ class Runtime:
             "nats": {"url": self.nats_url, "connected": connected, "embedded": self.embedded is not None},
             "relay": relay,
             "projections": projections,
+            "notary": notary_health,
         }

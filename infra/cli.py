@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from infra.logging import configure_logging
 from infra.settings import Settings
@@ -21,6 +22,8 @@ token_app = typer.Typer(help="Bearer tokens for the HTTP API.", no_args_is_help=
 app.add_typer(token_app, name="token")
 standard_app = typer.Typer(help="The branch standard (党支部标准化规范), kept as data.", no_args_is_help=True)
 app.add_typer(standard_app, name="standard")
+scheme_app = typer.Typer(help="The assessment scheme (考核指挥棒), kept as data.", no_args_is_help=True)
+app.add_typer(scheme_app, name="scheme")
 STANDARDS_DIR = Path(__file__).resolve().parent.parent / "standards"
 err = Console(stderr=True, soft_wrap=True)
 
@@ -122,6 +125,112 @@ def standard_publish(
         raise typer.Exit(2) from None
     finally:
         baton.close()
+
+
+@app.command()
+def score(
+    year: Annotated[int, typer.Option(help="The assessment year.")],
+    unit_type: Annotated[str, typer.Option(help="department, community or street.")] = "department",
+    as_of: Annotated[datetime | None, typer.Option(help="Cut-off time, e.g. 2026-12-31T23:59:59+08:00.")] = None,
+    position: Annotated[int | None, typer.Option(help="Cut-off position (instead of --as-of).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the canonical JSON result.")] = False,
+) -> None:
+    """Score every unit of a type for a year from the history (pure: the same cut-off gives the same bytes)."""
+    import rfc8785
+
+    from domain.errors import DomainError
+    from infra.bootstrap import bootstrap
+
+    settings = _settings()
+    baton = bootstrap(settings)
+    try:
+        if as_of is not None and as_of.tzinfo is None:
+            raise typer.BadParameter("--as-of needs a timezone, e.g. +08:00")
+        result = baton.assessment.compute(year, unit_type, cutoff=position, as_of=as_of)
+    except DomainError as exc:
+        err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        baton.close()
+    if as_json:
+        typer.echo(rfc8785.dumps(result).decode())
+        return
+    table = Table(
+        title=f"{year} {unit_type} assessment, scheme {result['scheme_version']}, "
+        f"events up to position {result['cutoff_position']}"
+    )
+    for column in ("rank", "unit", "name", "total", "grade"):
+        table.add_column(column)
+    for unit in sorted(result["units"], key=lambda u: (u["rank"] is None, u["rank"] or 0, u["unit"])):
+        table.add_row(str(unit["rank"] or "-"), unit["unit"], unit["name"], str(unit["total"]), str(unit["grade"]))
+    Console(soft_wrap=True).print(table)
+
+
+@scheme_app.command("publish")
+def scheme_publish(
+    path: Annotated[Path | None, typer.Argument(help="A scheme (JSON); default: newest in standards/.")] = None,
+) -> None:
+    """Publish a version of the assessment scheme into the history."""
+    from domain.errors import DomainError, DuplicateEntry
+    from infra.bootstrap import bootstrap
+    from services.access import Actor, Context, Role
+
+    settings = _settings()
+    path = path or sorted(STANDARDS_DIR.glob("assessment-scheme-*.json"))[-1]
+    baton = bootstrap(settings)
+    try:
+        ctx = Context(actor=Actor(Role.ADMIN, None, "cli"), correlation_id=f"publish-{path.name}")
+        receipt = baton.assessment.publish_scheme(ctx, json.loads(path.read_text()))
+        typer.echo(f"published assessment scheme {receipt.body['version']} at position {receipt.position}")
+    except DuplicateEntry as exc:
+        typer.echo(exc.message)
+    except DomainError as exc:
+        err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        baton.close()
+
+
+@app.command("export")
+def export_bundle(out: Annotated[Path, typer.Option(help="A new, empty directory.")]) -> None:
+    """Write an auditor's bundle of the whole history: events, leaves, signed checkpoints, key, schemes, scores."""
+    from infra.bootstrap import bootstrap
+    from infra.export import export
+
+    settings = _settings()
+    baton = bootstrap(settings)
+    try:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
+        ) as progress:
+            task = progress.add_task("export", total=None)
+            manifest = export(baton, out, lambda done, total: progress.update(task, completed=done, total=total))
+    except FileExistsError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        baton.close()
+    typer.echo(f"exported {manifest['tree_size']} events to {out}; root {manifest['root']}")
+
+
+@app.command("verify")
+def verify_bundle(
+    bundle: Annotated[Path, typer.Argument(help="A directory written by `baton export`.")],
+    key: Annotated[str | None, typer.Option(help="The log's verifier key (vkey string or file) to pin.")] = None,
+) -> None:
+    """Check an export offline. Exit 0 intact; 2 unreadable; 3 bad signature; 4 events altered, missing or
+    reordered (the first bad position is named); 5 a finalised score does not replay."""
+    from audit.verify import verify
+
+    report = verify(bundle, key)
+    for note in report.notes:
+        (typer.echo if report.ok else err.print)(note)
+    if report.ok:
+        typer.echo(
+            f"intact: {report.events} events, {report.checkpoints} signed checkpoints, "
+            f"{report.finalised} finalised scores replayed; key {report.key}"
+        )
+    raise typer.Exit(report.code)
 
 
 @app.command()

@@ -20,6 +20,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import NotFoundError
 
 EVENTS_STREAM = "BATON_EVENTS"
+AUDIT_STREAM = "BATON_AUDIT"
 INTAKE_STREAM = "BATON_INTAKE"
 DEPT_STREAM = "BATON_DEPT"
 
@@ -44,6 +45,16 @@ STREAMS: tuple[StreamConfig, ...] = (
         deny_delete=True,
         deny_purge=True,
         duplicate_window=120.0,
+    ),
+    StreamConfig(
+        name=AUDIT_STREAM,
+        description="Signed checkpoints of the Merkle tree over BATON_EVENTS (C2SP signed notes).",
+        subjects=["baton.audit.>"],
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        deny_delete=True,
+        deny_purge=True,
+        duplicate_window=600.0,
     ),
     StreamConfig(
         name=DEPT_STREAM,

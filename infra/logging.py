@@ -22,7 +22,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=False,  # tests capture logs after the CLI configured them
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     watch_interval: float = 10.0
     log_level: str = "info"
     log_format: str = "json"
+    log_origin: str | None = None
+    checkpoint_every: int = 256
+    checkpoint_interval: float = 10.0
 
     @field_validator("store")
     @classmethod

@@ -65,13 +65,15 @@ def backend(request: pytest.FixtureRequest) -> str:
 def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     if backend == "postgres":
         schema = request.getfixturevalue("pg_schema")
-        return Settings(data_dir=tmp_path, store=f"{PG_URL}?schema={schema}", watch_interval=3600)
-    return Settings(data_dir=tmp_path, store="sqlite", watch_interval=3600)
+        return Settings(
+            data_dir=tmp_path, store=f"{PG_URL}?schema={schema}", watch_interval=3600, checkpoint_interval=0.5
+        )
+    return Settings(data_dir=tmp_path, store="sqlite", watch_interval=3600, checkpoint_interval=0.5)
 
 
 @pytest.fixture
 def sqlite_settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path, store="sqlite", watch_interval=3600)
+    return Settings(data_dir=tmp_path, store="sqlite", watch_interval=3600, checkpoint_interval=0.5)
 
 
 @pytest.fixture

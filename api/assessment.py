@@ -1,0 +1,259 @@
+"""The baton over HTTP: schemes, two-way evaluation, scores with drill-down, finalisation, and the audit trail."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Annotated, Any
+
+import rfc8785
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from pydantic import AwareDatetime, BaseModel, Field
+
+from api.common import ERRORS, IdempotencyKey, actor_dependency, answer, command_context
+from api.schemas import Accepted
+from api.tokens import Tokens
+from domain.errors import NotFound, OutOfScope
+from infra.bootstrap import Baton
+from services.access import Actor, Role
+from services.schemas import Strict
+
+READERS = {
+    Role.ADMIN,
+    Role.DISTRICT,
+    Role.STREET,
+    Role.COMMUNITY,
+    Role.DEPARTMENT,
+    Role.INSPECTOR,
+    Role.AUDITOR,
+}
+AUDIT_READERS = {Role.ADMIN, Role.DISTRICT, Role.INSPECTOR, Role.AUDITOR}
+
+
+class EvaluationIn(Strict):
+    year: int = Field(ge=2000, le=2100)
+    ratee: str = Field(max_length=63, description="A department code (rated by a community) or a community id.")
+    rating: str = Field(description="excellent, good, fair, poor or bad (5 to 1).")
+    comment: str | None = Field(None, max_length=2000)
+
+
+class FinaliseIn(Strict):
+    unit_types: list[str] | None = Field(None, description="Default: department, community and street.")
+    as_of: AwareDatetime | None = Field(None, description="Cut-off time; default: now.")
+
+
+class Proof(BaseModel):
+    position: int
+    index: int
+    tree_size: int
+    leaf_hash: str = Field(description="base64 SHA-256(0x00 || the event's canonical bytes)")
+    proof: list[str]
+    root: str
+    checkpoint: str = Field(description="The signed checkpoint of this tree size (C2SP signed note).")
+
+
+class Consistency(BaseModel):
+    size1: int
+    size2: int
+    root1: str
+    root2: str
+    proof: list[str]
+
+
+class AuditKey(BaseModel):
+    origin: str
+    vkey: str = Field(description="C2SP verifier key: pin it with `baton verify --key`.")
+
+
+def b64(value: bytes) -> str:
+    return base64.b64encode(value).decode()
+
+
+def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
+    router = APIRouter(prefix="/v1", responses=ERRORS)
+    actor_dep = Depends(actor_dependency(tokens))
+    app = baton.assessment
+    notary = baton.notary
+
+    def check(actor: Actor, allowed: set[Role], what: str) -> None:
+        if actor.role not in allowed:
+            raise OutOfScope(f"a {actor.role.value} token cannot read {what}")
+
+    @router.post(
+        "/assessment-schemes",
+        status_code=201,
+        response_model=Accepted,
+        tags=["assessment"],
+        summary="Publish a version of the assessment scheme (admin)",
+    )
+    def publish(
+        request: Request,
+        response: Response,
+        document: dict[str, Any] = Body(...),
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        return answer(response, app.publish_scheme(command_context(request, actor, idempotency_key), document))
+
+    @router.post(
+        "/evaluations",
+        status_code=201,
+        response_model=Accepted,
+        tags=["assessment"],
+        summary="双向评价: a community rates a department, a department rates a community, once a year",
+    )
+    def rate(
+        body: EvaluationIn,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        return answer(
+            response, app.rate(ctx, year=body.year, ratee=body.ratee, rating=body.rating, comment=body.comment)
+        )
+
+    @router.get(
+        "/assessments/{year}",
+        tags=["assessment"],
+        summary="Scores, grades and ranks of a unit type, each indicator with the events behind it",
+        response_description="Canonical JSON (RFC 8785): the same cut-off gives the same bytes.",
+    )
+    def scores(
+        year: int,
+        actor: Actor = actor_dep,
+        unit_type: Annotated[str, Query(pattern="^(department|community|street)$")] = "department",
+        as_of: Annotated[AwareDatetime | None, Query(description="Cut-off time (default: now).")] = None,
+        position: Annotated[int | None, Query(ge=0, description="Cut-off position (instead of as_of).")] = None,
+        scheme: Annotated[str | None, Query(description="Scheme version (default: newest by the cut-off).")] = None,
+    ) -> Response:
+        check(actor, READERS, "assessments")
+        result = app.compute(year, unit_type, cutoff=position, as_of=as_of, scheme_version=scheme)
+        return Response(rfc8785.dumps(result), media_type="application/json")
+
+    @router.post(
+        "/assessments/{year}/finalise",
+        status_code=201,
+        response_model=Accepted,
+        tags=["assessment"],
+        summary="Finalise a year's scores, tied to the tree size and root of the history they come from",
+    )
+    def finalise(
+        year: int,
+        request: Request,
+        response: Response,
+        body: FinaliseIn = Body(default_factory=FinaliseIn),
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        as_of: datetime | None = body.as_of
+        return answer(response, app.finalise(ctx, year, unit_types=body.unit_types, as_of=as_of))
+
+    @router.get("/assessments/{year}/final", tags=["assessment"], summary="A year's finalised scores")
+    def final(year: int, actor: Actor = actor_dep) -> list[dict[str, Any]]:
+        check(actor, READERS, "assessments")
+        return app.finalised(year)
+
+    # The audit trail ---------------------------------------------------------------------------
+
+    @router.get("/audit/key", response_model=AuditKey, tags=["audit"], summary="The checkpoint verifier key")
+    def key(actor: Actor = actor_dep) -> dict[str, Any]:
+        check(actor, AUDIT_READERS, "the audit trail")
+        return {"origin": notary.origin, "vkey": notary.signer.verifier.vkey()}
+
+    @router.get(
+        "/audit/checkpoint",
+        tags=["audit"],
+        summary="The latest signed checkpoint (a C2SP signed note)",
+        response_class=Response,
+    )
+    def latest(actor: Actor = actor_dep) -> Response:
+        check(actor, AUDIT_READERS, "the audit trail")
+        checkpoint = notary.view.checkpoint()
+        if checkpoint is None:
+            raise NotFound("no checkpoint is signed yet")
+        return Response(checkpoint["note"], media_type="text/plain; charset=utf-8")
+
+    @router.get(
+        "/audit/checkpoints/{size}",
+        tags=["audit"],
+        summary="The signed checkpoint of a tree size",
+        response_class=Response,
+    )
+    def checkpoint(size: int, actor: Actor = actor_dep) -> Response:
+        check(actor, AUDIT_READERS, "the audit trail")
+        found = notary.view.checkpoint(size)
+        if found is None:
+            raise NotFound(f"no checkpoint is signed for tree size {size}")
+        return Response(found["note"], media_type="text/plain; charset=utf-8")
+
+    @router.get(
+        "/audit/proof/{position}",
+        response_model=Proof,
+        tags=["audit"],
+        summary="Inclusion proof of an event in a signed tree (default: the latest checkpoint)",
+    )
+    def proof(
+        position: int,
+        actor: Actor = actor_dep,
+        size: Annotated[int | None, Query(ge=1, description="A checkpointed tree size.")] = None,
+    ) -> dict[str, Any]:
+        check(actor, AUDIT_READERS, "the audit trail")
+        cp = notary.view.checkpoint(size)
+        if cp is None:
+            raise NotFound("no checkpoint is signed for that tree size yet")
+        index = notary.view.index_of(position)
+        if index is None or index >= cp["size"]:
+            raise NotFound(f"position {position} is not in the tree of size {cp['size']}")
+        leaf = notary.view.leaves(index, index + 1)[0][1]
+        return {
+            "position": position,
+            "index": index,
+            "tree_size": cp["size"],
+            "leaf_hash": b64(leaf),
+            "proof": [b64(p) for p in notary.inclusion(index, cp["size"])],
+            "root": b64(cp["root"]),
+            "checkpoint": cp["note"],
+        }
+
+    @router.get(
+        "/audit/consistency",
+        response_model=Consistency,
+        tags=["audit"],
+        summary="Consistency proof between two signed tree sizes",
+    )
+    def consistency(
+        actor: Actor = actor_dep,
+        first: Annotated[int, Query(alias="from", ge=1)] = 1,
+        second: Annotated[int, Query(alias="to", ge=1)] = 1,
+    ) -> dict[str, Any]:
+        check(actor, AUDIT_READERS, "the audit trail")
+        one, two = notary.view.checkpoint(first), notary.view.checkpoint(second)
+        if one is None or two is None:
+            raise NotFound("both sizes must be signed checkpoints")
+        if first > second:
+            raise OutOfScope("from must not be larger than to")
+        return {
+            "size1": first,
+            "size2": second,
+            "root1": b64(one["root"]),
+            "root2": b64(two["root"]),
+            "proof": [b64(p) for p in notary.consistency(first, second)],
+        }
+
+    @router.get(
+        "/audit/events/{position}",
+        tags=["audit"],
+        response_class=Response,
+        summary="An event's canonical bytes (RFC 8785), whose SHA-256(0x00 || bytes) is its leaf",
+    )
+    def canonical_event(position: int, actor: Actor = actor_dep) -> Response:
+        check(actor, AUDIT_READERS, "the audit trail")
+        found = baton.store.select(position - 1, 1, stop=position)
+        if not found:
+            raise NotFound(f"no event at position {position}")
+        return Response(rfc8785.dumps(baton.codec.envelope(found[0]).body()), media_type="application/json")
+
+    return router

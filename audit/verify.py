@@ -1,0 +1,306 @@
+"""`baton verify DIR`: check an export offline, with no server and nothing but the bundle (and a pinned key).
+
+It checks every checkpoint's signature, recomputes the Merkle tree from the events at every checkpoint,
+compares every event with the leaf the notary recorded for it (so it can name the first altered, missing
+or reordered position), and replays the scoring of every finalised assessment.
+
+Exit codes:
+  0  the bundle is intact
+  2  the bundle is unreadable or incomplete (a file is missing or malformed)
+  3  a checkpoint's signature does not verify with the key (or the key is not the pinned one)
+  4  the events do not match the signed tree: an event altered, missing, reordered or unsigned
+  5  a finalised score does not match the scoring replayed from the events
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+
+from audit.merkle import EMPTY_ROOT, leaf_hash, node_hash
+from audit.note import Checkpoint, NoteError, Verifier
+from domain.assessment import score
+from domain.errors import DomainError
+
+OK, UNREADABLE, SIGNATURE, EVENTS, SCORES = 0, 2, 3, 4, 5
+
+
+class Failed(Exception):
+    """Verification stops here."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Report:
+    """What verification found."""
+
+    code: int = OK
+    events: int = 0
+    checkpoints: int = 0
+    finalised: int = 0
+    key: str = ""
+    pinned: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.code == OK
+
+
+def roots_at(leaves: Iterator[bytes], sizes: set[int]) -> dict[int, bytes]:
+    """Merkle roots at the given tree sizes, from a stream of leaf hashes, in O(log n) memory."""
+    stack: list[tuple[int, bytes]] = []  # (height, hash) of full subtrees along the right border
+    roots: dict[int, bytes] = {0: EMPTY_ROOT} if 0 in sizes else {}
+    for count, leaf in enumerate(leaves, start=1):
+        height, h = 0, leaf
+        while stack and stack[-1][0] == height:
+            _, left = stack.pop()
+            h, height = node_hash(left, h), height + 1
+        stack.append((height, h))
+        if count in sizes:
+            root = stack[-1][1]
+            for _, left in reversed(stack[:-1]):
+                root = node_hash(left, root)
+            roots[count] = root
+    return roots
+
+
+def verify(bundle: Path, key: str | None = None, progress: Callable[[int, int], None] | None = None) -> Report:
+    """Check the bundle; the report's code is the exit code."""
+    report = Report()
+    try:
+        _verify(bundle, key, report, progress)
+    except Failed as failure:
+        report.code = failure.code
+        report.notes.append(failure.message)
+    return report
+
+
+def _verify(bundle: Path, key: str | None, report: Report, progress: Callable[[int, int], None] | None) -> None:
+    manifest = _json(bundle / "manifest.json")
+    if manifest.get("format") != "baton-export/1":
+        raise Failed(UNREADABLE, "manifest.json is not a baton-export/1 manifest")
+    origin = manifest.get("origin")
+    verifier = _verifier(bundle, key, report)
+    checkpoints = _checkpoints(bundle, verifier, origin, report)
+    leaves = _leaves(bundle)
+    last = max(checkpoints)
+    if last != len(leaves):
+        raise Failed(EVENTS, f"the bundle holds {len(leaves)} leaves but its last signed checkpoint covers {last}")
+    signed_roots = roots_at(iter(leaves), set(checkpoints))
+    trusted = all(signed_roots[size] == cp.root for size, cp in checkpoints.items())
+    finalised, schemes = _check_events(bundle, leaves, checkpoints, trusted, report, progress)
+    _check_scores(bundle, leaves, finalised, schemes, report)
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise Failed(UNREADABLE, f"{path.name} is missing") from None
+    except ValueError:
+        raise Failed(UNREADABLE, f"{path.name} is not JSON") from None
+
+
+def _verifier(bundle: Path, key: str | None, report: Report) -> Verifier:
+    try:
+        bundled = Verifier.parse((bundle / "key.vkey").read_text())
+    except FileNotFoundError:
+        raise Failed(UNREADABLE, "key.vkey is missing") from None
+    except NoteError as exc:
+        raise Failed(UNREADABLE, f"key.vkey: {exc}") from None
+    if key is None:
+        report.key = bundled.vkey()
+        report.notes.append(
+            "the key is the bundle's own; pin the log's key with --key (GET /v1/audit/key) "
+            "to rule out a re-signed bundle"
+        )
+        return bundled
+    try:
+        pinned = Verifier.parse(Path(key).read_text() if Path(key).is_file() else key)
+    except NoteError as exc:
+        raise Failed(UNREADABLE, f"--key: {exc}") from None
+    report.key, report.pinned = pinned.vkey(), True
+    if pinned != bundled:
+        report.notes.append("the bundle carries another key than the pinned one; checking with the pinned key")
+    return pinned
+
+
+def _checkpoints(bundle: Path, verifier: Verifier, origin: str | None, report: Report) -> dict[int, Checkpoint]:
+    files = sorted((bundle / "checkpoints").glob("*.txt"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1)
+    if not files:
+        raise Failed(UNREADABLE, "the bundle has no checkpoints")
+    found: dict[int, Checkpoint] = {}
+    for path in files:
+        try:
+            checkpoint = Checkpoint.verified(path.read_text(), verifier, origin)
+        except NoteError as exc:
+            raise Failed(SIGNATURE, f"checkpoints/{path.name}: {exc}") from None
+        if str(checkpoint.size) != path.stem:
+            raise Failed(SIGNATURE, f"checkpoints/{path.name} is signed for tree size {checkpoint.size}")
+        found[checkpoint.size] = checkpoint
+    report.checkpoints = len(found)
+    return found
+
+
+def _leaves(bundle: Path) -> list[bytes]:
+    try:
+        raw = (bundle / "leaves.bin").read_bytes()
+    except FileNotFoundError:
+        raise Failed(UNREADABLE, "leaves.bin is missing") from None
+    if len(raw) % 32:
+        raise Failed(UNREADABLE, "leaves.bin is not a whole number of 32-byte hashes")
+    return [raw[i : i + 32] for i in range(0, len(raw), 32)]
+
+
+def _lines(bundle: Path) -> Iterator[bytes]:
+    try:
+        with (bundle / "events.jsonl").open("rb") as f:
+            for line in f:
+                yield line[:-1] if line.endswith(b"\n") else line
+    except FileNotFoundError:
+        raise Failed(UNREADABLE, "events.jsonl is missing") from None
+
+
+def _check_events(
+    bundle: Path,
+    leaves: list[bytes],
+    checkpoints: dict[int, Checkpoint],
+    trusted: bool,
+    report: Report,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Every event is canonical, matches its leaf, follows its predecessor; collect finalisations and schemes."""
+    computed: list[bytes] = []
+    versions: dict[str, int] = {}
+    finalised: list[dict[str, Any]] = []
+    schemes: dict[str, dict[str, Any]] = {}
+    previous_position = 0
+    lines = list(_lines(bundle))
+    for index, line in enumerate(lines):
+        where = f"tree index {index}"
+        try:
+            body = json.loads(line)
+            position = int(body["position"])
+        except (ValueError, KeyError, TypeError):
+            raise Failed(EVENTS, f"the event at {where} (after position {previous_position}) is not readable") from None
+        where = f"position {position} (tree index {index})"
+        if rfc8785.dumps(body) != line:
+            raise Failed(EVENTS, f"the event at {where} is altered: it is not in canonical form")
+        leaf = leaf_hash(line)
+        computed.append(leaf)
+        if trusted and index < len(leaves) and leaf != leaves[index]:
+            raise Failed(EVENTS, _mismatch(lines, leaves, index, previous_position))
+        if position <= previous_position:
+            raise Failed(EVENTS, f"the events are reordered at {where}: it follows position {previous_position}")
+        expected = versions.get(body["aggregate_id"], 0) + 1
+        if body["version"] != expected:
+            raise Failed(
+                EVENTS,
+                f"an event is missing before {where}: {body['aggregate']} {body['aggregate_id']} jumps to version "
+                f"{body['version']} from {expected - 1}",
+            )
+        versions[body["aggregate_id"]] = body["version"]
+        previous_position = position
+        if body["aggregate"] == "assessment" and body["type"] == "finalised":
+            finalised.append({"position": position, **body["data"]})
+        elif body["aggregate"] == "assessment_scheme" and body["type"] == "published":
+            schemes[body["data"]["version"]] = body["data"]["document"]
+        if progress and index % 5000 == 0:
+            progress(index, len(leaves))
+    report.events = len(lines)
+    if len(lines) != len(leaves):
+        kind = "missing" if len(lines) < len(leaves) else "not covered by a signature"
+        raise Failed(EVENTS, f"{abs(len(leaves) - len(lines))} events are {kind} after position {previous_position}")
+    if not trusted:
+        ours = roots_at(iter(computed), set(checkpoints))
+        previous = 0
+        for size in sorted(checkpoints):
+            if ours[size] != checkpoints[size].root:
+                raise Failed(
+                    EVENTS,
+                    f"the events do not match signed checkpoint {size}: the first altered, missing or reordered "
+                    f"event is between tree indexes {previous} and {size - 1} (leaves.bin was rewritten to match)",
+                )
+            previous = size
+        raise Failed(EVENTS, "leaves.bin does not match the signed checkpoints, though the events do")
+    finalised_copy = _json(bundle / "finalised.json")
+    if finalised_copy != finalised:
+        raise Failed(SCORES, "finalised.json differs from the AssessmentFinalised events in the history")
+    return finalised, schemes
+
+
+def _mismatch(lines: list[bytes], leaves: list[bytes], index: int, previous_position: int) -> str:
+    """Name what happened at the first event whose leaf differs from the notary's."""
+    here = leaf_hash(lines[index])
+    position = json.loads(lines[index])["position"]
+    if index + 1 < len(leaves) and here == leaves[index + 1]:
+        if index + 1 < len(lines) and leaf_hash(lines[index + 1]) == leaves[index]:
+            return f"the events are reordered at tree index {index}: position {position} and the next are swapped"
+        return f"an event is missing at tree index {index}: between positions {previous_position} and {position}"
+    if index > 0 and here == leaves[index - 1]:
+        return f"an event is repeated at tree index {index} (position {position})"
+    return f"the event at position {position} (tree index {index}) is altered: it does not match its signed leaf"
+
+
+def _check_scores(
+    bundle: Path,
+    leaves: list[bytes],
+    finalised: list[dict[str, Any]],
+    schemes: dict[str, dict[str, Any]],
+    report: Report,
+) -> None:
+    """Replay the scoring of every finalised assessment from the events and compare, unit by unit."""
+    groups: dict[tuple[int, str, int, int, str], list[dict[str, Any]]] = {}
+    for record in finalised:
+        key = (
+            record["year"],
+            record["unit_type"],
+            record["cutoff_position"],
+            record["tree_size"],
+            record["scheme_version"],
+        )
+        groups.setdefault(key, []).append(record)
+    roots = roots_at(iter(leaves), {size for _, _, _, size, _ in groups})
+    for (year, unit_type, cutoff, size, version), records in groups.items():
+        if base64.b64encode(roots[size]).decode() != records[0]["root"]:
+            raise Failed(
+                SCORES, f"the {year} {unit_type} assessment names a root the tree of size {size} does not have"
+            )
+        if version not in schemes:
+            raise Failed(
+                SCORES, f"the {year} {unit_type} assessment uses scheme {version}, which is not in the history"
+            )
+        events = (json.loads(line) for _, line in zip(range(size), _lines(bundle), strict=False))
+        try:
+            replayed = score(events, schemes[version], year, unit_type, cutoff)
+        except DomainError as exc:
+            raise Failed(SCORES, f"the {year} {unit_type} assessment cannot be replayed: {exc.message}") from None
+        if replayed["events"] != size:
+            raise Failed(
+                SCORES,
+                f"the {year} {unit_type} assessment's cut-off covers {replayed['events']} events, "
+                f"not its tree size {size}",
+            )
+        by_unit = {u["unit"]: u for u in replayed["units"]}
+        for record in records:
+            unit = by_unit.get(record["unit"])
+            got = None if unit is None else (unit["total"], unit["grade"], unit["rank"])
+            if got != (record["score"], record["grade"], record["rank"]):
+                raise Failed(
+                    SCORES,
+                    f"the finalised {year} score of {unit_type} {record['unit']} at position {record['position']} is "
+                    f"{record['score']} ({record['grade']}, rank {record['rank']}); replaying the events gives "
+                    f"{got[0] if got else None} ({got[1] if got else None}, rank {got[2] if got else None})",
+                )
+        report.finalised += len(records)

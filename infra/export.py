@@ -1,0 +1,82 @@
+"""`baton export`: an auditor's bundle of the whole history, verifiable offline with `baton verify`.
+
+Layout of the bundle (format baton-export/1):
+  events.jsonl        one event per line: its canonical bytes (RFC 8785 of the public body), in store order
+  leaves.bin          the notary's leaf hash of every event, 32 bytes each, in the same order
+  checkpoints/N.txt   every signed checkpoint (C2SP signed note), N = tree size; the last covers every event
+  key.vkey            the checkpoint verifier key (C2SP vkey); pin it with `baton verify --key`
+  schemes/V.json      assessment schemes and branch standards as published (copies; the events are the record)
+  finalised.json      every AssessmentFinalised record (a copy; the events are the record)
+  manifest.json       origin, sizes, and the SHA-256 of every file
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from infra.bootstrap import Baton
+from infra.notary import canonical
+
+FORMAT = "baton-export/1"
+
+
+def export(baton: Baton, out: Path, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Write the bundle; return its manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; export into a new directory")
+    notary = baton.notary
+    size = notary.catch_up()
+    notary.sign(size)
+    (out / "checkpoints").mkdir()
+    (out / "schemes").mkdir()
+    finalised: list[dict[str, Any]] = []
+    written = 0
+    with (out / "events.jsonl").open("wb") as events, (out / "leaves.bin").open("wb") as leaves:
+        after = 0
+        while written < size:
+            batch = baton.store.select(after, min(2000, size - written))
+            stored = notary.view.leaves(written, written + len(batch))
+            for notification, (position, leaf) in zip(batch, stored, strict=True):
+                if notification.id != position:
+                    raise RuntimeError(f"tree leaf {written} is position {position}; the store has {notification.id}")
+                envelope = baton.codec.envelope(notification)
+                events.write(canonical(envelope) + b"\n")
+                leaves.write(leaf)
+                written += 1
+                _copy_documents(out, envelope.body(), finalised)
+            after = batch[-1].id
+            if progress:
+                progress(written, size)
+    for checkpoint in notary.view.checkpoints():
+        if checkpoint["size"] <= size:
+            (out / "checkpoints" / f"{checkpoint['size']}.txt").write_text(checkpoint["note"])
+    (out / "key.vkey").write_text(notary.signer.verifier.vkey() + "\n")
+    (out / "finalised.json").write_text(json.dumps(finalised, indent=1, ensure_ascii=False) + "\n")
+    manifest = {
+        "format": FORMAT,
+        "origin": notary.origin,
+        "tree_size": size,
+        "root": notary.view.root(size).hex(),
+        "files": {
+            str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*"))
+            if p.is_file()
+        },
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def _copy_documents(out: Path, body: dict[str, Any], finalised: list[dict[str, Any]]) -> None:
+    kind = f"{body['aggregate']}.{body['type']}"
+    if kind in ("assessment_scheme.published", "branch_standard.published"):
+        prefix = "assessment" if kind.startswith("assessment") else "branch-standard"
+        path = out / "schemes" / f"{prefix}-{body['data']['version']}.json"
+        path.write_text(json.dumps(body["data"]["document"], indent=1, ensure_ascii=False) + "\n")
+    elif kind == "assessment.finalised":
+        finalised.append({"position": body["position"], **body["data"]})

@@ -1,0 +1,198 @@
+"""The assessment context: schemes, two-way evaluation, scores computed from the log, and finalisation."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.utils import get_topic
+
+from domain.assessment import (
+    SCHEME_ID,
+    UNIT_TYPES,
+    Assessment,
+    AssessmentScheme,
+    MutualEvaluation,
+    assessment_id,
+    evaluation_id,
+    schemes_in,
+    score,
+)
+from domain.errors import Conflict, DuplicateEntry, InvalidCommand
+from infra.clock import Clock
+from infra.envelope import EnvelopeCodec
+from infra.store import Store
+from services.access import Context, Role, require_role
+from services.base import BatonApplication, Decision, Receipt
+from services.organisation import OrganisationApp
+
+Tree = Callable[[int], tuple[int, bytes]]
+"""Given a cut-off position: (tree size, root) of the Merkle tree over the events up to it."""
+
+
+class AssessmentApp(BatonApplication):
+    """Computes the baton from the history itself, never from read models, so nothing but the log decides it."""
+
+    def __init__(self, store: Store, clock: Clock, org: OrganisationApp, codec: EnvelopeCodec, tree: Tree) -> None:
+        super().__init__(store, clock)
+        self.org, self.codec, self.tree = org, codec, tree
+        self._cache: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # The scheme ------------------------------------------------------------------------------
+
+    def publish_scheme(self, ctx: Context, document: dict[str, Any]) -> Receipt:
+        """Publish a scheme version into the history; scores use the newest one published before their cut-off."""
+        require_role(ctx.actor, Role.ADMIN, action="publish the assessment scheme")
+
+        def decide(now: datetime) -> Decision:
+            try:
+                published = self.repository.get(SCHEME_ID)
+            except AggregateNotFoundError:
+                published = AssessmentScheme(timestamp=now, meta=ctx.meta())
+            version = published.publish(document, timestamp=now, meta=ctx.meta())
+            return [published], {"version": version}
+
+        return self.execute(ctx, decide)
+
+    # Two-way evaluation ----------------------------------------------------------------------
+
+    def rate(self, ctx: Context, *, year: int, ratee: str, rating: str, comment: str | None) -> Receipt:
+        """双向评价: a community rates a department, or a department rates a community, once a year."""
+        actor = ctx.actor
+        org = self.org.current()
+        if actor.role is Role.COMMUNITY and actor.unit:
+            org.community(actor.unit)
+            org.check_departments_exist([ratee])
+            rater_type, ratee_type = "community", "department"
+        elif actor.role is Role.DEPARTMENT and actor.unit:
+            org.community(ratee)
+            rater_type, ratee_type = "department", "community"
+        else:
+            require_role(actor, Role.COMMUNITY, Role.DEPARTMENT, action="rate in the two-way evaluation")
+            raise InvalidCommand("the token names no unit")
+        assert actor.unit is not None
+        rater = actor.unit
+
+        def decide(now: datetime) -> Decision:
+            if evaluation_id(year, rater, ratee) in self.repository:
+                raise DuplicateEntry(f"{rater} already rated {ratee} for {year}")
+            evaluation = MutualEvaluation.rate(
+                year=year,
+                rater_type=rater_type,
+                rater=rater,
+                ratee_type=ratee_type,
+                ratee=ratee,
+                rating=rating,
+                comment=comment,
+                timestamp=now,
+                meta=ctx.meta(),
+            )
+            return [evaluation], {"year": year, "rater": rater, "ratee": ratee}
+
+        return self.execute(ctx, decide)
+
+    # Scores ----------------------------------------------------------------------------------
+
+    def envelopes(self, stop: int, batch: int = 5000) -> Iterator[dict[str, Any]]:
+        """The public bodies of the stored events up to position stop, in store order."""
+        after = 0
+        while True:
+            notifications = self.store.select(after, batch, stop=stop)
+            if not notifications:
+                return
+            for n in notifications:
+                yield self.codec.envelope(n).body()
+            after = notifications[-1].id
+
+    def cutoff(self, as_of: datetime | None) -> int:
+        """The position of the last event at or before as_of (default: the last event)."""
+        top = self.store.max_position()
+        if as_of is None:
+            return top
+        last = 0
+        for body in self.envelopes(top):
+            if datetime.fromisoformat(body["occurred_at"]) > as_of:
+                break
+            last = body["position"]
+        return last
+
+    def schemes(self, cutoff: int) -> dict[str, dict[str, Any]]:
+        topic = get_topic(AssessmentScheme.Published)
+        found = self.store.recorder.select_notifications(start=1, limit=10_000, stop=cutoff, topics=[topic])
+        return schemes_in(self.codec.envelope(n).body() for n in found)
+
+    def compute(
+        self,
+        year: int,
+        unit_type: str,
+        *,
+        cutoff: int | None = None,
+        as_of: datetime | None = None,
+        scheme_version: str | None = None,
+    ) -> dict[str, Any]:
+        """Scores of a unit type for a year, from the events up to the cut-off; the same cut-off, the same bytes."""
+        if unit_type not in UNIT_TYPES:
+            raise InvalidCommand(f"unit_type must be one of: {', '.join(UNIT_TYPES)}")
+        position = cutoff if cutoff is not None else self.cutoff(as_of)
+        schemes = self.schemes(position)
+        if not schemes:
+            raise Conflict("no assessment scheme is published yet; publish one with `baton scheme publish`")
+        version = scheme_version or list(schemes)[-1]
+        if version not in schemes:
+            raise InvalidCommand(f"scheme version {version} is not published by position {position}")
+        key = (year, unit_type, position, version)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        result = score(self.envelopes(position), schemes[version], year, unit_type, position)
+        with self._lock:
+            self._cache[key] = result
+            while len(self._cache) > 32:
+                self._cache.popitem(last=False)
+        return result
+
+    # Finalisation ----------------------------------------------------------------------------
+
+    def finalised(self, year: int) -> list[dict[str, Any]]:
+        """The year's final scores, as recorded."""
+        try:
+            assessment = self.repository.get(assessment_id(year))
+        except AggregateNotFoundError:
+            return []
+        return [
+            {"unit_type": key.split(":", 1)[0], "unit": key.split(":", 1)[1], **record}
+            for key, record in sorted(assessment.finalised.items())
+        ]
+
+    def finalise(
+        self, ctx: Context, year: int, *, unit_types: list[str] | None = None, as_of: datetime | None = None
+    ) -> Receipt:
+        """Record the final score of every unit, with the tree size and root of the history it comes from."""
+        require_role(ctx.actor, Role.ADMIN, Role.DISTRICT, action="finalise an assessment")
+        position = self.cutoff(as_of)
+        size, root = self.tree(position)
+        results = [self.compute(year, t, cutoff=position) for t in (unit_types or list(UNIT_TYPES))]
+        encoded_root = base64.b64encode(root).decode()
+
+        def decide(now: datetime) -> Decision:
+            try:
+                assessment = self.repository.get(assessment_id(year))
+            except AggregateNotFoundError:
+                assessment = Assessment(year=year, timestamp=now, meta=ctx.meta())
+            units = sum(assessment.finalise(r, size, encoded_root, timestamp=now, meta=ctx.meta()) for r in results)
+            return [assessment], {
+                "year": year,
+                "units": units,
+                "cutoff_position": position,
+                "tree_size": size,
+                "root": encoded_root,
+            }
+
+        return self.execute(ctx, decide)

@@ -1,0 +1,170 @@
+"""The baton end to end: reproducible scores, finalisation tied to the Merkle tree, signed checkpoints and proofs,
+an export that verifies offline, and tampering that is caught every time."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import rfc8785
+from typer.testing import CliRunner
+
+from audit.merkle import leaf_hash, verify_consistency, verify_inclusion
+from audit.note import Checkpoint, Verifier
+from audit.verify import OK, verify
+from domain.assessment import score
+from infra.bootstrap import Baton, Runtime
+from infra.cli import app as cli
+from infra.clock import ManualClock
+from infra.export import export
+from infra.settings import Settings
+from tests.conftest import Auth, seed_county, stream_messages
+from tests.test_rebuild import play
+
+SCHEME = json.loads((Path(__file__).parent.parent / "standards" / "assessment-scheme-2026.1.json").read_text())
+
+
+async def governed_year(client: httpx.AsyncClient, auth: Auth, clock: ManualClock, runtime: Runtime) -> None:
+    """Whistles, volunteering, branches, two-way ratings and a published scheme."""
+    await seed_county(client, auth)
+    await play(client, auth, clock, runtime)  # whistles, volunteering and branches
+    year = clock.now().year
+    for rater, ratee, rating in [
+        ("tishu", "PSB", "excellent"),
+        ("tishu", "HOUSING", "fair"),
+        ("qingshan", "HOUSING", "poor"),
+    ]:
+        r = await client.post(
+            "/v1/evaluations", json={"year": year, "ratee": ratee, "rating": rating}, headers=auth("community", rater)
+        )
+        assert r.status_code == 201, r.text
+    r = await client.post(
+        "/v1/evaluations", json={"year": year, "ratee": "tishu", "rating": "good"}, headers=auth("department", "PSB")
+    )
+    assert r.status_code == 201, r.text
+    again = await client.post(
+        "/v1/evaluations", json={"year": year, "ratee": "PSB", "rating": "bad"}, headers=auth("community", "tishu")
+    )
+    assert again.status_code == 409
+    r = await client.post("/v1/assessment-schemes", json=SCHEME, headers=auth("admin"))
+    assert r.status_code == 201, r.text
+    await runtime.wait_idle()
+
+
+async def test_scores_are_reproducible_final_and_replay_from_an_export(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    clock: ManualClock,
+    runtime: Runtime,
+    baton: Baton,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await governed_year(client, auth, clock, runtime)
+    year = clock.now().year
+    auditor = auth("auditor", None, "audit-team")
+    live = await client.get(f"/v1/assessments/{year}", params={"unit_type": "department"}, headers=auditor)
+    assert live.status_code == 200, live.text
+    again = await client.get(f"/v1/assessments/{year}", params={"unit_type": "department"}, headers=auditor)
+    assert live.content == again.content == rfc8785.dumps(live.json())
+    result = live.json()
+    psb = next(u for u in result["units"] if u["unit"] == "PSB")
+    assert psb["rank"] is not None and psb["grade"] is not None
+    rated = next(i for i in psb["indicators"] if i["code"] == "rated_by_communities")
+    assert rated["value"] == "5.0000" and len(rated["events"]) == 1
+    for unit_type in ("community", "street"):
+        r = await client.get(f"/v1/assessments/{year}", params={"unit_type": unit_type}, headers=auditor)
+        assert r.status_code == 200 and any(u["total"] is not None for u in r.json()["units"])
+
+    finalised = await client.post(f"/v1/assessments/{year}/finalise", json={}, headers=auth("admin"))
+    assert finalised.status_code == 201, finalised.text
+    final = finalised.json()
+    assert final["cutoff_position"] == result["cutoff_position"]
+    assert final["tree_size"] == result["events"]
+    assert base64.b64decode(final["root"]) == baton.notary.view.root(final["tree_size"])
+    twice = await client.post(f"/v1/assessments/{year}/finalise", json={}, headers=auth("admin"))
+    assert twice.status_code == 409
+    await runtime.wait_idle()
+    records = (await client.get(f"/v1/assessments/{year}/final", headers=auditor)).json()
+    assert {(r["unit_type"], r["unit"]): r["score"] for r in records if r["unit_type"] == "department"} == {
+        ("department", u["unit"]): u["total"] for u in result["units"]
+    }
+
+    bundle = tmp_path / "export"
+    manifest = export(baton, bundle)
+    vkey = (await client.get("/v1/audit/key", headers=auditor)).json()["vkey"]
+    report = verify(bundle, vkey)
+    assert report.code == OK, report.notes
+    assert report.finalised == len(records) and report.events == manifest["tree_size"] and report.pinned
+
+    events = [json.loads(line) for line in (bundle / "events.jsonl").read_text().splitlines()]
+    replayed = score(events, SCHEME, year, "department", final["cutoff_position"])
+    assert rfc8785.dumps(replayed) == live.content
+
+    await runtime.stop()
+    monkeypatch.setenv("BATON_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("BATON_STORE", settings.store)
+    rebuilt = await asyncio.to_thread(CliRunner().invoke, cli, ["rebuild"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    after = await asyncio.to_thread(baton.assessment.compute, year, "department", cutoff=final["cutoff_position"])
+    assert rfc8785.dumps(after) == live.content
+    cli_score = await asyncio.to_thread(
+        CliRunner().invoke, cli, ["score", "--year", str(year), "--position", str(final["cutoff_position"]), "--json"]
+    )
+    assert cli_score.exit_code == 0 and cli_score.output.strip().encode() == live.content
+
+
+async def test_checkpoints_are_signed_published_and_prove_inclusion_and_consistency(
+    client: httpx.AsyncClient, auth: Auth, runtime: Runtime, baton: Baton, nc
+) -> None:
+    await seed_county(client, auth)
+    auditor = auth("auditor")
+    baton.notary.catch_up()
+    first = baton.notary.sign()
+    assert first is not None
+    r = await client.post(
+        "/v1/whistles",
+        json={"community_id": "tishu", "category": "drainage", "title": "t", "description": "d"},
+        headers=auth("community", "tishu"),
+    )
+    position = r.json()["position"]
+    baton.notary.catch_up()
+    _, second_size = baton.notary.sign()
+    verifier = Verifier.parse((await client.get("/v1/audit/key", headers=auditor)).json()["vkey"])
+
+    proof = (await client.get(f"/v1/audit/proof/{position}", headers=auditor)).json()
+    checkpoint = Checkpoint.verified(proof["checkpoint"], verifier, baton.notary.origin)
+    canonical = (await client.get(f"/v1/audit/events/{position}", headers=auditor)).content
+    assert base64.b64encode(leaf_hash(canonical)).decode() == proof["leaf_hash"]
+    verify_inclusion(
+        leaf_hash(canonical),
+        proof["index"],
+        checkpoint.size,
+        [base64.b64decode(p) for p in proof["proof"]],
+        checkpoint.root,
+    )
+
+    consistency = (
+        await client.get("/v1/audit/consistency", params={"from": first[1], "to": second_size}, headers=auditor)
+    ).json()
+    verify_consistency(
+        first[1],
+        second_size,
+        [base64.b64decode(p) for p in consistency["proof"]],
+        base64.b64decode(consistency["root1"]),
+        base64.b64decode(consistency["root2"]),
+    )
+    assert (await client.get("/v1/audit/checkpoint", headers=auth("community", "tishu"))).status_code == 403
+
+    await runtime.wait_idle()
+    for _ in range(100):
+        published = await stream_messages(nc, "BATON_AUDIT")
+        if published:
+            break
+        await asyncio.sleep(0.1)
+    Checkpoint.verified(published[-1].data.decode(), verifier, baton.notary.origin)
