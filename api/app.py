@@ -11,7 +11,10 @@ from fastapi import APIRouter, FastAPI
 from api.assessment import assessment_router
 from api.branches import branch_router
 from api.common import install_error_handlers, install_middleware
+from api.credentials import credentials_router
+from api.limits import RateLimit, RequestGuard
 from api.org import org_router
+from api.privacy import privacy_router
 from api.schemas import Health
 from api.tokens import Tokens
 from api.volunteering import volunteering_router
@@ -19,8 +22,16 @@ from api.whistles import scorecard_router, whistle_router
 from infra.bootstrap import Baton, Runtime
 
 
-def create_app(baton: Baton, tokens: Tokens, runtime: Runtime | None = None) -> FastAPI:
-    """The ASGI app; with a runtime, starting the app starts NATS, relay and consumers too."""
+def create_app(
+    baton: Baton,
+    tokens: Tokens,
+    runtime: Runtime | None = None,
+    *,
+    max_body: int | None = None,
+    rate_limit: float | None = None,
+    rate_burst: int | None = None,
+) -> FastAPI:
+    """The ASGI app (starting it starts a given runtime too); body and rate limits default to the settings."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,6 +56,14 @@ def create_app(baton: Baton, tokens: Tokens, runtime: Runtime | None = None) -> 
     )
     app.state.baton = baton
     app.state.runtime = runtime
+    settings = baton.settings
+    app.add_middleware(RequestGuard, max_bytes=settings.http_max_body if max_body is None else max_body)
+    app.add_middleware(
+        RateLimit,
+        tokens=tokens,
+        rate=settings.rate_limit if rate_limit is None else rate_limit,
+        burst=settings.rate_burst if rate_burst is None else rate_burst,
+    )
     install_middleware(app)
     install_error_handlers(app)
     app.include_router(_health_router(runtime))
@@ -54,6 +73,9 @@ def create_app(baton: Baton, tokens: Tokens, runtime: Runtime | None = None) -> 
     app.include_router(volunteering_router(baton, tokens))
     app.include_router(branch_router(baton, tokens))
     app.include_router(assessment_router(baton, tokens))
+    app.include_router(privacy_router(baton, tokens))
+    app.include_router(credentials_router(baton, tokens))
+    tokens.attach(baton.credentials.current)
     return app
 
 

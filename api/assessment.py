@@ -7,15 +7,15 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import rfc8785
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, Field
 
-from api.common import ERRORS, IdempotencyKey, actor_dependency, answer, command_context
+from api.common import ERRORS, MAX_POSITION, IdempotencyKey, actor_dependency, answer, command_context
 from api.schemas import Accepted
 from api.tokens import Tokens
-from domain.errors import NotFound, OutOfScope
+from domain.errors import InvalidCommand, NotFound, OutOfScope
 from infra.bootstrap import Baton
-from services.access import Actor, Role
+from services.access import SEE_EVERYTHING, Actor, Role, article
 from services.schemas import Strict
 
 READERS = {
@@ -65,6 +65,11 @@ class AuditKey(BaseModel):
     vkey: str = Field(description="C2SP verifier key: pin it with `baton verify --key`.")
 
 
+Year = Annotated[int, Path(ge=2000, le=2100)]
+Position = Annotated[int, Path(ge=1, le=MAX_POSITION, description="A store position, from 1.")]
+TreeSize = Annotated[int, Path(ge=1, le=MAX_POSITION, description="A tree size (a count of events).")]
+
+
 def b64(value: bytes) -> str:
     return base64.b64encode(value).decode()
 
@@ -77,7 +82,7 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
 
     def check(actor: Actor, allowed: set[Role], what: str) -> None:
         if actor.role not in allowed:
-            raise OutOfScope(f"a {actor.role.value} token cannot read {what}")
+            raise OutOfScope(f"{article(actor.role.value)} token cannot read {what}")
 
     @router.post(
         "/assessment-schemes",
@@ -121,11 +126,13 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         response_description="Canonical JSON (RFC 8785): the same cut-off gives the same bytes.",
     )
     def scores(
-        year: int,
+        year: Year,
         actor: Actor = actor_dep,
         unit_type: Annotated[str, Query(pattern="^(department|community|street)$")] = "department",
         as_of: Annotated[AwareDatetime | None, Query(description="Cut-off time (default: now).")] = None,
-        position: Annotated[int | None, Query(ge=0, description="Cut-off position (instead of as_of).")] = None,
+        position: Annotated[
+            int | None, Query(ge=0, le=MAX_POSITION, description="Cut-off position (instead of as_of).")
+        ] = None,
         scheme: Annotated[str | None, Query(description="Scheme version (default: newest by the cut-off).")] = None,
     ) -> Response:
         check(actor, READERS, "assessments")
@@ -140,7 +147,7 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Finalise a year's scores, tied to the tree size and root of the history they come from",
     )
     def finalise(
-        year: int,
+        year: Year,
         request: Request,
         response: Response,
         body: FinaliseIn = Body(default_factory=FinaliseIn),
@@ -152,7 +159,7 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         return answer(response, app.finalise(ctx, year, unit_types=body.unit_types, as_of=as_of))
 
     @router.get("/assessments/{year}/final", tags=["assessment"], summary="A year's finalised scores")
-    def final(year: int, actor: Actor = actor_dep) -> list[dict[str, Any]]:
+    def final(year: Year, actor: Actor = actor_dep) -> list[dict[str, Any]]:
         check(actor, READERS, "assessments")
         return app.finalised(year)
 
@@ -182,7 +189,7 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="The signed checkpoint of a tree size",
         response_class=Response,
     )
-    def checkpoint(size: int, actor: Actor = actor_dep) -> Response:
+    def checkpoint(size: TreeSize, actor: Actor = actor_dep) -> Response:
         check(actor, AUDIT_READERS, "the audit trail")
         found = notary.view.checkpoint(size)
         if found is None:
@@ -196,9 +203,9 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Inclusion proof of an event in a signed tree (default: the latest checkpoint)",
     )
     def proof(
-        position: int,
+        position: Position,
         actor: Actor = actor_dep,
-        size: Annotated[int | None, Query(ge=1, description="A checkpointed tree size.")] = None,
+        size: Annotated[int | None, Query(ge=1, le=MAX_POSITION, description="A checkpointed tree size.")] = None,
     ) -> dict[str, Any]:
         check(actor, AUDIT_READERS, "the audit trail")
         cp = notary.view.checkpoint(size)
@@ -226,15 +233,15 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
     )
     def consistency(
         actor: Actor = actor_dep,
-        first: Annotated[int, Query(alias="from", ge=1)] = 1,
-        second: Annotated[int, Query(alias="to", ge=1)] = 1,
+        first: Annotated[int, Query(alias="from", ge=1, le=MAX_POSITION)] = 1,
+        second: Annotated[int, Query(alias="to", ge=1, le=MAX_POSITION)] = 1,
     ) -> dict[str, Any]:
         check(actor, AUDIT_READERS, "the audit trail")
         one, two = notary.view.checkpoint(first), notary.view.checkpoint(second)
         if one is None or two is None:
             raise NotFound("both sizes must be signed checkpoints")
         if first > second:
-            raise OutOfScope("from must not be larger than to")
+            raise InvalidCommand("from must not be larger than to: ask for the smaller tree size first")
         return {
             "size1": first,
             "size2": second,
@@ -249,8 +256,8 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         response_class=Response,
         summary="An event's canonical bytes (RFC 8785), whose SHA-256(0x00 || bytes) is its leaf",
     )
-    def canonical_event(position: int, actor: Actor = actor_dep) -> Response:
-        check(actor, AUDIT_READERS, "the audit trail")
+    def canonical_event(position: Position, actor: Actor = actor_dep) -> Response:
+        check(actor, SEE_EVERYTHING, "events one by one (their text reaches beyond a district)")
         found = baton.store.select(position - 1, 1, stop=position)
         if not found:
             raise NotFound(f"no event at position {position}")

@@ -23,7 +23,7 @@ from api.schemas import (
 from api.tokens import Tokens
 from domain.errors import NotFound, OutOfScope
 from infra.bootstrap import Baton
-from services.access import SEE_EVERYTHING, UNIT_ROLES, Actor, Role
+from services.access import SEE_EVERYTHING, UNIT_ROLES, Actor, Role, article
 
 
 def branch_router(baton: Baton, tokens: Tokens) -> APIRouter:
@@ -49,7 +49,7 @@ def branch_router(baton: Baton, tokens: Tokens) -> APIRouter:
                 return {f"{kind}_id": actor.unit}
             if kind == "city":
                 return {}
-        raise OutOfScope(f"a {actor.role.value} token cannot read branches")
+        raise OutOfScope(f"{article(actor.role.value)} token cannot read branches")
 
     @router.post(
         "/standards",
@@ -196,20 +196,22 @@ def branch_router(baton: Baton, tokens: Tokens) -> APIRouter:
     def board(
         actor: Actor = actor_dep, community: str | None = None, street: str | None = None, grade: str | None = None
     ) -> list[dict[str, Any]]:
-        filters = {**scope_filters(actor)}
-        for column, value in (("community_id", community), ("street_id", street), ("grade", grade)):
-            if value is not None:
-                if filters.get(column) not in (None, value):
-                    raise OutOfScope(f"this token sees {column} {filters[column]} only")
-                filters[column] = value
+        filters = narrowed(actor, community_id=community, street_id=street, grade=grade)
         return view.board_with_cadence(filters, app.today(baton.clock.now()))
 
     @router.get("/branches/overview", response_model=BranchOverview, summary="Branches by grade")
     def overview(actor: Actor = actor_dep, street: str | None = None) -> dict[str, Any]:
+        return view.overview(narrowed(actor, street_id=street))
+
+    def narrowed(actor: Actor, **asked: str | None) -> dict[str, str | None]:
+        """The actor's scope narrowed by the query; a filter outside the scope is refused, never widened."""
         filters = {**scope_filters(actor)}
-        if street is not None:
-            filters["street_id"] = street
-        return view.overview(filters)
+        for column, value in asked.items():
+            if value is not None:
+                if filters.get(column) not in (None, value):
+                    raise OutOfScope(f"this token sees {column} {filters[column]} only")
+                filters[column] = value
+        return filters
 
     @router.get(
         "/branches/{branch_id}",

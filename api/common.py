@@ -34,7 +34,13 @@ ERRORS = {
     403: {"model": ErrorBody, "description": "Outside the actor's scope."},
     404: {"model": ErrorBody, "description": "Unknown id."},
     409: {"model": ErrorBody, "description": "A step out of order, or a concurrent change."},
+    413: {"model": ErrorBody, "description": "The request body is over the limit (BATON_HTTP_MAX_BODY)."},
     422: {"model": ErrorBody, "description": "Invalid input."},
+    429: {
+        "model": ErrorBody,
+        "description": "Too many requests for this token (BATON_RATE_LIMIT per second, BATON_RATE_BURST at once).",
+        "headers": {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}},
+    },
 }
 
 
@@ -78,12 +84,21 @@ def install_error_handlers(app: FastAPI) -> None:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
         for error in exc.errors():
+            if error.get("type") == "json_invalid":
+                reason = (error.get("ctx") or {}).get("error", "JSON decode error")
+                at = error.get("loc", ("body", "?"))[-1]
+                parts.append(f"the body is not valid JSON ({reason} at character {at}); send a JSON object")
+                continue
             where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
             parts.append(f"{where}: {error.get('msg')}")
         return error_response(422, "invalid_request", "; ".join(parts) or "the request is not valid")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            return error_response(422, "invalid_request", "the body is not UTF-8; send JSON encoded as UTF-8")
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            return error_response(422, "invalid_request", "the body is nested too deeply; send a flatter JSON object")
         return error_response(exc.status_code, "http_error", str(exc.detail))
 
     @app.exception_handler(PersistenceError)
@@ -111,8 +126,11 @@ def actor_dependency(tokens: Tokens) -> Callable[..., Actor]:
     return actor
 
 
+MAX_POSITION = 2**63 - 1
+"""The largest store position or tree size (a signed 64-bit integer in SQLite and PostgreSQL)."""
 MinPosition = Annotated[
-    int | None, Query(ge=0, description="Wait (up to 5 s) until the board has applied this store position.")
+    int | None,
+    Query(ge=0, le=MAX_POSITION, description="Wait (up to 5 s) until the board has applied this store position."),
 ]
 IdempotencyKey = Annotated[
     str | None,

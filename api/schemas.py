@@ -6,9 +6,11 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from services.schemas import Strict
+
+PERSONAL = "Personal data: null once the person's data is erased (and always for auditors and inspectors)."
 
 
 class ErrorDetail(BaseModel):
@@ -24,6 +26,9 @@ class ErrorBody(BaseModel):
 
 class WhistleCreated(BaseModel):
     whistle_id: str
+    reporter_id: str | None = Field(
+        None, description="The reporter's person id (erasure requests and linking later reports name it)."
+    )
     position: int | None = Field(None, description="Store position of the last event written.")
 
 
@@ -163,9 +168,20 @@ class TimelineEntry(BaseModel):
     data: dict[str, Any]
 
 
+class ReporterOut(BaseModel):
+    """The resident who raised the case; their details are null once erased (or for auditors and inspectors)."""
+
+    person_id: str
+    name: str | None
+    phone: str | None
+    address: str | None
+    erased: bool
+
+
 class WhistleDetail(WhistleSummary):
     description: str
     location: str | None
+    reporter: ReporterOut | None = None
     missed_report_in: list[str]
     timeline: list[TimelineEntry]
 
@@ -283,7 +299,9 @@ class LedgerEntry(BaseModel):
 class VolunteerSummary(BaseModel):
     volunteer_id: str
     community_id: str
-    name: str
+    name: str | None = Field(
+        description="Personal data: null once the person's data is erased (or for auditors and inspectors)."
+    )
     party_member: bool
     branch: str | None
     work_unit: str | None
@@ -300,6 +318,7 @@ class VolunteerSummary(BaseModel):
 
 class VolunteerDetail(VolunteerSummary):
     entries: list[LedgerEntry]
+    erased: bool = Field(False, description="True once the volunteer's personal data was erased on request.")
 
 
 class LeaderboardRow(VolunteerSummary):
@@ -308,7 +327,9 @@ class LeaderboardRow(VolunteerSummary):
 
 class RosterEntry(BaseModel):
     volunteer_id: str
-    name: str
+    name: str | None = Field(
+        description="Personal data: null once the person's data is erased (or for auditors and inspectors)."
+    )
     signed_up_at: str
     hours: str | None
     credited_hours: str | None
@@ -359,7 +380,9 @@ class RedemptionOut(BaseModel):
 
 class PartyService(BaseModel):
     volunteer_id: str
-    name: str
+    name: str | None = Field(
+        description="Personal data: null once the person's data is erased (or for auditors and inspectors)."
+    )
     community_id: str
     branch: str | None
     pledged_hours: str | None
@@ -520,3 +543,43 @@ class StandardVersion(BaseModel):
     digest: str
     published_at: str
     position: int
+
+
+class EraseIn(Strict):
+    """A resident's request to delete their personal data (PIPL art. 47)."""
+
+    reason: str = Field(min_length=1, max_length=500, description="Who asked and how, e.g. the ticket number.")
+
+
+class PersonOut(BaseModel):
+    """What Baton holds about a person: never the personal data itself."""
+
+    person_id: str
+    community_id: str
+    erased: bool
+    erased_at: str | None = None
+    reason: str | None = None
+    position: int | None = Field(None, description="Store position of the erasure event.")
+
+
+class RevocationIn(Strict):
+    """Name exactly one of token (that token stops working) or actor (every token issued to it so far)."""
+
+    token: str | None = Field(None, min_length=1, max_length=4096, description="The bearer token to revoke.")
+    actor: str | None = Field(None, min_length=1, max_length=200, description="An actor id (the token's sub).")
+    reason: str = Field(min_length=1, max_length=500)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RevocationIn:
+        if (self.token is None) == (self.actor is None):
+            raise ValueError("name exactly one of token or actor")
+        return self
+
+
+class RevocationOut(BaseModel):
+    revoked: Literal["token", "actor"]
+    jti: str | None = None
+    expires_at: str | None = None
+    actor_id: str | None = None
+    issued_before: str | None = None
+    position: int | None = None

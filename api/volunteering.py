@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
@@ -32,7 +33,7 @@ from api.schemas import (
 from api.tokens import Tokens
 from domain.errors import NotFound, OutOfScope
 from infra.bootstrap import Baton
-from services.access import SEE_EVERYTHING, UNIT_ROLES, Actor, Role
+from services.access import SEE_EVERYTHING, UNIT_ROLES, Actor, Role, sees_personal_data
 
 Year = Annotated[int | None, Query(ge=2000, le=2100, description="Default: this year.")]
 
@@ -56,6 +57,17 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
             if (unit["kind"] == "grid" and unit["parent"] == community_id) or org.is_within(community_id, actor.unit):
                 return
         raise OutOfScope(f"community {community_id}'s volunteering is outside this token's scope")
+
+    def district_communities(actor: Actor) -> set[str] | None:
+        """A district token's county-wide views cover the communities within its district only."""
+        if actor.role is not Role.DISTRICT:
+            return None
+        org = baton.org.current()
+        return {u for u, unit in org.units.items() if unit["kind"] == "community" and org.is_within(u, actor.unit)}
+
+    def personal(actor: Actor, value: Any) -> Any:
+        """Reveal sealed personal data to those who may see it; null where erased."""
+        return baton.store.vault.reveal_in(value, visible=sees_personal_data(actor))
 
     def this_year(year: int | None) -> int:
         return year or baton.clock.now().year
@@ -221,7 +233,8 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
             if actor.role is Role.VOLUNTEER:
                 raise OutOfScope("a volunteer reads their own points only")
             check_reads_community(actor, row["community_id"])
-        return row
+        person = baton.store.vault.person(UUID(row["volunteer_id"]))
+        return {**personal(actor, row), "erased": person is None or person.erased}
 
     @router.get(
         "/communities/{community_id}/leaderboard",
@@ -232,7 +245,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         community_id: str, actor: Actor = actor_dep, limit: Annotated[int, Query(ge=1, le=200)] = 20
     ) -> list[dict[str, Any]]:
         check_reads_community(actor, community_id)
-        return view.leaderboard(community_id, limit)
+        return personal(actor, view.leaderboard(community_id, limit))
 
     @router.get(
         "/communities/{community_id}/participation",
@@ -254,7 +267,8 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
     def participation_all(actor: Actor = actor_dep, year: Year = None) -> list[dict[str, Any]]:
         if actor.role not in (*SEE_EVERYTHING, Role.DISTRICT):
             raise OutOfScope("county-wide participation is for district, admin, inspector and auditor tokens")
-        return view.participation(this_year(year), None)
+        within = district_communities(actor)
+        return [r for r in view.participation(this_year(year), None) if within is None or r["community_id"] in within]
 
     @router.get("/activities", response_model=list[ActivitySummary], summary="A community's activities")
     def activities(community: str, actor: Actor = actor_dep) -> list[dict[str, Any]]:
@@ -267,7 +281,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         if row is None:
             raise NotFound(f"activity {activity_id} does not exist (or is not in the read model yet)")
         check_reads_community(actor, row["community_id"])
-        return row
+        return personal(actor, row)
 
     @router.get("/rewards", response_model=list[RewardOut], summary="A community's catalogue, with stock")
     def rewards(community: str, actor: Actor = actor_dep) -> list[dict[str, Any]]:
@@ -299,7 +313,8 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
             check_reads_community(actor, community)
         elif actor.role not in (*SEE_EVERYTHING, Role.DISTRICT):
             raise OutOfScope("name the community: ?community=ID (county-wide views need a district token)")
-        return view.party_service(this_year(year), community, branch)
+        rows = view.party_service(this_year(year), community, branch, district_communities(actor))
+        return personal(actor, rows)
 
     @router.get(
         "/party-service/branches",
@@ -313,6 +328,6 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
             check_reads_community(actor, community)
         elif actor.role not in (*SEE_EVERYTHING, Role.DISTRICT):
             raise OutOfScope("name the community: ?community=ID (county-wide views need a district token)")
-        return view.branch_service(this_year(year), community)
+        return view.branch_service(this_year(year), community, district_communities(actor))
 
     return router

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from uuid import UUID
 
 import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -14,7 +15,7 @@ from domain.errors import NotFound, OutOfScope
 from infra.bootstrap import Baton
 from projections.scorecard import empty_scorecard
 from projections.whistle_board import BoardQuery
-from services.access import SEE_EVERYTHING, Actor, Role, can_read_whistle
+from services.access import SEE_EVERYTHING, Actor, Role, article, can_read_whistle, sees_personal_data
 from services.schemas import BlowWhistle, Complete, Decline, Dispatch, Evaluate, Feedback, Progress
 
 log = structlog.get_logger("baton.http")
@@ -170,6 +171,11 @@ def whistle_router(baton: Baton, tokens: Tokens) -> APIRouter:
         departments = baton.board.view.departments_of(whistle_id)
         if not can_read_whistle(baton.org.current(), actor, row["community_id"], departments):
             raise OutOfScope("this whistle is outside your scope")
+        vault = baton.store.vault
+        row = vault.reveal_in(row, visible=sees_personal_data(actor))
+        if row["reporter"] is not None:
+            person = vault.person(UUID(row["reporter"]["person_id"]))
+            row["reporter"]["erased"] = person is None or person.erased
         return row
 
     return router
@@ -201,10 +207,12 @@ def _scoped_query(baton: Baton, actor: Actor, query: BoardQuery) -> BoardQuery:
     elif actor.role in (Role.STREET, Role.DISTRICT) and actor.unit in org.units:
         kind = org.units[actor.unit]["kind"]
         if kind not in ("street", "district", "city"):
-            raise OutOfScope(f"unit {actor.unit} is a {kind}; a {actor.role.value} token needs a street or district")
+            raise OutOfScope(
+                f"unit {actor.unit} is a {kind}; {article(actor.role.value)} token needs a street or district"
+            )
         fields["scope_column"], fields["scope_value"] = f"{kind}_id", actor.unit
     else:
-        raise OutOfScope(f"a {actor.role.value} token cannot read whistles")
+        raise OutOfScope(f"{article(actor.role.value)} token cannot read whistles")
     return BoardQuery(**fields)
 
 
@@ -215,7 +223,7 @@ def scorecard_router(baton: Baton, tokens: Tokens) -> APIRouter:
 
     def cards(actor: Actor, department: str | None) -> list[dict[str, Any]]:
         if actor.role not in readers:
-            raise OutOfScope(f"a {actor.role.value} token cannot read department scorecards")
+            raise OutOfScope(f"{article(actor.role.value)} token cannot read department scorecards")
         if actor.role is Role.DEPARTMENT and department != actor.unit:
             raise OutOfScope(f"a department reads its own scorecard only: /v1/scorecards/{actor.unit}")
         known = baton.org.current().departments

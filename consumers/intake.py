@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 import anyio
+import psycopg
 import structlog
+from eventsourcing.persistence import PersistenceError
 from faststream.middlewares import AckPolicy
 from faststream.nats import NatsRouter
 from pydantic import ValidationError
@@ -27,6 +30,8 @@ from services.whistles import WhistleApp
 log = structlog.get_logger("baton.intake")
 
 MAX_BODY = 64 * 1024
+TRANSIENT = (PersistenceError, psycopg.OperationalError, sqlite3.OperationalError)
+"""Errors that pass (the store is unreachable or busy): the message is decided again, not rejected."""
 
 Step = Callable[[WhistleApp, Context, Any], Receipt]
 STEPS: dict[str, Step] = {
@@ -58,7 +63,29 @@ class Intake:
     def decide(self, subject: str, data: bytes, seq: int) -> tuple[str, Outcome, str]:
         """Return (department code, outcome, dedupe id of the outcome) for one message."""
         with structlog.contextvars.bound_contextvars(intake_seq=seq, correlation_id=None):
-            return self._decide(subject, data, seq)
+            try:
+                return self._decide(subject, data, seq)
+            except TRANSIENT:
+                raise  # the store is down: the batch is redelivered and decided again
+            except Exception:
+                return self._failed(subject, data, seq)
+
+    def _failed(self, subject: str, data: bytes, seq: int) -> tuple[str, Outcome, str]:
+        """A message Baton could not decide (a bug): rejected and logged, so it cannot block the intake."""
+        log.exception("department_command_failed", subject=subject[:200], size=len(data))
+        tokens = subject.split(".")
+        code = tokens[2] if len(tokens) > 2 else "unknown"
+        outcome = Outcome(
+            command_id=None,
+            status="rejected",
+            error=OutcomeError(
+                code="internal_error",
+                message=f"Baton could not decide this command and did not apply it (intake sequence {seq}); "
+                "it is logged for the operators: send the step again with a new command_id later",
+            ),
+        )
+        key = f"nats:{code}:seq:{seq}"
+        return code, outcome, _msg_id(key, hashlib.sha256(subject.encode() + b"\0" + data).hexdigest())
 
     def _decide(self, subject: str, data: bytes, seq: int) -> tuple[str, Outcome, str]:
         tokens = subject.split(".")
@@ -154,16 +181,23 @@ def _parse(data: bytes) -> dict[str, Any]:
         body = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise Rejected("malformed", "the body is not JSON; send a JSON object with command_id and whistle_id") from None
+    except RecursionError:
+        raise Rejected("malformed", "the body is nested too deeply; send a flat JSON object") from None
     if not isinstance(body, dict):
         raise Rejected("malformed", "the body must be a JSON object with command_id and whistle_id")
+    if b"\\u0000" in data:
+        raise Rejected("invalid_command", "the body contains a NUL character (\\u0000), which Baton cannot store")
     return body
 
 
-def _explain(exc: ValidationError) -> str:
+def _explain(exc: ValidationError, at_most: int = 10) -> str:
     parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "body"
+    errors = exc.errors()
+    for error in errors[:at_most]:
+        where = ".".join(str(p) for p in error["loc"])[:100] or "body"
         parts.append(f"{where}: {error['msg']}")
+    if len(errors) > at_most:
+        parts.append(f"and {len(errors) - at_most} more problems")
     return "; ".join(parts)
 
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import typing
-from typing import Any
+from typing import Annotated, Any
 
 from eventsourcing.domain import CanMutateAggregate
 from faststream.nats import NatsBroker
+from faststream.nats.security import NatsUserPassword
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from domain.assessment import Assessment, AssessmentScheme, MutualEvaluation
 from domain.branches import Branch, BranchStandard
+from domain.credentials import Credentials
 from domain.organisation import Organisation
+from domain.privacy import PersonalData, Sealed
 from domain.volunteering import Activity, PointsPolicy, Reward, Volunteer
 from domain.whistle import Whistle
 from infra.envelope import META_FIELDS, snake
@@ -30,7 +33,42 @@ AGGREGATES: tuple[type, ...] = (
     AssessmentScheme,
     MutualEvaluation,
     Assessment,
+    PersonalData,
+    Credentials,
 )
+SEALED = Annotated[
+    str,
+    Field(
+        pattern=r"^pii1\.[0-9a-f]{32}\.[A-Za-z0-9_-]+$",
+        description=(
+            "Personal data sealed under its person's own key (AES-256-GCM): pii1.<person id hex>.<nonce+ciphertext, "
+            "base64url>. Only the HTTP API reveals it, to those who may see it; it reads as erased once the person's "
+            "key is destroyed (personal_data.erased)."
+        ),
+    ),
+]
+
+
+class SealedReporter(BaseModel):
+    """The resident who raised the case; every detail sealed under their key."""
+
+    person_id: str
+    name: SEALED | None
+    phone: SEALED | None
+    address: SEALED | None
+
+
+def _public(name: str, hint: Any) -> Any:
+    """The type an event attribute has on the wire."""
+    if hint is Sealed:
+        return SEALED
+    if hint == (Sealed | None):
+        return SEALED | None
+    if name == "reporter":
+        return SealedReporter | None
+    return hint
+
+
 INBOX_EVENTS = ("blown", "dispatched", "evaluated", "deadline_missed", "escalated")
 
 
@@ -46,7 +84,9 @@ def event_classes() -> list[tuple[str, str, type]]:
 
 def _event_model(aggregate: str, event: str, cls: type) -> type[BaseModel]:
     hints = typing.get_type_hints(cls)
-    data_fields: dict[str, Any] = {name: (hint, ...) for name, hint in hints.items() if name not in META_FIELDS}
+    data_fields: dict[str, Any] = {
+        name: (_public(name, hint), ...) for name, hint in hints.items() if name not in META_FIELDS
+    }
     data = create_model(
         f"{aggregate.title().replace('_', '')}{event.title().replace('_', '')}Data",
         __config__=ConfigDict(arbitrary_types_allowed=True),
@@ -63,7 +103,8 @@ def _event_model(aggregate: str, event: str, cls: type) -> type[BaseModel]:
 
 def asyncapi_document(server_url: str = "nats://127.0.0.1:4222") -> dict[str, Any]:
     """The AsyncAPI 3.0 document, as a dict."""
-    broker = NatsBroker(server_url, logger=None)
+    # Documents the login every client needs; the values here are placeholders, never used to connect.
+    broker = NatsBroker(server_url, logger=None, security=NatsUserPassword("dept-CODE", "see baton nats-creds issue"))
     for aggregate, event, cls in event_classes():
         broker.publisher(
             f"baton.evt.{aggregate}.{event}",
@@ -80,7 +121,8 @@ def asyncapi_document(server_url: str = "nats://127.0.0.1:4222") -> dict[str, An
             title=f"baton.dept.CODE.inbox.whistle.{event}",
             description=(
                 f"Stream BATON_DEPT (work queue: kept until the department reads it). A whistle.{event} "
-                "event that concerns department CODE; same body as on BATON_EVENTS."
+                "event that concerns department CODE; same body as on BATON_EVENTS. Read it from the durable "
+                "pull consumer dept_CODE (created by Baton) through the JetStream API prefix $JS.BATON.API."
             ),
             schema=EventBody,
         )
@@ -97,7 +139,10 @@ def asyncapi_document(server_url: str = "nats://127.0.0.1:4222") -> dict[str, An
     broker.publisher(
         "baton.dept.{code}.outcome",
         title="baton.dept.CODE.outcome",
-        description="Stream BATON_DEPT. Exactly one outcome per command department CODE sent.",
+        description=(
+            "Stream BATON_DEPT. Exactly one outcome per command department CODE sent; also on the durable "
+            "consumer dept_CODE, beside the inbox."
+        ),
         schema=Outcome,
     )
     for action, model in DEPARTMENT_COMMANDS.items():
@@ -119,7 +164,11 @@ def asyncapi_document(server_url: str = "nats://127.0.0.1:4222") -> dict[str, An
         version="1.0.0",
         description=(
             "Events of community governance (吹哨、应哨、派单、办理、反馈、评价) on JetStream, and the "
-            "commands department systems send. A department's credentials allow baton.dept.CODE.> only."
+            "commands department systems send. Every client logs in (user and password from `baton nats-creds "
+            "issue --department CODE`, or `--auditor`): a department reaches baton.dept.CODE.> and its durable "
+            "consumer dept_CODE on BATON_DEPT only, through the JetStream API prefix $JS.BATON.API and its inbox "
+            "prefix _INBOX_dept_CODE; the auditor reads BATON_EVENTS and BATON_AUDIT (durable auditor) and "
+            "publishes nothing."
         ),
     )
     return spec.to_specification().to_jsonable()

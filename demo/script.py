@@ -22,14 +22,16 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import nats
+from nats.aio.client import Client
 from rich.console import Console
 from rich.table import Table
 
 from api.app import create_app
-from api.tokens import Tokens, load_secret
+from api.tokens import Keyring, Tokens
 from demo.assessment import AssessmentDemo
 from demo.branches import BranchesDemo
-from demo.county import County, build_county
+from demo.county import GIVEN, SURNAMES, County, build_county
 from demo.volunteering import VolunteeringDemo
 from infra.bootstrap import Baton, Runtime, bootstrap
 from infra.clock import ManualClock
@@ -70,6 +72,8 @@ class Tally:
     commands_nats: int = 0
     refused: Counter[str] = field(default_factory=Counter)
     fates: Counter[str] = field(default_factory=Counter)
+    reporters: list[tuple[str, str]] = field(default_factory=list)
+    erased: list[str] = field(default_factory=list)
 
 
 class Demo:
@@ -89,6 +93,7 @@ class Demo:
         self.county: County = build_county()
         self.categories = {c["code"]: c for c in self.county.categories}
         self._outcomes: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._links: dict[str, Client] = {}
         self._headers: dict[tuple[str, str | None, str | None], dict[str, str]] = {}
         self.volunteering = VolunteeringDemo(self.county, clock, runtime, self.post, self.auth, self.rng)
         self.branches = BranchesDemo(self.county, self.post, self.auth, self.rng)
@@ -136,19 +141,53 @@ class Demo:
 
         await self.runtime.nc.subscribe("baton.dept.*.outcome", cb=on_outcome)
 
+    async def link(self, code: str) -> Client:
+        """Department CODE's own NATS login on the embedded server (on an external NATS: Baton's connection)."""
+        embedded = self.runtime.embedded
+        if embedded is None or embedded.auth is None:
+            assert self.runtime.nc is not None
+            return self.runtime.nc
+        if code not in self._links:
+            creds = embedded.auth.department(code)
+            self._links[code] = await nats.connect(
+                self.runtime.url,
+                user=creds.user,
+                password=creds.password,
+                inbox_prefix=creds.inbox_prefix,
+                name=f"demo-{code}",
+                max_reconnect_attempts=-1,
+            )
+        return self._links[code]
+
+    async def close(self) -> None:
+        for link in self._links.values():
+            await link.close()
+
     async def department(self, code: str, action: str, whistle_id: str, **fields: Any) -> dict[str, Any]:
-        """Send a command as department CODE's system would, and wait for its one outcome."""
-        assert self.runtime.nc is not None
+        """Send a command as department CODE's system would, on its own login, and wait for its one outcome."""
         command_id = uuid.uuid4().hex
         future = self._outcomes[command_id] = asyncio.get_running_loop().create_future()
         payload = {"command_id": command_id, "whistle_id": whistle_id, **fields}
-        await self.runtime.nc.jetstream().publish(f"baton.dept.{code}.cmd.{action}", json.dumps(payload).encode())
+        link = await self.link(code)
+        await link.jetstream().publish(f"baton.dept.{code}.cmd.{action}", json.dumps(payload).encode())
         self.tally.commands_nats += 1
         async with asyncio.timeout(30):
             outcome = await future
         if outcome["status"] == "rejected":
             self.tally.refused[outcome["error"]["code"]] += 1
         return outcome
+
+    async def erase_on_request(self) -> None:
+        """A resident asks the community to delete their personal data (PIPL art. 47)."""
+        if not self.tally.reporters:
+            return
+        person, community = self.rng.choice(self.tally.reporters)
+        await self.post(
+            f"/v1/people/{person}/erase",
+            {"reason": "居民申请删除个人信息 (ticket 2026-117)"},
+            self.auth("community", community),
+        )
+        self.tally.erased.append(person)
 
     # Stories ----------------------------------------------------------------------------------
 
@@ -167,21 +206,28 @@ class Demo:
         yield start
         grid = rng.choice(self.county.grids[community])
         via_grid = rng.random() < 0.4
+        case: dict[str, Any] = {
+            "community_id": community,
+            "category": category["code"],
+            "title": rng.choice(TITLES[category["code"]]),
+            "description": "居民通过民情e站反映，社区无法单独解决，吹哨报到。",
+            "urgency": "urgent" if urgent else "normal",
+            "summoned_departments": summoned,
+            "grid_id": grid,
+            "source": "grid_patrol" if via_grid else "resident",
+        }
+        if not via_grid:  # the resident's contact details travel sealed under their own key
+            case["reporter"] = {
+                "name": rng.choice(SURNAMES) + rng.choice(GIVEN) + rng.choice(GIVEN),
+                "phone": f"139{rng.randrange(10**8):08d}",
+                "address": f"{rng.randint(1, 30)}栋{rng.randint(1, 6)}单元{rng.randint(1, 18)}0{rng.randint(1, 4)}",
+            }
         r = await self.post(
-            "/v1/whistles",
-            {
-                "community_id": community,
-                "category": category["code"],
-                "title": rng.choice(TITLES[category["code"]]),
-                "description": "居民通过民情e站反映，社区无法单独解决，吹哨报到。",
-                "urgency": "urgent" if urgent else "normal",
-                "summoned_departments": summoned,
-                "grid_id": grid,
-                "source": "grid_patrol" if via_grid else "resident",
-            },
-            self.auth("grid", grid) if via_grid else self.auth("community", community),
+            "/v1/whistles", case, self.auth("grid", grid) if via_grid else self.auth("community", community)
         )
         whistle = r.json()["whistle_id"]
+        if r.json().get("reporter_id"):
+            self.tally.reporters.append((r.json()["reporter_id"], community))
         self.tally.fates[fate] += 1
         community_auth = self.auth("community", community)
         report_in_limit = timedelta(
@@ -317,15 +363,16 @@ async def _play(
     baton: Baton, clock: ManualClock, settings: Settings, console: Console, days: int, start: datetime
 ) -> int:
     runtime = Runtime(baton, watch=False)
-    tokens = Tokens(load_secret(settings.data_dir, settings.token_secret), timedelta(days=settings.token_ttl_days))
+    tokens = Tokens(Keyring.load(settings.data_dir, settings.token_secret), timedelta(days=settings.token_ttl_days))
     await runtime.start()
     try:
-        app = create_app(baton, tokens)
+        app = create_app(baton, tokens, rate_limit=0)  # weeks played in a minute: no per-token rate limit
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://baton.demo") as http:
             demo = Demo(baton, runtime, http, tokens, clock, days)
             await demo.listen_for_outcomes()
             with console.status("building the county"):
                 await demo.build_county()
+                await runtime.wait_idle(timeout=60)  # and the departments' NATS logins
             with console.status("last December's volunteering, and New Year"):
                 await demo.volunteering.prelude(clock.now())
             clock.set(start)
@@ -337,9 +384,11 @@ async def _play(
             with console.status("two-way evaluation and the year's assessment"):
                 await demo.assessment.rate(clock.now().year)
                 await demo.assessment.finalise(clock.now().year)
+                await demo.erase_on_request()
                 await runtime.wait_idle(timeout=60)
                 await asyncio.to_thread(baton.notary.catch_up)
                 await asyncio.to_thread(baton.notary.sign)
+            await demo.close()
             await summarise(demo, http, console, settings)
     finally:
         await runtime.stop()
@@ -381,7 +430,9 @@ async def summarise(demo: Demo, http: httpx.AsyncClient, console: Console, setti
         f"declines: {sum(i['declines'] for i in items)}; reopens: {sum(i['reopens'] for i in items)}\n"
         f"Commands: {demo.tally.commands_http} over HTTP, {demo.tally.commands_nats} over NATS; "
         f"refused as expected: {dict(demo.tally.refused)}\n"
-        f"Events in the store: {demo.baton.store.max_position()}, all published to BATON_EVENTS."
+        f"Events in the store: {demo.baton.store.max_position()}, all published to BATON_EVENTS.\n"
+        f"Personal data: {len(demo.tally.reporters)} residents' contact details sealed, each under its own key; "
+        f"erased on request: {', '.join(demo.tally.erased) or 'none'}."
     )
     cards = (await http.get("/v1/scorecards", headers=admin)).json()
     table = Table(title="Department scorecards")
@@ -426,7 +477,8 @@ async def summarise(demo: Demo, http: httpx.AsyncClient, console: Console, setti
         f'  curl -s -H "Authorization: Bearer $TISHU" "{base}/v1/rewards?community=tishu"\n'
         "  More tokens: baton token issue --role department --unit HOUSING\n"
         "  NATS: /health shows nats.url; events are on stream BATON_EVENTS (baton.evt.>), each department's\n"
-        "  inbox and outcomes on BATON_DEPT (baton.dept.CODE.>)."
+        "  inbox and outcomes on BATON_DEPT (durable consumer dept_CODE). A department system's login:\n"
+        "  baton nats-creds issue --department PSB    (the auditor's: baton nats-creds issue --auditor)"
     )
 
 

@@ -505,6 +505,7 @@ class Branch(Aggregate):
             year, month = int(period[:4]), int(period[5:7])
             if len(period) != 7 or period[4] != "-" or not 1 <= month <= 12:
                 raise ValueError
+            month_starts = date(year, month, 1)
         except ValueError:
             raise InvalidCommand(f"period must be a month like 2026-03, got {period!r}") from None
         if period in self.dues:
@@ -512,7 +513,7 @@ class Branch(Aggregate):
         day = _day(collected_on, "collected_on")
         if day > today:
             raise InvalidCommand(f"collected_on {day} is in the future")
-        if day < date(year, month, 1):
+        if day < month_starts:
             raise InvalidCommand(f"dues for {period} cannot be collected before the month starts")
         try:
             money = Decimal(str(amount_yuan))

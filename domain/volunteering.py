@@ -19,6 +19,7 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.common import Meta, check_text
 from domain.errors import Conflict, DuplicateEntry, InvalidCommand, OutOfScope
+from domain.privacy import Sealed
 
 CENT = Decimal("0.01")
 ZERO = Decimal("0.00")
@@ -225,29 +226,33 @@ def expiry_for(
 class Volunteer(Aggregate):
     """A resident who serves; in-service party members also name their branch (在职党员到社区报到)."""
 
+    id: UUID  # chosen by the application: it is also the person id that seals the volunteer's personal data
+
     @classmethod
     def register(
         cls,
         *,
+        volunteer_id: UUID,
         community_id: str,
-        name: str,
-        phone: str | None,
+        name: Sealed,
+        phone: Sealed | None,
         party_member: bool,
         branch: str | None,
         work_unit: str | None,
         timestamp: datetime,
         meta: Meta,
     ) -> Volunteer:
-        """Register with the community where the volunteer lives."""
+        """Register with the community where the volunteer lives; name and phone arrive sealed."""
         branch = (branch or "").strip() or None
         if party_member and not branch:
             raise InvalidCommand("an in-service party member names their party branch (branch)")
         if branch and not party_member:
             raise InvalidCommand("only party members name a branch; set party_member to true or drop branch")
         return cls(
+            id=volunteer_id,
             community_id=community_id,
-            name=check_text("name", name, 100),
-            phone=(phone or "").strip() or None,
+            name=name,
+            phone=phone,
             party_member=bool(party_member),
             branch=branch,
             work_unit=(work_unit or "").strip() or None,
@@ -259,8 +264,8 @@ class Volunteer(Aggregate):
     def __init__(
         self,
         community_id: str,
-        name: str,
-        phone: str | None,
+        name: Sealed,
+        phone: Sealed | None,
         party_member: bool,
         branch: str | None,
         work_unit: str | None,
@@ -430,7 +435,7 @@ class Volunteer(Aggregate):
     def pledge(self, year: int, hours: Decimal | None, service: str | None, *, timestamp: datetime, meta: Meta) -> None:
         """An in-service party member pledges hours or a service for a year (承诺)."""
         if not self.party_member:
-            raise OutOfScope("only in-service party members pledge service")
+            raise Conflict("only in-service party members pledge service; register the volunteer as a party member")
         if not isinstance(year, int) or not 2000 <= year <= 2100:
             raise InvalidCommand(f"year must be a year such as {timestamp.year}, got {year!r}")
         if year in self.pledges:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
@@ -19,6 +21,7 @@ from domain.errors import (
     StepOutOfOrder,
 )
 from domain.organisation import Duty
+from domain.privacy import Sealed
 
 REOPENS_BEFORE_ESCALATION = 2
 """A whistle reopened this many times (dissatisfied evaluations) escalates one level."""
@@ -73,6 +76,23 @@ class Source(StrEnum):
     RESIDENT = "resident"  # 居民 via the e-station (民情e站)
     GRID_PATROL = "grid_patrol"  # 网格员巡查
     COMMUNITY = "community"  # 社区
+
+
+@dataclass(frozen=True)
+class Reporter:
+    """The resident who raised the case, their contact details sealed under their own key."""
+
+    person_id: UUID
+    name: Sealed | None = None
+    phone: Sealed | None = None
+    address: Sealed | None = None
+
+    def __post_init__(self) -> None:
+        if self.name is None and self.phone is None and self.address is None:
+            raise InvalidCommand("a reporter needs at least one of name, phone or address; or leave reporter out")
+
+    def as_event(self) -> dict[str, Any]:
+        return {"person_id": self.person_id, "name": self.name, "phone": self.phone, "address": self.address}
 
 
 STEPS_BY_STATUS: dict[Status, frozenset[Step]] = {
@@ -141,6 +161,7 @@ class Whistle(Aggregate):
         source: str,
         timestamp: datetime,
         meta: Meta,
+        reporter: Reporter | None = None,
     ) -> Whistle:
         """Blow the whistle (吹哨): raise a case and summon the departments that must report in."""
         try:
@@ -175,6 +196,7 @@ class Whistle(Aggregate):
             report_in_due=timestamp + timedelta(minutes=deadlines["report_in_minutes"]),
             feedback_hours=deadlines["feedback_hours"],
             status=Status.BLOWN.value,
+            reporter=reporter.as_event() if reporter is not None else None,
             timestamp=timestamp,
             meta=meta,
         )
@@ -196,11 +218,13 @@ class Whistle(Aggregate):
         report_in_due: datetime,
         feedback_hours: int,
         status: str,
+        reporter: dict[str, Any] | None = None,
         *,
         timestamp: datetime,
         meta: Meta,
     ) -> None:
         self.community_id = community_id
+        self.reporter_id: UUID | None = reporter["person_id"] if reporter else None
         self.escalation_chain = escalation_chain
         self.category = category
         self.duty = duty
@@ -340,9 +364,10 @@ class Whistle(Aggregate):
 
     def decline(self, department: str, reason: str, *, timestamp: datetime, meta: Meta) -> None:
         """A dispatched department says "not our duty" (counted: buck-passing, 推诿)."""
+        self.check_involved(department)
         self.check_step(Step.DECLINE)
         if department not in self.handlers():
-            raise NotHandler(f"department {department!r} has no work order on this whistle to decline")
+            raise NotHandler(f"{department!r} has no work order on this whistle to decline")
         role = "lead" if department == self.lead else "co"
         status = Status.DECLINED if role == "lead" else self.status
         self._declined(
@@ -379,9 +404,10 @@ class Whistle(Aggregate):
 
     def record_progress(self, department: str, note: str, *, timestamp: datetime, meta: Meta) -> None:
         """The lead or a co-handler records progress."""
+        self.check_involved(department)
         self.check_step(Step.PROGRESS)
         if department not in self.handlers():
-            raise NotHandler(f"department {department!r} is not handling this whistle")
+            raise NotHandler(f"{department!r} is not handling this whistle")
         self._progress_recorded(
             department=department,
             note=check_text("note", note, 5000),
@@ -396,6 +422,7 @@ class Whistle(Aggregate):
 
     def complete(self, department: str, summary: str, *, timestamp: datetime, meta: Meta) -> None:
         """The lead department completes the handling."""
+        self.check_involved(department)
         self.check_step(Step.COMPLETE)
         self.check_lead(department, "complete")
         self._completed(
@@ -410,6 +437,11 @@ class Whistle(Aggregate):
     def _completed(self, department: str, summary: str, status: str, *, timestamp: datetime, meta: Meta) -> None:
         self.status = Status(status)
 
+    def check_involved(self, department: str) -> None:
+        """Outsiders are refused before the status is checked, so a refusal never tells them the state."""
+        if department not in self.summoned and department not in self.handlers():
+            raise NotHandler(f"{department!r} is neither summoned to nor handling this whistle")
+
     def check_lead(self, department: str, step: str) -> None:
         if department != self.lead:
             lead = f"the lead is {self.lead!r}" if self.lead else "no lead is dispatched"
@@ -419,6 +451,7 @@ class Whistle(Aggregate):
 
     def feed_back(self, department: str, result: str, resolved: bool, *, timestamp: datetime, meta: Meta) -> None:
         """The lead department reports the result back to the community and the resident."""
+        self.check_involved(department)
         self.check_step(Step.FEEDBACK)
         self.check_lead(department, "give feedback")
         assert self.feedback_due is not None and self.dispatched_at is not None

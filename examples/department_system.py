@@ -1,34 +1,46 @@
-"""A department system's side of the NATS contract: send commands, read one outcome for each.
+"""A department system's side of the NATS contract: log in, send commands, read one outcome for each.
 
-Usage: python examples/department_system.py NATS_URL WHISTLE_ID CODE
-Publishes report_in (h-1), complete (h-2), then report_in h-1 again, and prints the outcomes.
+Usage:
+    baton nats-creds issue --department HOUSING > housing.json
+    python examples/department_system.py housing.json WHISTLE_ID
+
+Publishes report_in (h-1), complete (h-2), then report_in h-1 again, and prints what arrives on the
+department's durable consumer: its outcomes and its inbox (whistle events that concern it).
 """
 
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 import nats
 
 
-async def main(url: str, whistle_id: str, code: str) -> None:
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    outcomes = await nc.subscribe(f"baton.dept.{code}.outcome")
+async def main(creds_file: str, whistle_id: str) -> None:
+    creds = json.loads(Path(creds_file).read_text())
+    code = creds["user"].removeprefix("dept-")
+    nc = await nats.connect(
+        creds["url"], user=creds["user"], password=creds["password"], inbox_prefix=creds["inbox_prefix"]
+    )
     for command_id, action, fields in [
         ("h-1", "report_in", {}),
         ("h-2", "complete", {"summary": "done"}),
         ("h-1", "report_in", {}),
     ]:
         body = {"command_id": command_id, "whistle_id": whistle_id, **fields}
-        await js.publish(f"baton.dept.{code}.cmd.{action}", json.dumps(body).encode())
+        await nc.jetstream().publish(f"baton.dept.{code}.cmd.{action}", json.dumps(body).encode())
+    # Baton's JetStream API is reached through the department's own account, under js_api_prefix.
+    js = nc.jetstream(prefix=creds["js_api_prefix"])
+    sub = await js.pull_subscribe_bind(durable=creds["consumer"]["durable"], stream=creds["consumer"]["stream"])
     try:
         while True:
-            print((await outcomes.next_msg(timeout=2)).data.decode())
-    except nats.errors.TimeoutError:
+            for msg in await sub.fetch(10, timeout=2):
+                print(msg.subject, msg.data.decode())
+                await msg.ack()
+    except TimeoutError:
         pass
     await nc.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4]))
+    asyncio.run(main(*sys.argv[1:3]))

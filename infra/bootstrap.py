@@ -10,6 +10,7 @@ from typing import Any
 import nats
 import structlog
 from faststream.nats import NatsBroker
+from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client
 
 from audit.note import Signer
@@ -18,7 +19,8 @@ from consumers.intake import Intake, intake_router
 from consumers.projections import projection_router
 from infra.clock import Clock, SystemClock
 from infra.envelope import Envelope, EnvelopeCodec
-from infra.jetstream import AUDIT_STREAM, JetStreamPublisher, ensure_streams
+from infra.jetstream import AUDIT_STREAM, JetStreamPublisher, ensure_department_consumers, ensure_streams
+from infra.nats_auth import NatsAuth
 from infra.nats_server import EmbeddedNats
 from infra.notary import MerkleView, Notary
 from infra.relay import Relay
@@ -32,7 +34,9 @@ from projections.volunteering import VolunteeringProjection, VolunteeringView
 from projections.whistle_board import WhistleBoardProjection, WhistleBoardView
 from services.assessment import AssessmentApp
 from services.branches import BranchApp
+from services.credentials import CredentialsApp
 from services.organisation import OrganisationApp
+from services.privacy import PrivacyApp
 from services.volunteering import VolunteeringApp
 from services.whistles import WhistleApp
 
@@ -64,6 +68,8 @@ class Baton:
     volunteering: VolunteeringApp
     branches: BranchApp
     assessment: AssessmentApp
+    privacy: PrivacyApp
+    credentials: CredentialsApp
     notary: Notary
     views: Sql
     board: WhistleBoardProjection
@@ -88,6 +94,8 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> B
     whistles = WhistleApp(store, clock, org)
     volunteering = VolunteeringApp(store, clock, org)
     branches = BranchApp(store, clock, org)
+    privacy = PrivacyApp(store, clock, org)
+    credentials = CredentialsApp(store, SystemClock())  # tokens expire in wall-clock time, whatever the domain's
     views = Sql(store.views_datastore())
     origin = settings.log_origin or f"baton/{store.identity}"
     signer = Signer.load_or_create(settings.data_dir / "keys" / "checkpoint.ed25519", origin)
@@ -123,6 +131,8 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> B
         volunteering=volunteering,
         branches=branches,
         assessment=assessment,
+        privacy=privacy,
+        credentials=credentials,
         notary=notary,
         views=views,
         board=board,
@@ -146,6 +156,8 @@ class Runtime:
         self.broker: NatsBroker | None = None
         self.relay: Relay | None = None
         self.watcher = Watcher(baton)
+        self.departments: set[str] = set()
+        self._login: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[Any]] = []
 
     @property
@@ -155,12 +167,20 @@ class Runtime:
 
     async def start(self) -> None:
         """Start NATS if embedded, declare streams, catch read models up, then relay and consume."""
+        settings = self.baton.settings
+        self.departments = self._department_codes()
         if self.nats_url is None:
-            self.embedded = EmbeddedNats(self.baton.settings.data_dir, self.baton.settings.nats_port)
+            auth = NatsAuth.load(settings.data_dir, settings.nats_secret)
+            self.embedded = EmbeddedNats(settings.data_dir, settings.nats_port, auth=auth, departments=self.departments)
             await self.embedded.start()
             self.nats_url = self.embedded.url
+            service = auth.service()
+            self._login = {"user": service.user, "password": service.password}
+        elif settings.nats_user is not None:
+            self._login = {"user": settings.nats_user, "password": settings.nats_password or ""}
         self.nc = await nats.connect(
             self.url,
+            **self._login,
             disconnected_cb=self._on_disconnect,
             name="baton",
             max_reconnect_attempts=-1,
@@ -169,6 +189,7 @@ class Runtime:
             connect_timeout=5,
         )
         await ensure_streams(self.nc.jetstream())
+        await ensure_department_consumers(self.nc.jetstream(), sorted(self.departments))
         self.publisher = JetStreamPublisher(self.nc)
         await self.publisher.start()
         for projection in self.baton.projections.values():
@@ -176,6 +197,7 @@ class Runtime:
         intake = Intake(self.baton.whistles, self.baton.org, self.baton.store.commands)
         self.broker = NatsBroker(
             self.url,
+            security=NatsUserPassword(self._login["user"], self._login["password"]) if self._login else None,
             logger=None,
             name="baton-consumers",
             max_reconnect_attempts=-1,
@@ -191,11 +213,35 @@ class Runtime:
         self._tasks.append(
             asyncio.create_task(self.baton.notary.run(self._publish_checkpoint, published), name="notary")
         )
+        self._tasks.append(asyncio.create_task(self._follow_departments(), name="departments"))
         if self.watch:
             self._tasks.append(
                 asyncio.create_task(self.watcher.run(self.baton.settings.watch_interval), name="watcher")
             )
         log.info("runtime_started", nats=self.url, store=self.baton.store.backend)
+
+    def _department_codes(self) -> set[str]:
+        return set(self.baton.org.current().departments)
+
+    async def _follow_departments(self, interval: float = 1.0) -> None:
+        """A department added to the organisation gets its NATS login and durable inbox consumer."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                codes = await asyncio.to_thread(self._department_codes)
+                new = sorted(codes - self.departments)
+                if not new:
+                    continue
+                if self.embedded is not None:
+                    await self.embedded.admit(codes)
+                assert self.nc is not None
+                await ensure_department_consumers(self.nc.jetstream(), new)
+                self.departments |= set(new)
+                log.info("departments_connected", departments=new)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("departments_follow_failed", error=repr(exc))
 
     async def _published_checkpoint(self) -> int:
         """The tree size of the last checkpoint on BATON_AUDIT (0 when none)."""
@@ -264,6 +310,7 @@ class Runtime:
         for name, projection in self.baton.projections.items():
             lags[name] = top - projection.position()
         lags["notary"] = top - self.baton.notary.position()
+        lags["departments"] = len(self._department_codes() - self.departments)
         return lags
 
     async def health(self) -> dict[str, Any]:
@@ -300,7 +347,12 @@ class Runtime:
         return {
             "status": "ok" if ok else "degraded",
             "store": store,
-            "nats": {"url": self.nats_url, "connected": connected, "embedded": self.embedded is not None},
+            "nats": {
+                "url": self.nats_url,
+                "connected": connected,
+                "embedded": self.embedded is not None,
+                "departments": sorted(self.departments),
+            },
             "relay": relay,
             "projections": projections,
             "notary": notary_health,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.table import Table
 from infra.logging import configure_logging
 from infra.settings import Settings
 
+if TYPE_CHECKING:
+    from services.access import Context
+
 app = typer.Typer(help="Baton: the event-sourced backbone of community governance.", no_args_is_help=True)
 token_app = typer.Typer(help="Bearer tokens for the HTTP API.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
@@ -24,6 +27,8 @@ standard_app = typer.Typer(help="The branch standard (党支部标准化规范),
 app.add_typer(standard_app, name="standard")
 scheme_app = typer.Typer(help="The assessment scheme (考核指挥棒), kept as data.", no_args_is_help=True)
 app.add_typer(scheme_app, name="scheme")
+nats_creds_app = typer.Typer(help="NATS logins for department systems and auditors.", no_args_is_help=True)
+app.add_typer(nats_creds_app, name="nats-creds")
 STANDARDS_DIR = Path(__file__).resolve().parent.parent / "standards"
 err = Console(stderr=True, soft_wrap=True)
 
@@ -53,13 +58,13 @@ def serve() -> None:
     import uvicorn
 
     from api.app import create_app
-    from api.tokens import Tokens, load_secret
+    from api.tokens import Keyring, Tokens
     from infra.bootstrap import Runtime, bootstrap
 
     settings = _settings()
     with _exclusive(settings, "serve"):
         baton = bootstrap(settings)
-        tokens = Tokens(load_secret(settings.data_dir, settings.token_secret), timedelta(days=settings.token_ttl_days))
+        tokens = Tokens(Keyring.load(settings.data_dir, settings.token_secret), timedelta(days=settings.token_ttl_days))
         runtime = Runtime(baton)
         asgi = create_app(baton, tokens, runtime)
         try:
@@ -88,15 +93,189 @@ def token_issue(
     actor: Annotated[str | None, typer.Option(help="The actor's id (default: generated).")] = None,
 ) -> None:
     """Print a bearer token for that actor."""
-    from api.tokens import Tokens, load_secret
+    from api.tokens import Keyring, Tokens
 
     settings = _settings()
-    tokens = Tokens(load_secret(settings.data_dir, settings.token_secret), timedelta(days=settings.token_ttl_days))
+    tokens = Tokens(Keyring.load(settings.data_dir, settings.token_secret), timedelta(days=settings.token_ttl_days))
     try:
         typer.echo(tokens.issue(role, unit, actor))
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+
+
+def _cli_context(action: str) -> Context:
+    from services.access import Actor, Context, Role
+
+    return Context(actor=Actor(Role.ADMIN, None, "cli"), correlation_id=f"cli-{action}")
+
+
+@token_app.command("rotate")
+def token_rotate() -> None:
+    """Put a new signing key in service; tokens signed with older keys keep working until those are retired."""
+    from api.tokens import Keyring
+    from infra.bootstrap import bootstrap
+
+    settings = _settings()
+    keyring = Keyring.load(settings.data_dir, settings.token_secret)
+    try:
+        kid = keyring.rotate()
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    baton = bootstrap(settings)
+    try:
+        receipt = baton.credentials.put_key_in_service(_cli_context("rotate"), kid)
+    finally:
+        baton.close()
+    older = ", ".join(k for k in keyring.keys if k != kid) or "none"
+    typer.echo(f"key {kid} signs new tokens from now on (position {receipt.position}); still verifying: {older}")
+    typer.echo("retire an older key once its tokens are replaced: baton token retire KID")
+
+
+@token_app.command("retire")
+def token_retire(kid: Annotated[str, typer.Argument(help="The key id to retire (see `baton token rotate`).")]) -> None:
+    """Refuse every token signed with this key from now on, and forget its secret."""
+    from api.tokens import Keyring
+    from domain.errors import DomainError
+    from infra.bootstrap import bootstrap
+
+    settings = _settings()
+    keyring = Keyring.load(settings.data_dir, settings.token_secret)
+    if kid == keyring.signing:
+        err.print(f"[red]key {kid} still signs new tokens; run `baton token rotate` first[/red]")
+        raise typer.Exit(2)
+    baton = bootstrap(settings)
+    try:
+        receipt = baton.credentials.retire_key(_cli_context("retire"), kid)
+    except DomainError as exc:
+        err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        baton.close()
+    keyring.remove(kid)
+    typer.echo(f"key {kid} retired at position {receipt.position}; its tokens are refused from now on")
+
+
+@token_app.command("revoke")
+def token_revoke(
+    reason: Annotated[str, typer.Option(help="Why, for the record.")],
+    token: Annotated[str | None, typer.Option(help="The token to revoke.")] = None,
+    actor: Annotated[str | None, typer.Option(help="Revoke every token issued to this actor id so far.")] = None,
+) -> None:
+    """Revoke one token, or every token an actor holds; recorded as an event, effective within a second."""
+    from datetime import UTC
+
+    from api.tokens import InvalidToken, Keyring, Tokens
+    from domain.errors import DomainError
+    from infra.bootstrap import bootstrap
+
+    if (token is None) == (actor is None):
+        err.print("[red]name exactly one of --token or --actor[/red]")
+        raise typer.Exit(2)
+    settings = _settings()
+    tokens = Tokens(Keyring.load(settings.data_dir, settings.token_secret))
+    baton = bootstrap(settings)
+    try:
+        if token is not None:
+            claims = tokens.claims(token, verify_exp=False)
+            expires = datetime.fromtimestamp(float(claims["exp"]), UTC)
+            receipt = baton.credentials.revoke_token(_cli_context("revoke"), claims["jti"], expires, reason)
+        else:
+            assert actor is not None
+            receipt = baton.credentials.revoke_actor(_cli_context("revoke"), actor, reason)
+    except (InvalidToken, KeyError) as exc:
+        err.print(f"[red]--token: {exc}; only a token Baton issued (with a jti) can be revoked[/red]")
+        raise typer.Exit(2) from None
+    except DomainError as exc:
+        err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        baton.close()
+    typer.echo(json.dumps({**receipt.body, "position": receipt.position}))
+
+
+def _known_departments(settings: Settings) -> list[str]:
+    from infra.bootstrap import bootstrap
+
+    baton = bootstrap(settings)
+    try:
+        return sorted(baton.org.current().departments)
+    finally:
+        baton.close()
+
+
+def _nats_url(settings: Settings) -> str:
+    """BATON_NATS_URL, else the embedded server's address from its config (its port is picked at start)."""
+    if settings.nats_url:
+        return settings.nats_url
+    import re
+
+    config = settings.data_dir / "nats" / "nats-server.conf"
+    match = re.search(r'^listen: "([^"]+)"', config.read_text(), re.M) if config.exists() else None
+    return f"nats://{match.group(1)}" if match else "nats://127.0.0.1:<BATON_NATS_PORT; run `baton serve` first>"
+
+
+@nats_creds_app.command("issue")
+def nats_creds_issue(
+    department: Annotated[str | None, typer.Option(help="The department's code.")] = None,
+    auditor: Annotated[bool, typer.Option("--auditor", help="The read-only auditor instead.")] = False,
+) -> None:
+    """Print, as JSON, what a department system (or the auditor) needs to connect to Baton's NATS."""
+    from infra.jetstream import AUDIT_STREAM, AUDITOR_DURABLE, DEPT_STREAM, EVENTS_STREAM, department_durable
+    from infra.nats_auth import JS_API_PREFIX, NatsAuth
+
+    if (department is None) == (not auditor):
+        err.print("[red]name exactly one of --department CODE or --auditor[/red]")
+        raise typer.Exit(2)
+    settings = _settings()
+    auth = NatsAuth.load(settings.data_dir, settings.nats_secret)
+    doc: dict[str, object]
+    if department is not None:
+        known = _known_departments(settings)
+        if department not in known:
+            err.print(
+                f"[red]{department!r} is not a department of this organisation "
+                f"(known: {', '.join(known) or 'none'}); add it with POST /v1/org/departments[/red]"
+            )
+            raise typer.Exit(2)
+        creds = auth.department(department)
+        doc = {
+            "consumer": {"stream": DEPT_STREAM, "durable": department_durable(department)},
+            "send": f"baton.dept.{department}.cmd.<action>",
+            "receive": [f"baton.dept.{department}.outcome", f"baton.dept.{department}.inbox.>"],
+        }
+    else:
+        creds = auth.auditor()
+        doc = {"consumers": [{"stream": s, "durable": AUDITOR_DURABLE} for s in (EVENTS_STREAM, AUDIT_STREAM)]}
+    typer.echo(
+        json.dumps(
+            {
+                "url": _nats_url(settings),
+                "user": creds.user,
+                "password": creds.password,
+                "inbox_prefix": creds.inbox_prefix,
+                "js_api_prefix": JS_API_PREFIX,
+                **doc,
+            },
+            indent=2,
+        )
+    )
+
+
+@nats_creds_app.command("config")
+def nats_creds_config() -> None:
+    """Print the `accounts` block for an external nats-server: Baton's service account, the auditor, each department."""
+    from infra.nats_auth import NatsAuth
+
+    settings = _settings()
+    auth = NatsAuth.load(settings.data_dir, settings.nats_secret)
+    typer.echo(auth.server_config(_known_departments(settings)), nl=False)
+    service = auth.service()
+    err.print(
+        f"Baton logs in with BATON_NATS_USER={service.user} BATON_NATS_PASSWORD={service.password}; "
+        "enable JetStream on the server; rerun after adding a department, then reload the server."
+    )
 
 
 @standard_app.command("publish")

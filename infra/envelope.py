@@ -12,6 +12,8 @@ from uuid import UUID
 
 from eventsourcing.persistence import Mapper, Notification
 
+from domain.privacy import Sealed
+
 EVENT_SUBJECT_PREFIX = "baton.evt"
 META_FIELDS = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic", "meta"})
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
@@ -28,6 +30,8 @@ def jsonable(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, UUID | Decimal):
         return str(value)
+    if isinstance(value, Sealed):
+        return value.token
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -13,11 +13,22 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+log = structlog.get_logger("baton.jetstream")
 
 EVENTS_STREAM = "BATON_EVENTS"
 AUDIT_STREAM = "BATON_AUDIT"
@@ -67,8 +78,46 @@ STREAMS: tuple[StreamConfig, ...] = (
 )
 
 
+CONSUMER_NOT_UNIQUE = 10100
+"""JetStream's err_code for a consumer whose filter overlaps another's on a work-queue stream."""
+AUDITOR_DURABLE = "auditor"
+"""The auditor's durable pull consumer on BATON_EVENTS and on BATON_AUDIT (created by Baton; auditors only bind)."""
+
+
+def department_durable(code: str) -> str:
+    """The durable pull consumer on BATON_DEPT through which department CODE reads its inbox and outcomes."""
+    return f"dept_{code}"
+
+
+def department_filter(code: str) -> str:
+    """The inbox subjects of department CODE."""
+    return f"baton.dept.{code}.inbox.>"
+
+
+def department_consumer(code: str) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=department_durable(code),
+        description=f"Department {code}: its inbox and the outcome of each command it sent.",
+        filter_subjects=[department_filter(code), f"baton.dept.{code}.outcome"],
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=30.0,
+        max_ack_pending=1000,
+    )
+
+
+def auditor_consumer(stream: str) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=AUDITOR_DURABLE,
+        description=f"The auditor's read of {stream}, from the first message.",
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=30.0,
+    )
+
+
 async def ensure_streams(js: JetStreamContext) -> None:
-    """Create the contract's streams, or bring their configuration up to date."""
+    """Create the contract's streams, or bring their configuration up to date; and the auditor's consumers."""
     for config in STREAMS:
         try:
             await js.stream_info(config.name)
@@ -76,6 +125,31 @@ async def ensure_streams(js: JetStreamContext) -> None:
             await js.add_stream(config)
         else:
             await js.update_stream(config)
+    for stream in (EVENTS_STREAM, AUDIT_STREAM):
+        await _ensure_consumer(js, stream, auditor_consumer(stream))
+
+
+async def ensure_department_consumers(js: JetStreamContext, codes: list[str]) -> None:
+    """A durable consumer on BATON_DEPT for each department, so department credentials never need to create one.
+
+    A department system that made its own consumer on its subjects (before logins existed) keeps it: a work
+    queue admits one consumer per subject, so Baton then leaves that department's alone.
+    """
+    for code in codes:
+        try:
+            await _ensure_consumer(js, DEPT_STREAM, department_consumer(code))
+        except BadRequestError as exc:
+            if exc.err_code != CONSUMER_NOT_UNIQUE:
+                raise
+            log.warning("department_consumer_taken", department=code, error=exc.description)
+
+
+async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    assert config.durable_name is not None
+    try:
+        await js.consumer_info(stream, config.durable_name)
+    except NotFoundError:
+        await js.add_consumer(stream, config)
 
 
 class PublishRejected(Exception):

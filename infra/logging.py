@@ -34,5 +34,5 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "nats", "faststream"):
+    for noisy in ("uvicorn.access", "nats", "faststream", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -12,9 +12,12 @@ import socket
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Iterable
 from pathlib import Path
 
 import structlog
+
+from infra.nats_auth import NatsAuth, department_ready
 
 log = structlog.get_logger("baton.nats_server")
 
@@ -65,9 +68,21 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EmbeddedNats:
-    """Runs nats-server with JetStream (file store, fsync on every write) on loopback; restarts it if it dies."""
+    """Runs nats-server with JetStream (file store, fsync on every write) on loopback; restarts it if it dies.
 
-    def __init__(self, data_dir: Path, port: int = 0, host: str = "127.0.0.1") -> None:
+    With `auth`, every client must log in: Baton's service user, one user per department, the auditor.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        auth: NatsAuth | None = None,
+        departments: Iterable[str] = (),
+    ) -> None:
+        self.auth = auth
+        self.departments = sorted(set(departments))
         self.binary = nats_server_binary()
         self.version = check_version(self.binary)
         self.dir = (data_dir / "nats").resolve()
@@ -76,6 +91,7 @@ class EmbeddedNats:
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self._stopping = False
+        self._planned_restart = False
         self._supervisor: asyncio.Task[None] | None = None
 
     @property
@@ -85,7 +101,8 @@ class EmbeddedNats:
     def write_config(self) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         config = self.dir / "nats-server.conf"
-        config.write_text(
+        accounts = self.auth.server_config(self.departments) if self.auth is not None else ""
+        text = (
             f'listen: "{self.host}:{self.port}"\n'
             'server_name: "baton-embedded"\n'
             "max_payload: 1MB\n"
@@ -94,8 +111,39 @@ class EmbeddedNats:
             f'  store_dir: "{self.dir}"\n'
             "  sync_interval: always\n"
             "}\n"
-        )
+        ) + accounts
+        tmp = config.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds password hashes
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, config)
         return config
+
+    async def admit(self, departments: Iterable[str]) -> list[str]:
+        """Give departments added since start their NATS account; the new codes.
+
+        nats-server reloads accounts on SIGHUP but leaves a new account's service imports unwired (no
+        responders; see nats-io/nats-server#8560), so the server is restarted instead: clients reconnect
+        and JetStream, fsynced on every write, loses nothing. Departments are added rarely.
+        """
+        new = sorted(set(departments) - set(self.departments))
+        self.departments = sorted(set(self.departments) | set(new))
+        if not new or self.auth is None:
+            return new
+        self._planned_restart = True
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        for code in new:
+            while not await department_ready(self.url, self.auth.department(code), code):
+                if loop.time() > deadline:
+                    raise RuntimeError(
+                        f"nats-server did not admit department {code}; see {self.dir / 'nats-server.log'}"
+                    )
+                await asyncio.sleep(0.1)
+        log.info("nats_departments_admitted", departments=new)
+        return new
 
     async def start(self) -> None:
         """Start the server and return once it accepts connections."""
@@ -105,7 +153,7 @@ class EmbeddedNats:
 
     async def _spawn(self) -> None:
         await self._stop_stale()
-        config = self.write_config()
+        config = await asyncio.to_thread(self.write_config)
         self.process = await asyncio.create_subprocess_exec(
             str(self.binary),
             "-c",
@@ -166,9 +214,13 @@ class EmbeddedNats:
             code = await self.process.wait()
             if self._stopping:
                 return
-            self.restarts += 1
-            log.warning("nats_server_died", code=code, restarts=self.restarts)
-            await asyncio.sleep(min(0.2 * self.restarts, 2.0))
+            if self._planned_restart:
+                self._planned_restart = False
+                log.info("nats_server_restarting", reason="new accounts")
+            else:
+                self.restarts += 1
+                log.warning("nats_server_died", code=code, restarts=self.restarts)
+                await asyncio.sleep(min(0.2 * self.restarts, 2.0))
             try:
                 await self._spawn()
             except RuntimeError as exc:

@@ -18,10 +18,23 @@ class Settings(BaseSettings):
     store: str = "sqlite"
     nats_url: str | None = None
     nats_port: int = 0
+    nats_secret: str | None = None
+    """Secret every embedded-NATS password derives from (32+ characters); unset: kept in DATA_DIR/keys."""
+    nats_user: str | None = None
+    """User for an external NATS (BATON_NATS_URL); or put it in the URL."""
+    nats_password: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    http_max_body: int = 256 * 1024
+    """Largest request body in bytes (413 beyond it); 0 turns the limit off."""
+    rate_limit: float = 50.0
+    """Requests per second one token (or one address without a token) may make; 0 turns the limit off."""
+    rate_burst: int = 100
+    """How many requests a token may make at once before the rate applies."""
     token_secret: str | None = None
     token_ttl_days: int = 30
+    pii_key: str | None = None
+    """Master key wrapping every person's key (base64 of 32 bytes); unset: kept in DATA_DIR/keys."""
     watch_interval: float = 10.0
     log_level: str = "info"
     log_format: str = "json"

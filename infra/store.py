@@ -31,6 +31,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLite
 from eventsourcing.utils import Environment, get_topic
 from psycopg.sql import SQL, Identifier
 
+from infra.privacy import KeyRow, SealedAsToken, Vault, load_master_key
 from infra.settings import Settings
 
 
@@ -78,10 +79,13 @@ class CommandLog:
 
 COMMANDS_TABLE = "baton_commands"
 META_TABLE = "baton_store_meta"
+KEYS_TABLE = "baton_person_keys"
 
 
 class BatonSQLiteRecorder(SQLiteApplicationRecorder, CommandLog):
-    """SQLite application recorder that also writes the command log in the events' transaction."""
+    """SQLite application recorder that also writes the command log and person keys in the events' transaction."""
+
+    vault: Vault | None = None
 
     def construct_create_table_statements(self) -> list[str]:
         return [
@@ -90,6 +94,8 @@ class BatonSQLiteRecorder(SQLiteApplicationRecorder, CommandLog):
             "key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, "
             "outcome TEXT NOT NULL, positions TEXT NOT NULL)",
             f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {KEYS_TABLE} ("
+            "person_id TEXT PRIMARY KEY, community_id TEXT NOT NULL, wrapped TEXT)",
         ]
 
     def _insert_events(
@@ -99,7 +105,23 @@ class BatonSQLiteRecorder(SQLiteApplicationRecorder, CommandLog):
         command: CommandRecord | None = kwargs.get("command")
         if command is not None:
             c.execute(f"INSERT INTO {COMMANDS_TABLE} VALUES (?,?,?,?)", command.row(ids))
+        if self.vault is not None:
+            for row in self.vault.keys_to_insert(stored_events):
+                c.execute(
+                    f"INSERT INTO {KEYS_TABLE} VALUES (?,?,?) ON CONFLICT (person_id) DO NOTHING",
+                    (row.person_id, row.community_id, row.wrapped),
+                )
+            for person_id in self.vault.keys_to_destroy(stored_events):
+                c.execute(f"UPDATE {KEYS_TABLE} SET wrapped = NULL WHERE person_id = ?", (person_id,))
         return ids
+
+    def select_person_keys(self, person_ids: Sequence[str]) -> dict[str, KeyRow]:
+        if not person_ids:
+            return {}
+        marks = ",".join("?" * len(person_ids))
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT * FROM {KEYS_TABLE} WHERE person_id IN ({marks})", tuple(person_ids))
+            return {r["person_id"]: KeyRow(r["person_id"], r["community_id"], r["wrapped"]) for r in c.fetchall()}
 
     def get(self, key: str) -> CommandRecord | None:
         with self.datastore.transaction(commit=False) as c:
@@ -125,7 +147,9 @@ class BatonSQLiteRecorder(SQLiteApplicationRecorder, CommandLog):
 
 
 class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
-    """PostgreSQL application recorder that also writes the command log in the events' transaction."""
+    """PostgreSQL application recorder that also writes the command log and person keys in the events' transaction."""
+
+    vault: Vault | None = None
 
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
@@ -142,6 +166,12 @@ class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
         self.sql_create_statements.append(
             SQL("CREATE TABLE IF NOT EXISTS {0} (key text PRIMARY KEY, value text NOT NULL)").format(self.meta_table)
         )
+        self.keys_table = SQL("{0}.{1}").format(Identifier(self.datastore.schema), Identifier(KEYS_TABLE))
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0} (person_id text PRIMARY KEY, community_id text NOT NULL, wrapped text)"
+            ).format(self.keys_table)
+        )
 
     def _fetch_ids_after_insert_events(
         self, curs: psycopg.Cursor[Any], stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -150,7 +180,28 @@ class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
         command: CommandRecord | None = kwargs.get("command")
         if command is not None:
             curs.execute(self.insert_command_statement, command.row(ids))
+        if self.vault is not None:
+            for row in self.vault.keys_to_insert(stored_events):
+                curs.execute(
+                    SQL("INSERT INTO {0} VALUES (%s, %s, %s) ON CONFLICT (person_id) DO NOTHING").format(
+                        self.keys_table
+                    ),
+                    (row.person_id, row.community_id, row.wrapped),
+                )
+            for person_id in self.vault.keys_to_destroy(stored_events):
+                curs.execute(
+                    SQL("UPDATE {0} SET wrapped = NULL WHERE person_id = %s").format(self.keys_table), (person_id,)
+                )
         return ids
+
+    def select_person_keys(self, person_ids: Sequence[str]) -> dict[str, KeyRow]:
+        if not person_ids:
+            return {}
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL("SELECT * FROM {0} WHERE person_id = ANY(%s)").format(self.keys_table), (list(person_ids),)
+            )
+            return {r["person_id"]: KeyRow(r["person_id"], r["community_id"], r["wrapped"]) for r in curs.fetchall()}
 
     def get(self, key: str) -> CommandRecord | None:
         with self.datastore.transaction(commit=False) as curs:
@@ -189,10 +240,12 @@ class Store:
         self.recorder: BatonSQLiteRecorder | BatonPostgresRecorder = self.factory.application_recorder()  # type: ignore[assignment]
         transcoder = self.factory.transcoder()
         if isinstance(transcoder, JSONTranscoder):
-            for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO()):
+            for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO(), SealedAsToken()):
                 transcoder.register(transcoding)
         self.mapper: Mapper[Any] = self.factory.mapper(transcoder=transcoder)
         self.identity = self.recorder.identity()
+        self.vault = Vault(self.recorder, load_master_key(settings.data_dir, settings.pii_key))
+        self.recorder.vault = self.vault
         self._listeners: list[Callable[[int], None]] = []
         self._lock = threading.Lock()
 

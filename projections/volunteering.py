@@ -131,7 +131,10 @@ class VolunteeringView(View):
         )
         return [_activity(r) for r in rows]
 
-    def party_service(self, year: int, community_id: str | None, branch: str | None) -> list[dict[str, Any]]:
+    def party_service(
+        self, year: int, community_id: str | None, branch: str | None, within: set[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """In-service party members' pledges and served hours (only in communities `within`, when given)."""
         sql = (
             "SELECT v.volunteer_id, v.name, v.community_id, v.branch, p.hours AS pledged_hours, p.service, "
             "COALESCE(s.hours, 0) AS served_hours FROM {baton_volunteers} v "
@@ -149,6 +152,8 @@ class VolunteeringView(View):
         rows = self.fetch(sql + " ORDER BY v.branch, v.volunteer_id", tuple(params))
         out = []
         for r in rows:
+            if within is not None and r["community_id"] not in within:
+                continue
             pledged = r["pledged_hours"]
             fulfilled = None if pledged is None else r["served_hours"] >= pledged
             out.append(
@@ -165,10 +170,12 @@ class VolunteeringView(View):
             )
         return out
 
-    def branch_service(self, year: int, community_id: str | None) -> list[dict[str, Any]]:
+    def branch_service(
+        self, year: int, community_id: str | None, within: set[str] | None = None
+    ) -> list[dict[str, Any]]:
         """Party members' service summed per branch: members, pledges, hours pledged and served, fulfilled."""
         branches: dict[str, dict[str, Any]] = {}
-        for m in self.party_service(year, community_id, None):
+        for m in self.party_service(year, community_id, None, within):
             b = branches.setdefault(
                 m["branch"],
                 {

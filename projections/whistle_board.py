@@ -22,6 +22,7 @@ BOARD_COLUMNS = (
     "urgency",
     "source",
     "location",
+    "reporter",
     "status",
     "summoned",
     "reported",
@@ -71,7 +72,7 @@ class WhistleBoardView(View):
         "CREATE TABLE IF NOT EXISTS {baton_whistles} ("
         "whistle_id TEXT PRIMARY KEY, community_id TEXT NOT NULL, street_id TEXT, district_id TEXT, "
         "city_id TEXT, grid_id TEXT, category TEXT NOT NULL, duty TEXT NOT NULL, title TEXT NOT NULL, "
-        "description TEXT NOT NULL, urgency TEXT NOT NULL, source TEXT NOT NULL, location TEXT, "
+        "description TEXT NOT NULL, urgency TEXT NOT NULL, source TEXT NOT NULL, location TEXT, reporter TEXT, "
         "status TEXT NOT NULL, summoned TEXT NOT NULL, reported TEXT NOT NULL, "
         "missed_report_in TEXT NOT NULL, lead_department TEXT, co_departments TEXT NOT NULL, "
         "dispatch_round INTEGER NOT NULL, feedback_due TEXT, feedback_missed INTEGER NOT NULL, "
@@ -230,6 +231,7 @@ class WhistleBoardView(View):
 
 def _encode(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
+    out["reporter"] = None if row.get("reporter") is None else dumps(row["reporter"])
     for c in JSON_COLUMNS:
         out[c] = dumps(row[c])
     for c in BOOL_COLUMNS:
@@ -239,6 +241,7 @@ def _encode(row: dict[str, Any]) -> dict[str, Any]:
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
+    out["reporter"] = loads(row["reporter"]) if row.get("reporter") else None
     for c in JSON_COLUMNS:
         out[c] = loads(row[c]) or []
     for c in BOOL_COLUMNS:
@@ -298,6 +301,7 @@ class WhistleBoardProjection(BatonProjection[WhistleBoardView]):
                 "urgency": d["urgency"],
                 "source": d["source"],
                 "location": d.get("location"),
+                "reporter": d.get("reporter"),
                 "status": d["status"],
                 "summoned": d["summoned_departments"],
                 "reported": [],

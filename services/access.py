@@ -65,7 +65,7 @@ class Context:
 def require_role(actor: Actor, *roles: Role, action: str) -> None:
     """Raise OutOfScope unless the actor has one of roles."""
     if actor.role not in roles:
-        allowed = ", ".join(r.value for r in roles)
+        allowed = ", ".join(r.value for r in roles if r is not Role.SYSTEM)
         raise OutOfScope(f"only {allowed} may {action}; this token's role is {actor.role.value}")
 
 
@@ -117,3 +117,16 @@ def can_read_whistle(org: Organisation, actor: Actor, community_id: str, departm
             return org.units[actor.unit]["parent"] == community_id
         return community_id in org.units and org.is_within(community_id, actor.unit)
     return False
+
+
+NO_PERSONAL_DATA = {Role.AUDITOR, Role.INSPECTOR}
+
+
+def sees_personal_data(actor: Actor) -> bool:
+    """Residents' names, phones and addresses are for those who serve them, not for assessors."""
+    return actor.role not in NO_PERSONAL_DATA
+
+
+def article(word: str) -> str:
+    """'an organiser', 'a street': for messages that name a role."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"

@@ -23,7 +23,7 @@ from domain.assessment import (
     schemes_in,
     score,
 )
-from domain.errors import Conflict, DuplicateEntry, InvalidCommand
+from domain.errors import Conflict, DuplicateEntry, InvalidCommand, OutOfScope
 from infra.clock import Clock
 from infra.envelope import EnvelopeCodec
 from infra.store import Store
@@ -176,6 +176,18 @@ class AssessmentApp(BatonApplication):
     ) -> Receipt:
         """Record the final score of every unit, with the tree size and root of the history it comes from."""
         require_role(ctx.actor, Role.ADMIN, Role.DISTRICT, action="finalise an assessment")
+        if ctx.actor.role is Role.DISTRICT:
+            org = self.org.current()
+            outside = sorted(
+                u
+                for u, unit in org.units.items()
+                if unit["kind"] in ("street", "community") and not org.is_within(u, str(ctx.actor.unit))
+            )
+            if outside:
+                raise OutOfScope(
+                    f"district {ctx.actor.unit} may finalise only an assessment whose units all lie within it; "
+                    f"{len(outside)} do not (e.g. {outside[0]}): ask an admin"
+                )
         position = self.cutoff(as_of)
         size, root = self.tree(position)
         results = [self.compute(year, t, cutoff=position) for t in (unit_types or list(UNIT_TYPES))]

@@ -15,6 +15,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ReporterDetails(Strict):
+    """The resident who raised the case: personal data, sealed under the person's own key and erasable."""
+
+    name: str | None = Field(None, min_length=1, max_length=100)
+    phone: str | None = Field(None, min_length=3, max_length=40, pattern=r"^[0-9+()\- ]+$")
+    address: str | None = Field(None, min_length=1, max_length=300)
+    person_id: UUID | None = Field(
+        None, description="The reporter_id of an earlier whistle (or a volunteer id), to link the same resident."
+    )
+
+
 class BlowWhistle(Strict):
     """吹哨: raise a case and summon departments."""
 
@@ -30,7 +41,10 @@ class BlowWhistle(Strict):
     )
     grid_id: str | None = Field(None, max_length=63)
     location: str | None = Field(None, max_length=500)
-    source: Literal["resident", "grid_patrol", "community"] | None = None
+    source: Literal["resident", "grid_patrol", "community"] | None = Field(
+        None, description="Default: resident when a reporter is given, else community (grid_patrol for a grid)."
+    )
+    reporter: ReporterDetails | None = None
 
 
 class Funding(Strict):

@@ -11,6 +11,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 
+from domain.common import check_text
 from domain.errors import NotFound, OutOfScope
 from domain.volunteering import Activity, PointsPolicy, Reward, Volunteer, policy_id, redeem
 from infra.clock import Clock
@@ -82,11 +83,16 @@ class VolunteeringApp(BatonApplication):
         """Register a volunteer with the community where they live."""
         self._scope(ctx.actor, community_id, "register volunteers", *COMMUNITY_STAFF)
 
+        volunteer_id = uuid.uuid4()  # the volunteer is the person whose key seals their name and phone
+        name = check_text("name", name, 100)
+
         def decide(now: datetime) -> Decision:
+            vault = self.store.vault
             volunteer = Volunteer.register(
+                volunteer_id=volunteer_id,
                 community_id=community_id,
-                name=name,
-                phone=phone,
+                name=vault.seal(volunteer_id, community_id, name),
+                phone=vault.seal_optional(volunteer_id, community_id, phone),
                 party_member=party_member,
                 branch=branch,
                 work_unit=work_unit,

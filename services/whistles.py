@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError
 
 from domain.errors import InvalidCommand, NotFound, OutOfScope, UnknownReference
 from domain.organisation import Organisation, UnitKind
-from domain.whistle import Source, Whistle
+from domain.privacy import PersonErased
+from domain.whistle import Reporter, Source, Whistle
 from infra.clock import Clock
 from infra.store import Store
 from services.access import (
@@ -24,6 +25,8 @@ from services.access import (
 )
 from services.base import BatonApplication, Decision, Receipt
 from services.organisation import OrganisationApp
+
+REPORTER_FIELDS = ("name", "phone", "address")
 
 
 class WhistleApp(BatonApplication):
@@ -55,8 +58,9 @@ class WhistleApp(BatonApplication):
         grid_id: str | None = None,
         location: str | None = None,
         source: str | None = None,
+        reporter: dict[str, Any] | None = None,
     ) -> Receipt:
-        """Blow a whistle for a community and summon departments."""
+        """Blow a whistle for a community and summon departments; a resident reporter's details are sealed."""
         actor = ctx.actor
         require_role(
             actor,
@@ -82,8 +86,18 @@ class WhistleApp(BatonApplication):
         summoned = list(summoned_departments or [])
         org.check_departments_exist(summoned)
         default_source = Source.GRID_PATROL if actor.role is Role.GRID else Source.COMMUNITY
+        reporter_id = self._reporter_id(reporter)
+        if reporter_id is not None:
+            default_source = Source.RESIDENT
 
         def decide(now: datetime) -> Decision:
+            sealed = None
+            if reporter is not None and reporter_id is not None:
+                vault = self.store.vault
+                sealed = Reporter(
+                    person_id=reporter_id,
+                    **{f: vault.seal_optional(reporter_id, community_id, reporter.get(f)) for f in REPORTER_FIELDS},
+                )
             whistle = Whistle.blow(
                 community_id=community_id,
                 escalation_chain=org.ancestors(community_id),
@@ -95,12 +109,35 @@ class WhistleApp(BatonApplication):
                 grid_id=grid_id,
                 location=location,
                 source=source or default_source.value,
+                reporter=sealed,
                 timestamp=now,
                 meta=ctx.meta(),
             )
-            return [whistle], {"whistle_id": str(whistle.id)}
+            body = {"whistle_id": str(whistle.id)}
+            if reporter_id is not None:
+                body["reporter_id"] = str(reporter_id)
+            return [whistle], body
 
         return self.execute(ctx, decide)
+
+    def _reporter_id(self, reporter: dict[str, Any] | None) -> UUID | None:
+        """The reporter's person id: the one given (a person Baton knows), else a new one."""
+        if reporter is None:
+            return None
+        given = reporter.get("person_id")
+        if given is None:
+            return uuid4()
+        person_id = UUID(str(given))
+        row = self.store.vault.person(person_id)
+        if row is None:
+            raise UnknownReference(
+                f"reporter.person_id {person_id} is not a person Baton holds data of; omit it for a new reporter"
+            )
+        if row.erased:
+            raise PersonErased(
+                f"person {person_id}'s personal data was erased; record the reporter afresh without person_id"
+            )
+        return person_id
 
     # Steps on an existing whistle --------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -20,6 +21,7 @@ from api.app import create_app
 from api.tokens import Tokens
 from infra.bootstrap import Baton, Runtime, bootstrap
 from infra.clock import ManualClock
+from infra.jetstream import DEPT_STREAM, department_durable
 from infra.nats_server import EmbeddedNats
 from infra.settings import Settings
 from services.access import Actor, Context, Role
@@ -232,7 +234,9 @@ async def blow(client: httpx.AsyncClient, auth: Auth, **overrides: Any) -> str:
     return str(r.json()["whistle_id"])
 
 
-async def stream_messages(nc: nats.aio.client.Client, stream: str, subject: str = ">") -> list[Any]:
+async def stream_messages(
+    nc: nats.aio.client.Client, stream: str, subject: str = ">", timeout: float = 1.0
+) -> list[Any]:
     """Every message a stream holds (on subject), read with an ephemeral ordered consumer."""
     js = nc.jetstream()
     info = await js.stream_info(stream)
@@ -243,7 +247,7 @@ async def stream_messages(nc: nats.aio.client.Client, stream: str, subject: str 
     try:
         while True:
             try:
-                msg = await sub.next_msg(timeout=1.0)
+                msg = await sub.next_msg(timeout=timeout)
             except TimeoutError:
                 break
             out.append(msg)
@@ -256,3 +260,33 @@ async def stream_messages(nc: nats.aio.client.Client, stream: str, subject: str 
 
 def body(msg: Any) -> dict[str, Any]:
     return dict(json.loads(msg.data))
+
+
+class DepartmentFeed:
+    """A department system's read of its durable consumer dept_CODE: outcomes, with inbox messages set aside."""
+
+    def __init__(self, sub: Any) -> None:
+        self.sub = sub
+        self.inbox: list[Any] = []
+
+    @classmethod
+    async def bind(cls, js: Any, code: str) -> DepartmentFeed:
+        return cls(await js.pull_subscribe_bind(durable=department_durable(code), stream=DEPT_STREAM))
+
+    async def outcomes(self, n: int, timeout: float = 10.0) -> list[Any]:
+        """The next n outcome messages, each acked; TimeoutError if fewer arrive in time."""
+        got: list[Any] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(got) < n:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"{len(got)} of {n} outcomes arrived in {timeout}s")
+            try:
+                batch = await self.sub.fetch(n - len(got), timeout=min(left, 1.0))
+            except TimeoutError:
+                continue
+            for msg in batch:
+                await msg.ack()
+                (got if msg.subject.endswith(".outcome") else self.inbox).append(msg)
+        return got

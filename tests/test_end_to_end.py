@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from infra.bootstrap import Runtime
-from tests.conftest import Auth, blow, body, seed_county, stream_messages
+from infra.jetstream import department_durable
+from tests.conftest import Auth, DepartmentFeed, blow, body, seed_county, stream_messages
 
 
 async def test_an_http_command_becomes_one_event_on_nats_and_a_read_model_row(
@@ -46,13 +47,13 @@ async def test_all_six_steps_over_http_and_nats(client: httpx.AsyncClient, auth:
     whistle_id = await blow(client, auth, summoned_departments=["HOUSING", "PSB"])
     community = auth("community", "tishu", "wang")
     js = nc.jetstream()
-    outcomes = await js.pull_subscribe("baton.dept.HOUSING.outcome", durable="housing_outcomes", stream="BATON_DEPT")
+    await runtime.wait_idle()  # the departments' durable consumers exist
+    feed = await DepartmentFeed.bind(js, "HOUSING")
 
     async def command(action: str, **fields) -> dict:
         payload = {"command_id": uuid.uuid4().hex, "whistle_id": whistle_id, **fields}
         await js.publish(f"baton.dept.HOUSING.cmd.{action}", json.dumps(payload).encode())
-        (msg,) = await outcomes.fetch(1, timeout=10)
-        await msg.ack()
+        (msg,) = await feed.outcomes(1)
         outcome = json.loads(msg.data)
         assert outcome["command_id"] == payload["command_id"]
         return outcome
@@ -106,14 +107,11 @@ async def test_each_department_command_gets_exactly_one_outcome(
         await js.publish(f"baton.dept.HOUSING.cmd.{action}", json.dumps(payload).encode())
     await js.publish("baton.dept.HOUSING.cmd.report_in", b"\xff\xfe not json")
 
-    sub = await js.pull_subscribe("baton.dept.HOUSING.outcome", durable="h", stream="BATON_DEPT")
-    received = []
-    while len(received) < len(sent):
-        for msg in await sub.fetch(20, timeout=10):
-            received.append(json.loads(msg.data))
-            await msg.ack()
+    await runtime.wait_idle()  # the departments' durable consumers exist
+    feed = await DepartmentFeed.bind(js, "HOUSING")
+    received = [json.loads(msg.data) for msg in await feed.outcomes(len(sent))]
     with pytest.raises(TimeoutError):
-        await sub.fetch(1, timeout=1.0)
+        await feed.outcomes(1, timeout=1.0)
 
     # 9 messages, 8 outcomes: the retry of ok-1 is answered with the same outcome, which JetStream dedupes.
     by_id: dict = {}
@@ -152,7 +150,7 @@ async def test_departments_see_what_concerns_them_in_their_inbox(
     js = nc.jetstream()
 
     async def inbox(code: str) -> list[str]:
-        sub = await js.pull_subscribe(f"baton.dept.{code}.inbox.>", durable=f"inbox_{code}", stream="BATON_DEPT")
+        sub = await js.pull_subscribe_bind(durable=department_durable(code), stream="BATON_DEPT")
         subjects = []
         try:
             while True:

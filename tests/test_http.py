@@ -25,7 +25,7 @@ async def test_no_token_or_a_bad_one_is_401(client: httpx.AsyncClient, tokens: T
     forged = jwt.encode({"role": "admin", "sub": "x", "iss": "baton", "iat": 0, "exp": 2**40}, "w" * 40, "HS256")
     r = await client.get("/v1/org", headers={"Authorization": f"Bearer {forged}"})
     assert r.status_code == 401 and "not valid" in error(r)["message"]
-    expired = Tokens(tokens.secret, timedelta(seconds=-10)).issue("admin", None)
+    expired = Tokens(tokens.keyring, timedelta(seconds=-10)).issue("admin", None)
     r = await client.get("/v1/org", headers={"Authorization": f"Bearer {expired}"})
     assert r.status_code == 401 and "expired" in error(r)["message"]
 

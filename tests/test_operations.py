@@ -16,11 +16,12 @@ import structlog
 from typer.testing import CliRunner
 
 from api.app import create_app, openapi_document
-from api.tokens import Tokens, load_secret
+from api.tokens import Keyring, Tokens
 from consumers.spec import asyncapi_document
 from demo.script import run_demo
 from infra.bootstrap import Runtime, bootstrap
 from infra.cli import app as cli
+from infra.nats_auth import NatsAuth
 from infra.nats_server import EmbeddedNats
 from infra.settings import Settings
 from tests.conftest import Auth, seed_county, stream_messages
@@ -95,11 +96,11 @@ def test_token_issue_prints_a_token_the_api_accepts(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("BATON_DATA_DIR", str(tmp_path))
     result = CliRunner().invoke(cli, ["token", "issue", "--role", "department", "--unit", "PSB", "--actor", "li"])
     assert result.exit_code == 0, result.output
-    actor = Tokens(load_secret(tmp_path, None)).verify(result.output.strip())
+    actor = Tokens(Keyring.load(tmp_path, None)).verify(result.output.strip())
     assert (actor.role.value, actor.unit, actor.id) == ("department", "PSB", "li")
     bad = CliRunner().invoke(cli, ["token", "issue", "--role", "department"])
     assert bad.exit_code == 2 and "needs --unit" in bad.output
-    assert (tmp_path / "keys" / "token-secret").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "keys" / "token-keys.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_asyncapi_command_prints_the_nats_interface() -> None:
@@ -129,7 +130,7 @@ async def test_demo_then_serve_shows_the_county_through_the_api_and_on_nats(
     assert "fills an empty one" in capsys.readouterr().out
 
     baton = bootstrap(settings)
-    tokens = Tokens(load_secret(tmp_path, None))
+    tokens = Tokens(Keyring.load(tmp_path, None))
     runtime = Runtime(baton)  # as `baton serve` runs it: embedded nats-server on the demo's store dir
     app = create_app(baton, tokens, runtime)
     try:
@@ -142,7 +143,10 @@ async def test_demo_then_serve_shows_the_county_through_the_api_and_on_nats(
                 board = (await http.get("/v1/whistles", params={"limit": 200}, headers=admin)).json()
             assert health["status"] == "ok" and health["nats"]["embedded"] is True
             assert len(board["items"]) >= 8
-            conn = await nats.connect(health["nats"]["url"])
+            with pytest.raises(Exception, match=r"(?i)authorization"):  # the embedded server wants a login
+                await nats.connect(health["nats"]["url"], allow_reconnect=False, max_reconnect_attempts=0)
+            service = NatsAuth.load(tmp_path).service()
+            conn = await nats.connect(health["nats"]["url"], user=service.user, password=service.password)
             try:
                 info = await conn.jetstream().stream_info("BATON_EVENTS")
                 assert info.state.messages == baton.store.max_position()

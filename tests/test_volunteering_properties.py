@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
+from uuid import uuid4
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from domain.errors import DomainError
+from domain.privacy import Sealed
 from domain.volunteering import Reward, Volunteer, redeem
 from tests.test_volunteering_domain import META, T0
 
@@ -25,8 +27,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.now = T0
         self.volunteers = [
             Volunteer.register(
+                volunteer_id=(vid := uuid4()),
                 community_id="tishu",
-                name=f"v{i}",
+                name=Sealed(f"pii1.{vid.hex}.c2VhbGVk"),
                 phone=None,
                 party_member=False,
                 branch=None,

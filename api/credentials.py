@@ -1,0 +1,51 @@
+"""Credential routes: revoking a token, or every token an actor holds, recorded as events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from api.common import ERRORS, IdempotencyKey, actor_dependency, answer, command_context
+from api.schemas import RevocationIn, RevocationOut
+from api.tokens import InvalidToken, Tokens
+from domain.errors import InvalidCommand
+from infra.bootstrap import Baton
+from services.access import Actor
+
+
+def credentials_router(baton: Baton, tokens: Tokens) -> APIRouter:
+    router = APIRouter(prefix="/v1/tokens", tags=["credentials"], responses=ERRORS)
+    actor_dep = Depends(actor_dependency(tokens))
+
+    @router.post(
+        "/revocations",
+        status_code=201,
+        response_model=RevocationOut,
+        summary="Revoke one token, or every token issued to an actor so far (admin)",
+    )
+    def revoke(
+        body: RevocationIn,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        if body.token is not None:
+            try:
+                claims = tokens.claims(body.token, verify_exp=False)
+            except InvalidToken as exc:
+                raise InvalidCommand(f"token: {exc}; only a token Baton issued can be revoked") from None
+            if "jti" not in claims:
+                raise InvalidCommand("token: it carries no token id (jti); revoke its actor instead")
+            expires = datetime.fromtimestamp(float(claims["exp"]), UTC)
+            receipt = baton.credentials.revoke_token(ctx, claims["jti"], expires, body.reason)
+        else:
+            assert body.actor is not None
+            receipt = baton.credentials.revoke_actor(ctx, body.actor, body.reason)
+        tokens.refresh()
+        return answer(response, receipt)
+
+    return router

@@ -1,0 +1,116 @@
+"""Faults under load, on a real `baton serve`: kill -9 and restart, nats-server killed, PostgreSQL restarted.
+After each, every accepted command's events are in BATON_EVENTS and every read model exactly once, and no
+rejected command left an event."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from infra.settings import Settings
+from tests.faults import Audit, Load, Served, audit, settle
+
+WORKERS = 4
+
+
+async def _run(served: Served, fault: Callable[[], Awaitable[None]], seconds: float = 2.0) -> tuple[Load, Audit]:
+    await served.start()
+    load = Load(served)
+    await load.seed()
+    nc = await served.nats()
+    workers = [asyncio.create_task(load.worker()) for _ in range(WORKERS)]
+    department = asyncio.create_task(load.department(nc))
+    try:
+        await asyncio.sleep(seconds)
+        await fault()
+        await asyncio.sleep(seconds)
+    finally:
+        load.stopping = True
+        await asyncio.gather(*workers)
+        await department
+        await nc.close()
+    await settle(served, load)
+    result = await audit(served, load)
+    await load.close()
+    return load, result
+
+
+def _check(result: Audit) -> None:
+    print("fault-figures", json.dumps(result.figures()))
+    assert result.lost == 0 and result.duplicated == 0
+    assert result.published == result.events
+    assert result.rejected > 0 and result.rejected_with_events == 0
+    assert result.accepted > 0 and result.accepted_without_events == 0
+    assert result.nats_rejected_with_events == 0 and result.nats_accepted_without_events == 0
+    assert result.read_models_match_rebuild
+
+
+async def test_kill_9_of_serve_then_restart(settings: Settings, tmp_path: Path) -> None:
+    served = Served(tmp_path / "served", settings.store)
+
+    async def fault() -> None:
+        served.kill9()
+        await asyncio.sleep(0.5)
+        await served.start()
+
+    try:
+        _, result = await _run(served, fault)
+    finally:
+        served.stop()
+    _check(result)
+    assert served.starts == 2
+    assert result.unavailable_answers > 0  # the clients really met the crash
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # NATS faults do not depend on the store
+async def test_nats_server_killed_and_restarted(settings: Settings, tmp_path: Path) -> None:
+    served = Served(tmp_path / "served", settings.store)
+
+    killed: list[int] = []
+
+    async def fault() -> None:
+        killed.append(served.kill_nats())
+        await asyncio.sleep(1.0)
+        await served.ready()
+        killed.append(int((served.data_dir / "nats" / "nats-server.pid").read_text()))
+
+    try:
+        _, result = await _run(served, fault)
+    finally:
+        served.stop()
+    _check(result)
+    assert killed[0] != killed[1]  # serve's supervisor started a new nats-server
+
+
+def _pg_cluster() -> list[str]:
+    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[0]
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_postgres_restarted(settings: Settings, tmp_path: Path) -> None:
+    if shutil.which("pg_ctlcluster") is None:
+        pytest.fail("pg_ctlcluster is needed to restart PostgreSQL")
+    served = Served(tmp_path / "served", settings.store)
+
+    async def fault() -> None:
+        await asyncio.to_thread(subprocess.run, [*_pg_cluster(), "stop", "-m", "fast"], check=True)
+        # Longer than eventsourcing's own retries (10 x 0.2 s), so clients really meet the outage.
+        await asyncio.sleep(4.0)
+        await asyncio.to_thread(subprocess.run, [*_pg_cluster(), "start"], check=True)
+
+    try:
+        load, result = await _run(served, fault)
+    finally:
+        subprocess.run([*_pg_cluster(), "start"], check=False, capture_output=True)
+        served.stop()
+    _check(result)
+    refused = [s for s in load.sent if s.refused_503]
+    assert refused, "no command was answered 503 during the outage"
+    assert all(s.accepted or s.what == "evaluate-too-early" for s in refused)  # and each succeeded on retry
