@@ -559,7 +559,7 @@ class PersonOut(BaseModel):
     erased: bool
     erased_at: str | None = None
     reason: str | None = None
-    position: int | None = Field(None, description="Store position of the erasure event.")
+    position: int | None = Field(None, description="Store position of the erasure event, in the answer to an erasure.")
 
 
 class RevocationIn(Strict):

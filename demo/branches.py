@@ -93,7 +93,14 @@ class BranchesDemo:
         late = set(self.rng.sample(months, late_months))
         for year, month in reversed(months):
             await self.log_month(
-                branch_id, secretary, members, year, month, gaps=(year, month) in gaps, late=(year, month) in late
+                branch_id,
+                secretary,
+                members,
+                year,
+                month,
+                gaps=(year, month) in gaps,
+                late=(year, month) in late,
+                by=today,
             )
         await self.log_month(branch_id, secretary, members, today.year, today.month, day=today)
 
@@ -108,8 +115,12 @@ class BranchesDemo:
         gaps: bool = False,
         late: bool = False,
         day: date | None = None,
+        by: date | None = None,
     ) -> None:
-        """A month of organisational life: monthly meetings, quarterly ones in a quarter's first month, dues."""
+        """A month of organisational life: monthly meetings, quarterly ones in a quarter's first month, dues.
+
+        Late dues come on the 8th of the next month, or on `by` (today) if that is sooner: never in the future.
+        """
 
         def on(low: int, high: int) -> date:
             return day or date(year, month, self.rng.randint(low, high))
@@ -123,6 +134,8 @@ class BranchesDemo:
                 if not (gaps and self.rng.random() < 0.5):
                     await self._meeting(branch_id, secretary, kind, on(10, 28), members)
         collected = date(year + month // 12, month % 12 + 1, 8) if late else on(15, 20)
+        if by is not None:
+            collected = min(collected, by)
         await self.post(
             f"/v1/branches/{branch_id}/dues",
             {

@@ -35,6 +35,8 @@ from demo.county import GIVEN, SURNAMES, County, build_county
 from demo.volunteering import VolunteeringDemo
 from infra.bootstrap import Baton, Runtime, bootstrap
 from infra.clock import ManualClock
+from infra.jetstream import DEPT_STREAM, department_durable
+from infra.nats_auth import JS_API_PREFIX
 from infra.settings import Settings
 
 DAYS = 28
@@ -94,6 +96,7 @@ class Demo:
         self.categories = {c["code"]: c for c in self.county.categories}
         self._outcomes: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._links: dict[str, Client] = {}
+        self._followers: list[asyncio.Task[None]] = []
         self._headers: dict[tuple[str, str | None, str | None], dict[str, str]] = {}
         self.volunteering = VolunteeringDemo(self.county, clock, runtime, self.post, self.auth, self.rng)
         self.branches = BranchesDemo(self.county, self.post, self.auth, self.rng)
@@ -130,16 +133,41 @@ class Demo:
 
     # Department systems over NATS ----------------------------------------------------------
 
+    def _resolve(self, outcome: dict[str, Any]) -> None:
+        future = self._outcomes.pop(outcome.get("command_id"), None)
+        if future is not None and not future.done():
+            future.set_result(outcome)
+
     async def listen_for_outcomes(self) -> None:
+        """Baton's own view of every outcome, as they are published (the departments read theirs below)."""
         assert self.runtime.nc is not None
 
         async def on_outcome(msg: Any) -> None:
-            outcome = json.loads(msg.data)
-            future = self._outcomes.pop(outcome.get("command_id"), None)
-            if future is not None and not future.done():
-                future.set_result(outcome)
+            self._resolve(json.loads(msg.data))
 
         await self.runtime.nc.subscribe("baton.dept.*.outcome", cb=on_outcome)
+
+    async def follow_departments(self) -> None:
+        """Each department system reads and acks its durable consumer (outcomes and inbox), as a real one would."""
+        embedded = self.runtime.embedded
+        if embedded is None or embedded.auth is None:
+            return
+        for department in self.county.departments:
+            link = await self.link(department["code"])
+            js = link.jetstream(prefix=JS_API_PREFIX)
+            sub = await js.pull_subscribe_bind(durable=department_durable(department["code"]), stream=DEPT_STREAM)
+            self._followers.append(asyncio.create_task(self._follow(sub)))
+
+    async def _follow(self, sub: Any) -> None:
+        while True:
+            try:
+                msgs = await sub.fetch(100, timeout=1)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                await msg.ack()
+                if msg.subject.endswith(".outcome"):
+                    self._resolve(json.loads(msg.data))
 
     async def link(self, code: str) -> Client:
         """Department CODE's own NATS login on the embedded server (on an external NATS: Baton's connection)."""
@@ -160,6 +188,9 @@ class Demo:
         return self._links[code]
 
     async def close(self) -> None:
+        for task in self._followers:
+            task.cancel()
+        await asyncio.gather(*self._followers, return_exceptions=True)
         for link in self._links.values():
             await link.close()
 
@@ -373,6 +404,7 @@ async def _play(
             with console.status("building the county"):
                 await demo.build_county()
                 await runtime.wait_idle(timeout=60)  # and the departments' NATS logins
+                await demo.follow_departments()
             with console.status("last December's volunteering, and New Year"):
                 await demo.volunteering.prelude(clock.now())
             clock.set(start)

@@ -19,7 +19,7 @@ from tests.faults import Audit, Load, Served, audit, settle
 WORKERS = 4
 
 
-async def _run(served: Served, fault: Callable[[], Awaitable[None]], seconds: float = 2.0) -> tuple[Load, Audit]:
+async def _run(served: Served, fault: Callable[[Load], Awaitable[None]], seconds: float = 2.0) -> tuple[Load, Audit]:
     await served.start()
     load = Load(served)
     await load.seed()
@@ -28,7 +28,7 @@ async def _run(served: Served, fault: Callable[[], Awaitable[None]], seconds: fl
     department = asyncio.create_task(load.department(nc))
     try:
         await asyncio.sleep(seconds)
-        await fault()
+        await fault(load)
         await asyncio.sleep(seconds)
     finally:
         load.stopping = True
@@ -54,7 +54,7 @@ def _check(result: Audit) -> None:
 async def test_kill_9_of_serve_then_restart(settings: Settings, tmp_path: Path) -> None:
     served = Served(tmp_path / "served", settings.store)
 
-    async def fault() -> None:
+    async def fault(load: Load) -> None:
         served.kill9()
         await asyncio.sleep(0.5)
         await served.start()
@@ -74,7 +74,7 @@ async def test_nats_server_killed_and_restarted(settings: Settings, tmp_path: Pa
 
     killed: list[int] = []
 
-    async def fault() -> None:
+    async def fault(load: Load) -> None:
         killed.append(served.kill_nats())
         await asyncio.sleep(1.0)
         await served.ready()
@@ -97,12 +97,16 @@ def _pg_cluster() -> list[str]:
 async def test_postgres_restarted(settings: Settings, tmp_path: Path) -> None:
     if shutil.which("pg_ctlcluster") is None:
         pytest.fail("pg_ctlcluster is needed to restart PostgreSQL")
-    served = Served(tmp_path / "served", settings.store)
+    # A short outage is absorbed by the store's retries (10 attempts, each waiting up to connect_timeout for a
+    # connection); past them a command is answered 503. connect_timeout=1 keeps that within seconds here.
+    served = Served(tmp_path / "served", settings.store + "&connect_timeout=1")
 
-    async def fault() -> None:
+    async def fault(load: Load) -> None:
         await asyncio.to_thread(subprocess.run, [*_pg_cluster(), "stop", "-m", "fast"], check=True)
-        # Longer than eventsourcing's own retries (10 x 0.2 s), so clients really meet the outage.
-        await asyncio.sleep(4.0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 40
+        while not any(s.refused_503 for s in load.sent) and loop.time() < deadline:
+            await asyncio.sleep(0.2)
         await asyncio.to_thread(subprocess.run, [*_pg_cluster(), "start"], check=True)
 
     try:
