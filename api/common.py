@@ -56,17 +56,31 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
+class Correlate:
+    """Tag each request's logs and response with X-Correlation-Id (plain ASGI: BaseHTTPMiddleware costs ~1 ms)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope.get("headers", ()) if k == b"x-correlation-id"), None)
+        correlation_id = given.decode("latin-1") if given else uuid.uuid4().hex
+        header = (b"x-correlation-id", correlation_id.encode("latin-1"))
+
+        async def tagged(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
+            await self.app(scope, receive, tagged)
+
+
 def install_middleware(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def correlate(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        correlation_id = request.headers.get("X-Correlation-Id") or uuid.uuid4().hex
-        structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
-        try:
-            response: Response = await call_next(request)
-        finally:
-            structlog.contextvars.unbind_contextvars("correlation_id")
-        response.headers["X-Correlation-Id"] = correlation_id
-        return response
+    app.add_middleware(Correlate)
 
 
 def install_error_handlers(app: FastAPI) -> None:
