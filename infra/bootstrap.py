@@ -27,7 +27,7 @@ from infra.relay import Relay
 from infra.settings import Settings
 from infra.store import Store
 from infra.watcher import Watcher
-from projections.base import BatonProjection, Sql
+from projections.base import BatonProjection, Sql, catch_up_together
 from projections.branches import BranchProjection, BranchView
 from projections.scorecard import ScorecardProjection, ScorecardView
 from projections.volunteering import VolunteeringProjection, VolunteeringView
@@ -192,8 +192,7 @@ class Runtime:
         await ensure_department_consumers(self.nc.jetstream(), sorted(self.departments))
         self.publisher = JetStreamPublisher(self.nc)
         await self.publisher.start()
-        for projection in self.baton.projections.values():
-            await asyncio.to_thread(projection.catch_up)
+        await asyncio.to_thread(catch_up_together, list(self.baton.projections.values()))
         intake = Intake(self.baton.whistles, self.baton.org, self.baton.store.commands)
         self.broker = NatsBroker(
             self.url,

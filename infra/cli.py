@@ -424,6 +424,7 @@ def rebuild(
 
 def _rebuild(settings: Settings, name: str | None) -> None:
     from infra.bootstrap import bootstrap
+    from projections.base import catch_up_together
 
     baton = bootstrap(settings)
     try:
@@ -433,19 +434,16 @@ def _rebuild(settings: Settings, name: str | None) -> None:
             err.print(f"[red]unknown read model {unknown[0]!r}; use one of: {', '.join(baton.projections)}[/red]")
             raise typer.Exit(2)
         top = baton.store.max_position()
-        for projection_name in names:
-            projection = baton.projections[projection_name]
+        projections = [baton.projections[n] for n in names]
+        for projection in projections:
             projection.reset()
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=err,
-            ) as progress:
-                task = progress.add_task(projection_name, total=top or 1)
-                position = projection.catch_up(progress=lambda p, t=task: progress.update(t, completed=p))
-                progress.update(task, completed=top or 1)
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
+        ) as progress:
+            task = progress.add_task(", ".join(names), total=top or 1)
+            position = catch_up_together(projections, progress=lambda p: progress.update(task, completed=p))
+            progress.update(task, completed=top or 1)
+        for projection_name in names:
             err.print(f"{projection_name}: rebuilt up to position {position}")
     finally:
         baton.close()

@@ -200,6 +200,25 @@ class BatonProjection(Projection[TView], Generic[TView]):
         self.view.drop_tables(self.name)
 
 
+def catch_up_together(
+    projections: Sequence[BatonProjection[Any]], batch_size: int = 2000, progress: Callable[[int], None] | None = None
+) -> int:
+    """Catch several views up in one pass over the store: each batch is read and decoded once for all of them."""
+    if not projections:
+        return 0
+    source = projections[0].source
+    position = min(p.position() for p in projections)
+    while True:
+        batch = source.envelopes(position, batch_size)
+        if not batch:
+            return position
+        for projection in projections:
+            projection.process_batch(batch)
+        position = batch[-1].position
+        if progress is not None:
+            progress(position)
+
+
 def handles(*names: str) -> Callable[[Handler], Handler]:
     """Mark a projection method as the handler of events named aggregate.type."""
 
