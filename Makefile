@@ -28,6 +28,10 @@ demo: $(STAMP)
 test: $(STAMP) postgres
 	$(BIN)/pytest -q
 
+## bench: every path's speed as a ratio of the bare substrate measured in the same run (SQLite and PostgreSQL)
+bench: $(STAMP) postgres
+	$(BIN)/python -m bench
+
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true
 

@@ -1,28 +1,37 @@
-"""Commands from department systems over NATS: each gets exactly one outcome, nothing is dropped."""
+"""Commands from department systems over NATS: each gets exactly one outcome, nothing is dropped.
+
+The commands of one fetched batch are decided in message order, later ones seeing what earlier ones did
+to a whistle, and saved together in one transaction with one command log row each (group commit). When
+that save meets a concurrent change, the batch is decided again one command at a time.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import anyio
 import psycopg
 import structlog
-from eventsourcing.persistence import PersistenceError
+from eventsourcing.persistence import IntegrityError, PersistenceError
 from faststream.middlewares import AckPolicy
 from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
 from consumers.common import BatchMessage, pull, raw_bodies, stream
 from domain.errors import DomainError
+from domain.organisation import Organisation
 from infra.jetstream import INTAKE_STREAM, JetStreamPublisher
 from infra.store import CommandLog, CommandRecord
 from services.access import Actor, Context, Role
-from services.base import PriorRejection, Receipt
+from services.base import BatchSpoiled, CommandBatch, PriorRejection, Receipt
 from services.organisation import OrganisationApp
 from services.schemas import DEPARTMENT_COMMANDS, DepartmentCommand, Outcome, OutcomeError
 from services.whistles import WhistleApp
@@ -52,6 +61,36 @@ class Rejected(Exception):
         self.message = message
 
 
+Decided = tuple[str, Outcome, str]
+"""What the intake answers a message with: (department code, outcome, Nats-Msg-Id of the outcome)."""
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A message from BATON_INTAKE, with what its subject says and the fingerprint of subject and body."""
+
+    subject: str
+    data: bytes
+    seq: int
+    code: str
+    action: str
+    fingerprint: str
+
+    @classmethod
+    def of(cls, subject: str, data: bytes, seq: int) -> Incoming:
+        tokens = subject.split(".")
+        code = tokens[2] if len(tokens) > 2 else "unknown"
+        fingerprint = hashlib.sha256(subject.encode() + b"\0" + data).hexdigest()
+        return cls(subject, data, seq, code, ".".join(tokens[4:]), fingerprint)
+
+    def key(self, command_id: str | None) -> str:
+        """The command log key: the department's command_id, or the stream sequence when it has none."""
+        return f"nats:{self.code}:{command_id}" if command_id else f"nats:{self.code}:seq:{self.seq}"
+
+    def msg_id(self, command_id: str | None) -> str:
+        return _msg_id(self.key(command_id), self.fingerprint)
+
+
 class Intake:
     """Decides each department command: applied once and accepted, or rejected with a reason."""
 
@@ -60,100 +99,149 @@ class Intake:
         self.org = org
         self.commands = commands
 
-    def decide(self, subject: str, data: bytes, seq: int) -> tuple[str, Outcome, str]:
-        """Return (department code, outcome, dedupe id of the outcome) for one message."""
+    def decide(self, subject: str, data: bytes, seq: int) -> Decided:
+        """Return (department code, outcome, dedupe id of the outcome) for one message, in its own transaction."""
+        msg = Incoming.of(subject, data, seq)
         with structlog.contextvars.bound_contextvars(intake_seq=seq, correlation_id=None):
             try:
-                return self._decide(subject, data, seq)
+                return self._decide(msg)
             except TRANSIENT:
                 raise  # the store is down: the batch is redelivered and decided again
             except Exception:
-                return self._failed(subject, data, seq)
+                return self._failed(msg)
 
-    def _failed(self, subject: str, data: bytes, seq: int) -> tuple[str, Outcome, str]:
+    def decide_batch(self, items: Sequence[tuple[str, bytes, int]]) -> list[Decided]:
+        """Decide a batch of (subject, data, seq) in message order, saving all it changes in one transaction.
+
+        If the save meets a concurrent change (or a command fails halfway), the batch is decided again one
+        message at a time, each in its own transaction with retries. A transient store error propagates.
+        """
+        try:
+            return self._decide_together([Incoming.of(*item) for item in items])
+        except (IntegrityError, BatchSpoiled) as exc:
+            log.info("intake_batch_one_by_one", size=len(items), reason=type(exc).__name__)
+        except TRANSIENT:
+            raise
+        except Exception:
+            log.exception("intake_batch_one_by_one", size=len(items), reason="error")
+        return [self.decide(*item) for item in items]
+
+    def _failed(self, msg: Incoming) -> Decided:
         """A message Baton could not decide (a bug): rejected and logged, so it cannot block the intake."""
-        log.exception("department_command_failed", subject=subject[:200], size=len(data))
-        tokens = subject.split(".")
-        code = tokens[2] if len(tokens) > 2 else "unknown"
+        log.exception("department_command_failed", subject=msg.subject[:200], size=len(msg.data))
         outcome = Outcome(
             command_id=None,
             status="rejected",
             error=OutcomeError(
                 code="internal_error",
-                message=f"Baton could not decide this command and did not apply it (intake sequence {seq}); "
+                message=f"Baton could not decide this command and did not apply it (intake sequence {msg.seq}); "
                 "it is logged for the operators: send the step again with a new command_id later",
             ),
         )
-        key = f"nats:{code}:seq:{seq}"
-        return code, outcome, _msg_id(key, hashlib.sha256(subject.encode() + b"\0" + data).hexdigest())
+        return msg.code, outcome, msg.msg_id(None)
 
-    def _decide(self, subject: str, data: bytes, seq: int) -> tuple[str, Outcome, str]:
-        tokens = subject.split(".")
-        code = tokens[2] if len(tokens) > 2 else "unknown"
-        action = ".".join(tokens[4:])
+    def _decide(self, msg: Incoming) -> Decided:
         command_id: str | None = None
-        fingerprint = hashlib.sha256(subject.encode() + b"\0" + data).hexdigest()
         try:
-            body = _parse(data)
-            raw_id = body.get("command_id")
-            if isinstance(raw_id, str) and 0 < len(raw_id) <= 200:
-                command_id = raw_id
-            else:
-                raise Rejected("invalid_command", "command_id is required: a string of 1-200 characters")
-            key = f"nats:{code}:{command_id}"
+            body, command_id = _read(msg.data)
             structlog.contextvars.bind_contextvars(correlation_id=command_id)
-            prior = self.commands.get(key)
+            prior = self.commands.get(msg.key(command_id))
             if prior is not None:
-                return code, self._replay(prior, fingerprint), _msg_id(key, fingerprint)
-            outcome = self._apply(code, action, body, key, fingerprint)
+                return msg.code, self._replay(prior, msg.fingerprint), msg.msg_id(command_id)
+            receipt = self._step(msg, body, command_id, self.org.current)
+            outcome = Outcome(command_id=command_id, status="accepted", position=receipt.position)
+        except PriorRejection as prior:
+            outcome = Outcome.model_validate(prior.record.outcome)
         except Rejected as rejected:
-            outcome = Outcome(
-                command_id=command_id,
-                status="rejected",
-                error=OutcomeError(code=rejected.code, message=rejected.message),
-            )
-            key = f"nats:{code}:{command_id}" if command_id else f"nats:{code}:seq:{seq}"
-            if command_id and not self.commands.put(CommandRecord(key, fingerprint, outcome.model_dump(mode="json"))):
-                prior = self.commands.get(key)
-                assert prior is not None
-                outcome = self._replay(prior, fingerprint)
-        log.info(
-            "department_command",
-            department=code,
-            action=action,
-            command_id=command_id,
-            status=outcome.status,
-            error=outcome.error.code if outcome.error else None,
-        )
-        return code, outcome, _msg_id(key, fingerprint)
+            outcome = _rejection(command_id, rejected)
+            key = msg.key(command_id)
+            record = CommandRecord(key, msg.fingerprint, outcome.model_dump(mode="json"))
+            if command_id and not self.commands.put(record):
+                prior_record = self.commands.get(key)
+                assert prior_record is not None
+                outcome = self._replay(prior_record, msg.fingerprint)
+        _log_outcome(msg, command_id, outcome)
+        return msg.code, outcome, msg.msg_id(command_id)
 
-    def _apply(self, code: str, action: str, body: dict[str, Any], key: str, fingerprint: str) -> Outcome:
-        model = DEPARTMENT_COMMANDS.get(action)
+    def _decide_together(self, messages: list[Incoming]) -> list[Decided]:
+        """Decide every message into one command batch, save it, then answer each in order."""
+        reads = [_try_read(msg.data) for msg in messages]
+        priors = self.commands.get_many(msg.key(read[1]) for msg, read in zip(messages, reads, strict=True) if read[1])
+        org = functools.cache(self.org.current)
+        seen: dict[str, CommandRecord] = {}
+        with self.whistles.batch() as batch:
+            batch.preload(_whistle_ids(reads))
+            answers = [
+                self._take(batch, msg, read, priors, seen, org) for msg, read in zip(messages, reads, strict=True)
+            ]
+            batch.save()
+        return [answer() for answer in answers]
+
+    def _take(
+        self,
+        batch: CommandBatch,
+        msg: Incoming,
+        read: tuple[dict[str, Any] | Rejected, str | None],
+        priors: dict[str, CommandRecord],
+        seen: dict[str, CommandRecord],
+        org: Callable[[], Organisation],
+    ) -> Callable[[], Decided]:
+        """Decide one message into the batch; the answer is read once the batch is saved."""
+        body, command_id = read
+        with structlog.contextvars.bound_contextvars(intake_seq=msg.seq, correlation_id=command_id):
+            try:
+                if isinstance(body, Rejected):
+                    raise body
+                assert command_id is not None
+                key = msg.key(command_id)
+                prior = seen.get(key) or priors.get(key)
+                if prior is not None:
+                    return lambda: (msg.code, self._replay(prior, msg.fingerprint), msg.msg_id(command_id))
+                receipt = self._step(msg, body, command_id, org)
+                # A repeat later in the batch replays this record; its positions (the receipt's) arrive on save.
+                accepted = {"status": "accepted", "body": receipt.body}
+                seen[key] = CommandRecord(key, msg.fingerprint, accepted, receipt.positions)
+                return lambda: _answer(
+                    msg, command_id, Outcome(command_id=command_id, status="accepted", position=receipt.position)
+                )
+            except Rejected as rejected:
+                outcome = _rejection(command_id, rejected)
+                if command_id:
+                    record = CommandRecord(msg.key(command_id), msg.fingerprint, outcome.model_dump(mode="json"))
+                    batch.remember(record)
+                    seen[record.key] = record
+                return lambda: _answer(msg, command_id, outcome)
+            except (BatchSpoiled, *TRANSIENT):
+                raise
+            except Exception:
+                failed = self._failed(msg)
+                return lambda: failed
+
+    def _step(self, msg: Incoming, body: dict[str, Any], command_id: str, org: Callable[[], Organisation]) -> Receipt:
+        """Apply the command to its whistle; Rejected with the reason when it cannot be applied."""
+        model = DEPARTMENT_COMMANDS.get(msg.action)
         if model is None:
             raise Rejected(
                 "unknown_action",
-                f"unknown action {action!r}; publish to baton.dept.{code}.cmd.<action> with one of: "
+                f"unknown action {msg.action!r}; publish to baton.dept.{msg.code}.cmd.<action> with one of: "
                 + ", ".join(DEPARTMENT_COMMANDS),
             )
         try:
             command: DepartmentCommand = model.model_validate(body)
         except ValidationError as exc:
             raise Rejected("invalid_command", _explain(exc)) from None
-        if code not in self.org.current().departments:
-            raise Rejected("unknown_department", f"department {code!r} is not registered in Baton")
+        if msg.code not in org().departments:
+            raise Rejected("unknown_department", f"department {msg.code!r} is not registered in Baton")
         ctx = Context(
-            actor=Actor(Role.DEPARTMENT, code, f"nats:{code}"),
-            correlation_id=command.command_id,
-            idempotency_key=key,
-            fingerprint=fingerprint,
+            actor=Actor(Role.DEPARTMENT, msg.code, f"nats:{msg.code}"),
+            correlation_id=command_id,
+            idempotency_key=msg.key(command_id),
+            fingerprint=msg.fingerprint,
         )
         try:
-            receipt = STEPS[action](self.whistles, ctx, command)
+            return STEPS[msg.action](self.whistles, ctx, command)
         except DomainError as exc:
             raise Rejected(exc.code, exc.message) from None
-        except PriorRejection as prior:
-            return Outcome.model_validate(prior.record.outcome)
-        return Outcome(command_id=command.command_id, status="accepted", position=receipt.position)
 
     @staticmethod
     def _replay(prior: CommandRecord, fingerprint: str) -> Outcome:
@@ -172,6 +260,60 @@ class Intake:
             position = prior.positions[-1] if prior.positions else None
             return Outcome(command_id=command_id, status="accepted", position=position)
         return Outcome.model_validate(prior.outcome)
+
+
+def _read(data: bytes) -> tuple[dict[str, Any], str]:
+    """The body and its command_id, or Rejected."""
+    body = _parse(data)
+    command_id = body.get("command_id")
+    if isinstance(command_id, str) and 0 < len(command_id) <= 200:
+        return body, command_id
+    raise Rejected("invalid_command", "command_id is required: a string of 1-200 characters")
+
+
+def _try_read(data: bytes) -> tuple[dict[str, Any] | Rejected, str | None]:
+    try:
+        return _read(data)
+    except Rejected as rejected:
+        return rejected, None
+
+
+def _whistle_ids(reads: Sequence[tuple[dict[str, Any] | Rejected, str | None]]) -> list[UUID]:
+    """The whistles the readable commands name, to be loaded with one query."""
+    ids = []
+    for body, _ in reads:
+        if isinstance(body, dict) and isinstance(body.get("whistle_id"), str):
+            try:
+                ids.append(UUID(body["whistle_id"]))
+            except ValueError:
+                continue
+    return ids
+
+
+def _rejection(command_id: str | None, rejected: Rejected) -> Outcome:
+    return Outcome(
+        command_id=command_id, status="rejected", error=OutcomeError(code=rejected.code, message=rejected.message)
+    )
+
+
+def _log_outcome(msg: Incoming, command_id: str | None, outcome: Outcome) -> None:
+    log.info(
+        "department_command",
+        intake_seq=msg.seq,
+        correlation_id=command_id,
+        department=msg.code,
+        action=msg.action,
+        command_id=command_id,
+        status=outcome.status,
+        error=outcome.error.code if outcome.error else None,
+    )
+
+
+def _answer(msg: Incoming, command_id: str | None, outcome: Outcome) -> Decided:
+    """A message's answer once its batch is saved; rejections are logged one by one, acceptances by the batch."""
+    if outcome.status != "accepted":
+        _log_outcome(msg, command_id, outcome)
+    return msg.code, outcome, msg.msg_id(command_id)
 
 
 def _parse(data: bytes) -> dict[str, Any]:
@@ -229,7 +371,7 @@ def intake_router(intake: Intake, publisher: Callable[[], JetStreamPublisher], b
     async def take_commands(bodies: list[bytes], msg: BatchMessage) -> None:
         items = [(m.subject, m.data, m.metadata.sequence.stream) for m in msg.raw_message]
         try:
-            decided = await anyio.to_thread.run_sync(lambda: [intake.decide(*item) for item in items])
+            decided = await anyio.to_thread.run_sync(intake.decide_batch, items)
             pub = publisher()
             futures = [
                 await pub.publish(

@@ -2,7 +2,8 @@
 
 Besides the events, the store keeps a command log: the outcome of each command that carried an
 idempotency key (HTTP Idempotency-Key, a department's command_id), written in the same transaction
-as the command's events, so a retried command is answered from the log and never applied twice.
+as the command's events, so a retried command is answered from the log and never applied twice. A
+batch of commands saved together writes one row per command, each with its own events' positions.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,8 @@ class CommandRecord:
     fingerprint: str
     outcome: dict[str, Any]
     positions: list[int] = field(default_factory=list)
+    events: tuple[tuple[uuid.UUID, int], ...] = field(default=(), compare=False, repr=False)
+    """(aggregate id, version) of the command's own events, when it shares one transaction with other commands."""
 
     def row(self, positions: Sequence[int] | None = None) -> tuple[str, str, str, str]:
         return (
@@ -62,14 +65,41 @@ class CommandRecord:
         )
 
 
+Commands = CommandRecord | Sequence[CommandRecord] | None
+"""The `command=` of a save: one record owning all the events saved, or several, each owning its `events`."""
+
+
+def command_rows(
+    command: Commands, stored_events: Sequence[StoredEvent], ids: Sequence[int] | None
+) -> list[tuple[str, str, str, str]]:
+    """The command log rows a save writes, each with the positions of its own command's events."""
+    if command is None:
+        return []
+    if isinstance(command, CommandRecord):
+        return [command.row(ids)]
+    positions = {
+        (str(e.originator_id), e.originator_version): position
+        for e, position in zip(stored_events, ids or (), strict=True)
+    }
+    return [record.row([positions[str(a), v] for a, v in record.events]) for record in command]
+
+
 class CommandLog:
     """Reads and writes the command log (the half of it not written alongside events)."""
 
     def get(self, key: str) -> CommandRecord | None:
         raise NotImplementedError
 
+    def get_many(self, keys: Iterable[str]) -> dict[str, CommandRecord]:
+        """The records of those keys that are recorded, in one query."""
+        raise NotImplementedError
+
     def put(self, record: CommandRecord) -> bool:
         """Record an outcome that produced no events; False if the key was already recorded."""
+        raise NotImplementedError
+
+    def put_all(self, records: Sequence[CommandRecord]) -> None:
+        """Record outcomes that produced no events in one transaction; IntegrityError if a key was recorded."""
         raise NotImplementedError
 
     def identity(self) -> str:
@@ -78,6 +108,7 @@ class CommandLog:
 
 
 COMMANDS_TABLE = "baton_commands"
+KEYS_PER_QUERY = 500
 META_TABLE = "baton_store_meta"
 KEYS_TABLE = "baton_person_keys"
 
@@ -102,9 +133,9 @@ class BatonSQLiteRecorder(SQLiteApplicationRecorder, CommandLog):
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         ids = super()._insert_events(c, stored_events, **kwargs)
-        command: CommandRecord | None = kwargs.get("command")
-        if command is not None:
-            c.execute(f"INSERT INTO {COMMANDS_TABLE} VALUES (?,?,?,?)", command.row(ids))
+        rows = command_rows(kwargs.get("command"), stored_events, ids)
+        if rows:
+            c.executemany(f"INSERT INTO {COMMANDS_TABLE} VALUES (?,?,?,?)", rows)
         if self.vault is not None:
             for row in self.vault.keys_to_insert(stored_events):
                 c.execute(
@@ -114,6 +145,28 @@ class BatonSQLiteRecorder(SQLiteApplicationRecorder, CommandLog):
             for person_id in self.vault.keys_to_destroy(stored_events):
                 c.execute(f"UPDATE {KEYS_TABLE} SET wrapped = NULL WHERE person_id = ?", (person_id,))
         return ids
+
+    def select_events_of(self, originator_ids: Sequence[uuid.UUID]) -> list[StoredEvent]:
+        """Every stored event of these aggregates, in one query per 500, by aggregate and version."""
+        found: list[StoredEvent] = []
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(originator_ids), KEYS_PER_QUERY):
+                chunk = [i.hex for i in originator_ids[start : start + KEYS_PER_QUERY]]
+                c.execute(
+                    f"SELECT * FROM {self.events_table_name} WHERE originator_id IN ({','.join('?' * len(chunk))}) "
+                    "ORDER BY originator_id, originator_version",
+                    chunk,
+                )
+                found.extend(
+                    StoredEvent(
+                        originator_id=self.convert_originator_id(row["originator_id"]),
+                        originator_version=row["originator_version"],
+                        topic=row["topic"],
+                        state=row["state"],
+                    )
+                    for row in c.fetchall()
+                )
+        return found
 
     def select_person_keys(self, person_ids: Sequence[str]) -> dict[str, KeyRow]:
         if not person_ids:
@@ -129,6 +182,18 @@ class BatonSQLiteRecorder(SQLiteApplicationRecorder, CommandLog):
             row = c.fetchone()
         return CommandRecord.from_row(row) if row else None
 
+    def get_many(self, keys: Iterable[str]) -> dict[str, CommandRecord]:
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, CommandRecord] = {}
+        if not wanted:
+            return found
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(wanted), KEYS_PER_QUERY):
+                chunk = wanted[start : start + KEYS_PER_QUERY]
+                c.execute(f"SELECT * FROM {COMMANDS_TABLE} WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+                found.update((row["key"], CommandRecord.from_row(row)) for row in c.fetchall())
+        return found
+
     def put(self, record: CommandRecord) -> bool:
         with self.datastore.transaction(commit=True) as c:
             c.execute(
@@ -136,6 +201,10 @@ class BatonSQLiteRecorder(SQLiteApplicationRecorder, CommandLog):
                 record.row(),
             )
             return c.sqlite_cursor.rowcount == 1
+
+    def put_all(self, records: Sequence[CommandRecord]) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.executemany(f"INSERT INTO {COMMANDS_TABLE} VALUES (?,?,?,?)", [r.row() for r in records])
 
     def identity(self) -> str:
         with self.datastore.transaction(commit=True) as c:
@@ -177,9 +246,9 @@ class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
         self, curs: psycopg.Cursor[Any], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
-        command: CommandRecord | None = kwargs.get("command")
-        if command is not None:
-            curs.execute(self.insert_command_statement, command.row(ids))
+        rows = command_rows(kwargs.get("command"), stored_events, ids)
+        if rows:
+            curs.executemany(self.insert_command_statement, rows)
         if self.vault is not None:
             for row in self.vault.keys_to_insert(stored_events):
                 curs.execute(
@@ -193,6 +262,25 @@ class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
                     SQL("UPDATE {0} SET wrapped = NULL WHERE person_id = %s").format(self.keys_table), (person_id,)
                 )
         return ids
+
+    def select_events_of(self, originator_ids: Sequence[uuid.UUID]) -> list[StoredEvent]:
+        """Every stored event of these aggregates, in one query, by aggregate and version."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL(
+                    "SELECT * FROM {0}.{1} WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
+                ).format(Identifier(self.datastore.schema), Identifier(self.events_table_name)),
+                (list(originator_ids),),
+            )
+            return [
+                StoredEvent(
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+                for row in curs.fetchall()
+            ]
 
     def select_person_keys(self, person_ids: Sequence[str]) -> dict[str, KeyRow]:
         if not person_ids:
@@ -209,10 +297,22 @@ class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
             row = curs.fetchone()
         return CommandRecord.from_row(row) if row else None
 
+    def get_many(self, keys: Iterable[str]) -> dict[str, CommandRecord]:
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(SQL("SELECT * FROM {0} WHERE key = ANY(%s)").format(self.commands_table), (wanted,))
+            return {row["key"]: CommandRecord.from_row(row) for row in curs.fetchall()}
+
     def put(self, record: CommandRecord) -> bool:
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(self.insert_command_statement + SQL(" ON CONFLICT (key) DO NOTHING"), record.row())
             return curs.rowcount == 1
+
+    def put_all(self, records: Sequence[CommandRecord]) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.executemany(self.insert_command_statement, [r.row() for r in records])
 
     def identity(self) -> str:
         with self.datastore.transaction(commit=True) as curs:
@@ -329,4 +429,4 @@ def _ensure_schema(env: dict[str, str]) -> None:
         conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {0}").format(Identifier(schema)))
 
 
-__all__ = ["CommandLog", "CommandRecord", "IntegrityError", "Store"]
+__all__ = ["CommandLog", "CommandRecord", "Commands", "IntegrityError", "Store", "command_rows"]

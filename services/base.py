@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import structlog
-from eventsourcing.application import Application, Recording
-from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import InfrastructureFactory, IntegrityError, Mapper
+from eventsourcing.application import Application, Recording, project_aggregate
+from eventsourcing.domain import Aggregate, CanMutateAggregate
+from eventsourcing.persistence import InfrastructureFactory, IntegrityError, Mapper, StoredEvent
 
 from domain.errors import Conflict, InvalidCommand
 from infra.clock import Clock
@@ -52,6 +54,8 @@ class Receipt:
 
 Decision = tuple[Sequence[Aggregate], dict[str, Any]]
 
+_BATCH: ContextVar[CommandBatch | None] = ContextVar("baton_command_batch", default=None)
+
 
 class BatonApplication(Application[UUID]):
     """An Application of one bounded context, writing into the shared governance log."""
@@ -77,8 +81,28 @@ class BatonApplication(Application[UUID]):
     def close(self) -> None:
         """The store belongs to whoever opened it; nothing to close here."""
 
+    @contextmanager
+    def batch(self) -> Iterator[CommandBatch]:
+        """Within the block, this app's commands are decided into the batch, to be saved by batch.save()."""
+        batch = CommandBatch(self)
+        token = _BATCH.set(batch)
+        try:
+            yield batch
+        finally:
+            _BATCH.reset(token)
+
+    def load(self, aggregate_id: UUID) -> Any:
+        """The aggregate as of now, for a command to change; in a batch, the batch's own copy."""
+        batch = _BATCH.get()
+        if batch is not None and batch.app is self:
+            return batch.load(aggregate_id)
+        return self.repository.get(aggregate_id)
+
     def execute(self, ctx: Context, decide: Callable[[datetime], Decision]) -> Receipt:
         """Run decide(now) and save what it changed in one transaction, at most once per idempotency key."""
+        batch = _BATCH.get()
+        if batch is not None and batch.app is self:
+            return batch.take(ctx, decide)
         key = ctx.idempotency_key
         if key:
             prior = self.store.commands.get(key)
@@ -113,6 +137,89 @@ class BatonApplication(Application[UUID]):
             raise PriorRejection(prior)
         log.info("command_replayed", key=prior.key)
         return Receipt(body=prior.outcome["body"], positions=prior.positions, replayed=True)
+
+
+class BatchSpoiled(Exception):
+    """A command of a batch failed halfway through changing an aggregate: the batch must not be saved."""
+
+
+class CommandBatch:
+    """Commands decided one after another on shared copies of their aggregates, then saved in one transaction.
+
+    Inside `with app.batch() as batch:`, app.execute(ctx, decide) does not save: app.load() hands decide
+    the batch's copy of each aggregate, so a command sees what the batch's earlier commands did to it, and
+    the command's events and command record wait for batch.save(). The caller answers repeated idempotency
+    keys itself; the store's version check still refuses the save if anything changed meanwhile.
+    """
+
+    def __init__(self, app: BatonApplication) -> None:
+        self.app = app
+        self.aggregates: dict[UUID, Aggregate] = {}
+        self.events: list[CanMutateAggregate[UUID]] = []
+        self.records: list[CommandRecord] = []
+        self.taken: list[tuple[Receipt, slice]] = []
+        self.keys: set[str] = set()
+
+    def load(self, aggregate_id: UUID) -> Aggregate:
+        """The batch's copy of the aggregate, loaded on first use."""
+        aggregate = self.aggregates.get(aggregate_id)
+        if aggregate is None:
+            aggregate = self.aggregates[aggregate_id] = self.app.repository.get(aggregate_id)
+        return aggregate
+
+    def preload(self, aggregate_ids: Iterable[UUID]) -> None:
+        """Load the batch's copies of these aggregates (those that exist) with one query."""
+        wanted = [i for i in dict.fromkeys(aggregate_ids) if i not in self.aggregates]
+        if not wanted:
+            return
+        stored: dict[UUID, list[StoredEvent]] = {}
+        for event in self.app.store.recorder.select_events_of(wanted):
+            stored.setdefault(event.originator_id, []).append(event)
+        for aggregate_id, events in stored.items():
+            aggregate = project_aggregate(None, map(self.app.mapper.to_domain_event, events))
+            if aggregate is not None:
+                self.aggregates[aggregate_id] = aggregate
+
+    def take(self, ctx: Context, decide: Callable[[datetime], Decision]) -> Receipt:
+        """Decide a command into the batch; its receipt's positions are filled in when the batch is saved."""
+        key = ctx.idempotency_key
+        if key in self.keys:
+            raise ValueError(f"idempotency key {key!r} is already in this batch; answer the repeat from the first")
+        try:
+            aggregates, body = decide(self.app.clock.now())
+        except Exception as exc:
+            if any(a.pending_events for a in self.aggregates.values()):
+                raise BatchSpoiled(f"a command failed halfway through changing an aggregate: {exc!r}") from exc
+            raise
+        start = len(self.events)
+        for aggregate in aggregates:
+            self.aggregates.setdefault(aggregate.id, aggregate)
+            self.events.extend(aggregate.collect_events())
+        receipt = Receipt(body=body)
+        if key:
+            self.keys.add(key)
+            owned = tuple((e.originator_id, e.originator_version) for e in self.events[start:])
+            self.records.append(CommandRecord(key, ctx.fingerprint, {"status": "accepted", "body": body}, events=owned))
+        self.taken.append((receipt, slice(start, len(self.events))))
+        return receipt
+
+    def remember(self, record: CommandRecord) -> None:
+        """Record an outcome without events (a rejection) in the batch's transaction."""
+        if record.key in self.keys:
+            raise ValueError(f"idempotency key {record.key!r} is already in this batch")
+        self.keys.add(record.key)
+        self.records.append(record)
+
+    def save(self) -> None:
+        """Save every command's events and record in one transaction; IntegrityError if a version was taken."""
+        if self.events:
+            recordings = self.app.save(*self.events, command=self.records)
+            positions = [r.notification.id for r in recordings]
+            for receipt, own in self.taken:
+                receipt.positions.extend(positions[own])
+            log.info("commands_accepted", commands=len(self.taken), first=positions[0], last=positions[-1])
+        elif self.records:
+            self.app.store.commands.put_all(self.records)
 
 
 class PriorRejection(Exception):

@@ -37,9 +37,9 @@ class WhistleApp(BatonApplication):
         self.org = org
 
     def get(self, whistle_id: UUID | str) -> Whistle:
-        """The whistle as of now, or NotFound."""
+        """The whistle as of now (in a command batch, the batch's copy), or NotFound."""
         try:
-            return self.repository.get(UUID(str(whistle_id)))
+            return self.load(UUID(str(whistle_id)))
         except (AggregateNotFoundError, ValueError):
             raise NotFound(f"whistle {whistle_id} does not exist") from None
 
