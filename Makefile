@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DATA_DIR ?= $(or $(BATON_DATA_DIR),./var)
 
-.PHONY: run serve demo test bench postgres docs clean
+.PHONY: run serve demo test bench bench-scale postgres docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(STAMP) postgres
 ## bench: every path's speed as a ratio of the bare substrate measured in the same run (SQLite and PostgreSQL)
 bench: $(STAMP) postgres
 	$(BIN)/python -m bench
+
+## bench-scale: county x 10, ~1M events in a fresh SQLite dir under /tmp; rebuild, score, export, verify at 250k/500k/1M
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale
 
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,22 +57,68 @@ class Report:
         return self.code == OK
 
 
-def roots_at(leaves: Iterator[bytes], sizes: set[int]) -> dict[int, bytes]:
-    """Merkle roots at the given tree sizes, from a stream of leaf hashes, in O(log n) memory."""
-    stack: list[tuple[int, bytes]] = []  # (height, hash) of full subtrees along the right border
-    roots: dict[int, bytes] = {0: EMPTY_ROOT} if 0 in sizes else {}
-    for count, leaf in enumerate(leaves, start=1):
+class Roots:
+    """Merkle roots at chosen tree sizes, from leaf hashes added one at a time, in O(log n) memory."""
+
+    def __init__(self, sizes: set[int]) -> None:
+        self.sizes = sizes
+        self.count = 0
+        self.stack: list[tuple[int, bytes]] = []  # (height, hash) of full subtrees along the right border
+        self.roots: dict[int, bytes] = {0: EMPTY_ROOT} if 0 in sizes else {}
+
+    def add(self, leaf: bytes) -> None:
+        self.count += 1
         height, h = 0, leaf
+        stack = self.stack
         while stack and stack[-1][0] == height:
             _, left = stack.pop()
             h, height = node_hash(left, h), height + 1
         stack.append((height, h))
-        if count in sizes:
+        if self.count in self.sizes:
             root = stack[-1][1]
             for _, left in reversed(stack[:-1]):
                 root = node_hash(left, root)
-            roots[count] = root
-    return roots
+            self.roots[self.count] = root
+
+
+def roots_at(leaves: Iterable[bytes], sizes: set[int]) -> dict[int, bytes]:
+    """Merkle roots at the given tree sizes, from a stream of leaf hashes, in O(log n) memory."""
+    roots = Roots(sizes)
+    for leaf in leaves:
+        roots.add(leaf)
+    return roots.roots
+
+
+class Leaves:
+    """leaves.bin: 32-byte leaf hashes read in pages as they are needed, never all at once."""
+
+    PAGE = 32 * 4096
+
+    def __init__(self, path: Path) -> None:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise Failed(UNREADABLE, "leaves.bin is missing") from None
+        if size % 32:
+            raise Failed(UNREADABLE, "leaves.bin is not a whole number of 32-byte hashes")
+        self.path = path
+        self.count = size // 32
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self.path.open("rb") as f:
+            while page := f.read(self.PAGE):
+                for i in range(0, len(page), 32):
+                    yield page[i : i + 32]
+
+    def __getitem__(self, index: int) -> bytes:
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        with self.path.open("rb") as f:
+            f.seek(index * 32)
+            return f.read(32)
 
 
 def verify(bundle: Path, key: str | None = None, progress: Callable[[int, int], None] | None = None) -> Report:
@@ -93,11 +139,11 @@ def _verify(bundle: Path, key: str | None, report: Report, progress: Callable[[i
     origin = manifest.get("origin")
     verifier = _verifier(bundle, key, report)
     checkpoints = _checkpoints(bundle, verifier, origin, report)
-    leaves = _leaves(bundle)
+    leaves = Leaves(bundle / "leaves.bin")
     last = max(checkpoints)
     if last != len(leaves):
         raise Failed(EVENTS, f"the bundle holds {len(leaves)} leaves but its last signed checkpoint covers {last}")
-    signed_roots = roots_at(iter(leaves), set(checkpoints))
+    signed_roots = roots_at(leaves, set(checkpoints))
     trusted = all(signed_roots[size] == cp.root for size, cp in checkpoints.items())
     finalised, schemes = _check_events(bundle, leaves, checkpoints, trusted, report, progress)
     _check_scores(bundle, leaves, finalised, schemes, report)
@@ -153,16 +199,6 @@ def _checkpoints(bundle: Path, verifier: Verifier, origin: str | None, report: R
     return found
 
 
-def _leaves(bundle: Path) -> list[bytes]:
-    try:
-        raw = (bundle / "leaves.bin").read_bytes()
-    except FileNotFoundError:
-        raise Failed(UNREADABLE, "leaves.bin is missing") from None
-    if len(raw) % 32:
-        raise Failed(UNREADABLE, "leaves.bin is not a whole number of 32-byte hashes")
-    return [raw[i : i + 32] for i in range(0, len(raw), 32)]
-
-
 def _lines(bundle: Path) -> Iterator[bytes]:
     try:
         with (bundle / "events.jsonl").open("rb") as f:
@@ -174,20 +210,27 @@ def _lines(bundle: Path) -> Iterator[bytes]:
 
 def _check_events(
     bundle: Path,
-    leaves: list[bytes],
+    leaves: Leaves,
     checkpoints: dict[int, Checkpoint],
     trusted: bool,
     report: Report,
     progress: Callable[[int, int], None] | None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Every event is canonical, matches its leaf, follows its predecessor; collect finalisations and schemes."""
-    computed: list[bytes] = []
+    """Every event is canonical, matches its leaf, follows its predecessor; collect finalisations and schemes.
+
+    One pass over events.jsonl and leaves.bin together, holding one event (and the next, to name a mismatch),
+    the version of each aggregate and O(log n) hashes for the roots: never the whole history.
+    """
+    ours = Roots(set(checkpoints))
     versions: dict[str, int] = {}
     finalised: list[dict[str, Any]] = []
     schemes: dict[str, dict[str, Any]] = {}
     previous_position = 0
-    lines = list(_lines(bundle))
-    for index, line in enumerate(lines):
+    lines = _lines(bundle)
+    signed = iter(leaves)
+    index, line = 0, next(lines, None)
+    while line is not None:
+        following = next(lines, None)
         where = f"tree index {index}"
         try:
             body = json.loads(line)
@@ -198,17 +241,18 @@ def _check_events(
         if rfc8785.dumps(body) != line:
             raise Failed(EVENTS, f"the event at {where} is altered: it is not in canonical form")
         leaf = leaf_hash(line)
-        computed.append(leaf)
-        if trusted and index < len(leaves) and leaf != leaves[index]:
-            raise Failed(EVENTS, _mismatch(lines, leaves, index, previous_position))
+        ours.add(leaf)
+        expected = next(signed, None)
+        if trusted and expected is not None and leaf != expected:
+            raise Failed(EVENTS, _mismatch(line, following, leaves, index, previous_position))
         if position <= previous_position:
             raise Failed(EVENTS, f"the events are reordered at {where}: it follows position {previous_position}")
-        expected = versions.get(body["aggregate_id"], 0) + 1
-        if body["version"] != expected:
+        version = versions.get(body["aggregate_id"], 0) + 1
+        if body["version"] != version:
             raise Failed(
                 EVENTS,
                 f"an event is missing before {where}: {body['aggregate']} {body['aggregate_id']} jumps to version "
-                f"{body['version']} from {expected - 1}",
+                f"{body['version']} from {version - 1}",
             )
         versions[body["aggregate_id"]] = body["version"]
         previous_position = position
@@ -218,15 +262,15 @@ def _check_events(
             schemes[body["data"]["version"]] = body["data"]["document"]
         if progress and index % 5000 == 0:
             progress(index, len(leaves))
-    report.events = len(lines)
-    if len(lines) != len(leaves):
-        kind = "missing" if len(lines) < len(leaves) else "not covered by a signature"
-        raise Failed(EVENTS, f"{abs(len(leaves) - len(lines))} events are {kind} after position {previous_position}")
+        index, line = index + 1, following
+    report.events = index
+    if index != len(leaves):
+        kind = "missing" if index < len(leaves) else "not covered by a signature"
+        raise Failed(EVENTS, f"{abs(len(leaves) - index)} events are {kind} after position {previous_position}")
     if not trusted:
-        ours = roots_at(iter(computed), set(checkpoints))
         previous = 0
         for size in sorted(checkpoints):
-            if ours[size] != checkpoints[size].root:
+            if ours.roots[size] != checkpoints[size].root:
                 raise Failed(
                     EVENTS,
                     f"the events do not match signed checkpoint {size}: the first altered, missing or reordered "
@@ -240,12 +284,12 @@ def _check_events(
     return finalised, schemes
 
 
-def _mismatch(lines: list[bytes], leaves: list[bytes], index: int, previous_position: int) -> str:
+def _mismatch(line: bytes, following: bytes | None, leaves: Leaves, index: int, previous_position: int) -> str:
     """Name what happened at the first event whose leaf differs from the notary's."""
-    here = leaf_hash(lines[index])
-    position = json.loads(lines[index])["position"]
+    here = leaf_hash(line)
+    position = json.loads(line)["position"]
     if index + 1 < len(leaves) and here == leaves[index + 1]:
-        if index + 1 < len(lines) and leaf_hash(lines[index + 1]) == leaves[index]:
+        if following is not None and leaf_hash(following) == leaves[index]:
             return f"the events are reordered at tree index {index}: position {position} and the next are swapped"
         return f"an event is missing at tree index {index}: between positions {previous_position} and {position}"
     if index > 0 and here == leaves[index - 1]:
@@ -255,7 +299,7 @@ def _mismatch(lines: list[bytes], leaves: list[bytes], index: int, previous_posi
 
 def _check_scores(
     bundle: Path,
-    leaves: list[bytes],
+    leaves: Leaves,
     finalised: list[dict[str, Any]],
     schemes: dict[str, dict[str, Any]],
     report: Report,
@@ -271,7 +315,7 @@ def _check_scores(
             record["scheme_version"],
         )
         groups.setdefault(key, []).append(record)
-    roots = roots_at(iter(leaves), {size for _, _, _, size, _ in groups})
+    roots = roots_at(leaves, {size for _, _, _, size, _ in groups}) if groups else {}
     for (year, unit_type, cutoff, size, version), records in groups.items():
         if base64.b64encode(roots[size]).decode() != records[0]["root"]:
             raise Failed(

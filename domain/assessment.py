@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -410,14 +411,26 @@ class Assessment(Aggregate):
 # Scoring ---------------------------------------------------------------------------------------
 
 
-class Facts:
-    """The fold of the history into facts per unit for one year (the only state scoring keeps)."""
+def _positions(initial: Iterable[int] = ()) -> array[int]:
+    """Event positions, 8 bytes each."""
+    return array("q", initial)
 
-    def __init__(self, year: int, timezone: str) -> None:
+
+class Facts:
+    """The fold of the history into facts per unit for one year (the only state scoring keeps).
+
+    Counts are kept for every unit; the positions behind them (the evidence) only for the unit type being
+    scored (a street's are its communities'), as 8-byte integers, since they grow with the year's events.
+    """
+
+    def __init__(self, year: int, timezone: str, unit_type: str | None = None) -> None:
         self.year = year
         self.zone = ZoneInfo(timezone)
+        self.evidenced = (
+            set(UNIT_TYPES) if unit_type is None else {unit_type, "community"} if unit_type == "street" else {unit_type}
+        )
         self.counts: dict[tuple[str, str], dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-        self.evidence: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        self.evidence: dict[tuple[str, str], dict[str, array[int]]] = defaultdict(lambda: defaultdict(_positions))
         self.names: dict[tuple[str, str], str] = {}
         self.street_of: dict[str, str] = {}
         self.community_of: dict[str, str] = {}  # whistle, volunteer or branch id -> community
@@ -431,7 +444,8 @@ class Facts:
         if unit is None:
             return
         self.counts[(unit_type, unit)][fact] += Decimal(amount)
-        self.evidence[(unit_type, unit)][fact].append(position)
+        if unit_type in self.evidenced:
+            self.evidence[(unit_type, unit)][fact].append(position)
 
     def apply(self, e: dict[str, Any]) -> None:
         name, d, pos = f"{e['aggregate']}.{e['type']}", e["data"], e["position"]
@@ -456,7 +470,8 @@ class Facts:
         if d["kind"] == "community":
             self.street_of[d["unit_id"]] = d["parent_id"]
             self.counts[key]["residents"] = Decimal(d.get("residents") or 0)
-            self.evidence[key]["residents"] = [e["position"]]
+            if "community" in self.evidenced:
+                self.evidence[key]["residents"] = _positions([e["position"]])
         elif d["kind"] == "street":
             self.counts[key]
 
@@ -549,7 +564,8 @@ class Facts:
             for points, positions in volunteers.values():
                 if points > 0:
                     self.counts[("community", community)]["volunteers_served"] += 1
-                    self.evidence[("community", community)]["volunteers_served"].extend(positions)
+                    if "community" in self.evidenced:
+                        self.evidence[("community", community)]["volunteers_served"].extend(positions)
         for branch, (grade, met, required, pos) in self.audits.items():
             community = self._community(branch)
             self.add("community", community, "branch_grade_points", pos, scheme.branch_grade_points.get(grade, 0))
@@ -562,7 +578,8 @@ class Facts:
                 continue
             for fact, value in facts.items():
                 self.counts[("street", street)][fact] += value
-                self.evidence[("street", street)][fact].extend(self.evidence[(kind, community)][fact])
+                if "street" in self.evidenced:
+                    self.evidence[("street", street)][fact].extend(self.evidence[(kind, community)][fact])
 
 
 def score(
@@ -580,7 +597,7 @@ def score(
     if unit_type not in UNIT_TYPES:
         raise InvalidCommand(f"unit_type must be one of: {', '.join(UNIT_TYPES)}")
     scheme = Scheme.parse(scheme_document)
-    facts = Facts(year, scheme.timezone)
+    facts = Facts(year, scheme.timezone, unit_type)
     counted, last, published = 0, 0, False
     for e in events:
         if cutoff_position is not None and e["position"] > cutoff_position:

@@ -1,0 +1,43 @@
+"""`python -m bench.scale` on a small history: every operation exits 0 and the table has a row per size."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_small_scale_run_measures_every_operation(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.scale",
+            "--events",
+            "12000",
+            "--steps",
+            "9000",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--report",
+            str(report),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(report.read_text())
+    assert len(rows) == 2 and rows[0]["events"] >= 9000 and rows[1]["events"] >= 12000  # a batch may overshoot
+    for row in rows:
+        for name in ("notary", "rebuild", "score", "export", "verify"):
+            assert row[name]["code"] == 0, (name, row[name]["output"])
+            assert row[name]["peak_mb"] > 0
+    assert "Offline throughout" in done.stdout
