@@ -412,16 +412,22 @@ class Bench:
         finally:
             for task in tasks:
                 task.cancel()
+        idle_at = time.perf_counter()
         if failures:
             raise RuntimeError(f"{len(failures)} of {n} commands refused, e.g. {failures[0]}")
         latencies = []
+        unclocked = 0
         for due, position in sent:
             seen = board.seen_at(position or 0)
             if seen is None:
-                raise RuntimeError(f"the board never showed position {position}")
+                # The view holds it (wait_idle said so) but no timed batch showed it: count the time the runtime
+                # was found idle, an upper bound, and say how many.
+                seen, unclocked = idle_at, unclocked + 1
             latencies.append(max(seen - due, 0.0))
         achieved = n / max(max(answered) - started, n / rate)
         note = f"{n} commands"
+        if unclocked:
+            note += f" ({unclocked} timed at idle, an upper bound)"
         if achieved < 0.95 * rate or offered_for > 1.05 * n / rate:
             note += f"; achieved {achieved:,.0f}/s of {rate:,}/s offered"
         return Figure(

@@ -32,7 +32,11 @@ from uuid import UUID
 import structlog
 from eventsourcing.domain import Aggregate
 
+from demo.branches import KINDS_MONTHLY as MONTHLY
+from demo.branches import KINDS_QUARTERLY as QUARTERLY
+from demo.branches import TOPICS
 from demo.county import CATEGORIES, COMMUNITIES, DEPARTMENTS, GIVEN, STREETS, SURNAMES
+from demo.script import FATES, TITLES
 from domain.assessment import MutualEvaluation
 from domain.branches import Branch
 from domain.volunteering import Activity, Volunteer
@@ -49,39 +53,7 @@ COUNTIES = 10
 START = datetime(2024, 1, 1, tzinfo=UTC)
 WHISTLES_PER_DAY = (100, 140)  # all 130 communities together: about 0.9 a community a day
 BATCH_EVENTS = 5000  # events per transaction
-FATES = [
-    ("smooth", 50),
-    ("late_report_in", 10),
-    ("never_reports_in", 5),
-    ("declined", 10),
-    ("reopened", 8),
-    ("reopened_twice", 3),
-    ("admission_list", 7),
-    ("late_feedback", 7),
-]
-TITLES = {
-    "drainage": ["3号楼下水道堵塞", "小区化粪池外溢", "雨水井盖缺失"],
-    "water_outage": ["整栋楼停水两天", "水压不足", "管道爆裂"],
-    "public_security": ["楼道可疑人员", "电动车夜间被盗", "路灯损坏治安隐患"],
-    "street_vending": ["菜市场门口占道经营", "夜市噪音扰民"],
-    "school_safety": ["校门口交通拥堵", "学校周边无证摊点"],
-    "old_housing": ["外墙脱落", "老旧小区加装电梯协调", "屋顶漏水"],
-    "elderly_care": ["独居老人无人照料", "困难家庭冬季救助"],
-    "wage_arrears": ["装修工人讨薪", "物业公司拖欠工资"],
-    "health_service": ["慢病随访不到位", "疫苗接种点拥挤"],
-    "neighbour_dispute": ["楼上漏水邻里纠纷", "宠物扰民"],
-    "greening": ["绿化带被占种菜", "枯树存在安全隐患"],
-}
 ACTIVITIES = ["敬老院义务理发", "小区环境整治", "文明交通劝导", "垃圾分类宣传", "关爱留守儿童", "为老人读报"]
-TOPICS = [
-    "学习党的二十届三中全会精神",
-    "讨论社区为民服务项目",
-    "发展党员工作",
-    "学习党章党规",
-    "主题党日：走访困难党员",
-]
-MONTHLY = ("committee_meeting", "group_meeting", "themed_party_day")
-QUARTERLY = ("general_meeting", "party_lecture")
 VOLUNTEERS_PER_COMMUNITY = 30
 RATINGS = ["excellent", "good", "good", "fair", "poor"]
 
