@@ -36,7 +36,7 @@ from demo.branches import KINDS_MONTHLY as MONTHLY
 from demo.branches import KINDS_QUARTERLY as QUARTERLY
 from demo.branches import TOPICS
 from demo.county import CATEGORIES, COMMUNITIES, DEPARTMENTS, GIVEN, STREETS, SURNAMES
-from demo.script import FATES, TITLES
+from demo.script import FATES, whistle_case
 from domain.assessment import MutualEvaluation
 from domain.branches import Branch
 from domain.volunteering import Activity, Volunteer
@@ -394,21 +394,9 @@ class History:
         self.tally.fates[fate] += 1
         grid = rng.choice(county.grids[community])
         via_grid = rng.random() < 0.4
-        case: dict[str, Any] = {
-            "community_id": community,
-            "category": category["code"],
-            "title": rng.choice(TITLES[category["code"]]),
-            "description": "居民通过民情e站反映，社区无法单独解决，吹哨报到。",
-            "urgency": "urgent" if urgent else "normal",
-            "summoned_departments": summoned,
-            "grid_id": grid,
-            "source": "grid_patrol" if via_grid else "resident",
-        }
-        if not via_grid:  # the resident's contact details are sealed under their own key
-            case["reporter"] = {
-                "name": rng.choice(SURNAMES) + rng.choice(GIVEN) + rng.choice(GIVEN),
-                "phone": f"139{rng.randrange(10**8):08d}",
-            }
+        case = whistle_case(
+            rng, community, category["code"], summoned, grid, via_grid=via_grid, urgent=urgent, address=False
+        )
         blower = (Role.GRID, grid) if via_grid else (Role.COMMUNITY, community)
         w = self.command(app.blow, *blower, **case).body["whistle_id"]
         staff = Role.COMMUNITY, community

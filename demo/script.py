@@ -78,6 +78,40 @@ class Tally:
     erased: list[str] = field(default_factory=list)
 
 
+def whistle_case(
+    rng: random.Random,
+    community: str,
+    category: str,
+    summoned: list[str],
+    grid: str,
+    *,
+    via_grid: bool,
+    urgent: bool,
+    address: bool = True,
+) -> dict[str, Any]:
+    """The body of a blown whistle; a resident's report carries their contact details (sealed on arrival)."""
+    case: dict[str, Any] = {
+        "community_id": community,
+        "category": category,
+        "title": rng.choice(TITLES[category]),
+        "description": "居民通过民情e站反映，社区无法单独解决，吹哨报到。",
+        "urgency": "urgent" if urgent else "normal",
+        "summoned_departments": summoned,
+        "grid_id": grid,
+        "source": "grid_patrol" if via_grid else "resident",
+    }
+    if not via_grid:
+        case["reporter"] = {
+            "name": rng.choice(SURNAMES) + rng.choice(GIVEN) + rng.choice(GIVEN),
+            "phone": f"139{rng.randrange(10**8):08d}",
+        }
+        if address:
+            case["reporter"]["address"] = (
+                f"{rng.randint(1, 30)}栋{rng.randint(1, 6)}单元{rng.randint(1, 18)}0{rng.randint(1, 4)}"
+            )
+    return case
+
+
 class Demo:
     """Drives the county through the HTTP API and the NATS intake."""
 
@@ -237,22 +271,7 @@ class Demo:
         yield start
         grid = rng.choice(self.county.grids[community])
         via_grid = rng.random() < 0.4
-        case: dict[str, Any] = {
-            "community_id": community,
-            "category": category["code"],
-            "title": rng.choice(TITLES[category["code"]]),
-            "description": "居民通过民情e站反映，社区无法单独解决，吹哨报到。",
-            "urgency": "urgent" if urgent else "normal",
-            "summoned_departments": summoned,
-            "grid_id": grid,
-            "source": "grid_patrol" if via_grid else "resident",
-        }
-        if not via_grid:  # the resident's contact details travel sealed under their own key
-            case["reporter"] = {
-                "name": rng.choice(SURNAMES) + rng.choice(GIVEN) + rng.choice(GIVEN),
-                "phone": f"139{rng.randrange(10**8):08d}",
-                "address": f"{rng.randint(1, 30)}栋{rng.randint(1, 6)}单元{rng.randint(1, 18)}0{rng.randint(1, 4)}",
-            }
+        case = whistle_case(rng, community, category["code"], summoned, grid, via_grid=via_grid, urgent=urgent)
         r = await self.post(
             "/v1/whistles", case, self.auth("grid", grid) if via_grid else self.auth("community", community)
         )
