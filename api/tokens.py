@@ -4,7 +4,6 @@ token id, checked against the credentials log (retired keys, revoked tokens and 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import threading
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import jwt
 
 from domain.credentials import Credentials
+from infra.keys import write_private
 from services.access import Actor, Role
 
 ISSUER = "baton"
@@ -105,14 +105,7 @@ class Keyring:
 
 
 def _write_private(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_private(path, json.dumps(doc))
 
 
 class Tokens:

@@ -17,7 +17,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from infra.jetstream import (
     department_durable,
     department_filter,
 )
+from infra.keys import kept_secret, write_private
 
 log = structlog.get_logger("baton.nats_auth")
 
@@ -80,26 +80,7 @@ def load_nats_secret(data_dir: Path, configured: str | None) -> bytes:
         if len(configured) < MIN_SECRET_LENGTH:
             raise ValueError(f"BATON_NATS_SECRET must be at least {MIN_SECRET_LENGTH} characters")
         return configured.encode()
-    path = data_dir / "keys" / "nats-secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_text().strip().encode()
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(48))
-    return path.read_text().strip().encode()
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a file readable by its owner only, atomically (readers never see half of it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    return kept_secret(data_dir / "keys" / "nats-secret", lambda: secrets.token_urlsafe(48)).encode()
 
 
 def _service_import(subject: str, to: str | None = None) -> dict[str, Any]:
@@ -294,7 +275,7 @@ class NatsAuth:
                 return
         except (OSError, ValueError):
             pass
-        _write_private(self.hash_cache, json.dumps(wanted, indent=1))
+        write_private(self.hash_cache, json.dumps(wanted, indent=1))
 
 
 async def _quiet(exc: Exception) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import structlog
 
+from infra.keys import write_private
 from infra.nats_auth import NatsAuth, department_ready
 
 log = structlog.get_logger("baton.nats_server")
@@ -112,11 +113,7 @@ class EmbeddedNats:
             "  sync_interval: always\n"
             "}\n"
         ) + accounts
-        tmp = config.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds password hashes
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, config)
+        write_private(config, text)  # it holds password hashes
         return config
 
     async def admit(self, departments: Iterable[str]) -> list[str]:

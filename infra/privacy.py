@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import re
 import secrets
 import threading
@@ -29,6 +28,7 @@ from eventsourcing.persistence import StoredEvent, Transcoding
 from eventsourcing.utils import get_topic
 
 from domain.privacy import SEALED_PREFIX, PersonalData, PersonErased, Sealed
+from infra.keys import kept_secret
 
 ERASED_TOPIC = get_topic(PersonalData.Erased)
 _PERSON_IN_STATE = re.compile(rb"pii1\.([0-9a-f]{32})\.")
@@ -64,13 +64,8 @@ def load_master_key(data_dir: Path, configured: str | None) -> bytes:
         if len(key) != 32:
             raise ValueError("BATON_PII_KEY must be 32 random bytes in base64, e.g. `openssl rand -base64 32`")
         return key
-    path = data_dir / "keys" / "pii-master"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(base64.b64encode(secrets.token_bytes(32)).decode())
-    return base64.b64decode(path.read_text().strip())
+    made = kept_secret(data_dir / "keys" / "pii-master", lambda: base64.b64encode(secrets.token_bytes(32)).decode())
+    return base64.b64decode(made)
 
 
 def _b64(data: bytes) -> str:
