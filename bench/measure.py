@@ -195,6 +195,12 @@ class Bench:
         self.baton = bootstrap(self.settings)
         try:
             app = create_app(self.baton, self.tokens, rate_limit=0)
+
+            @app.post("/bench/noop", include_in_schema=False)
+            def noop() -> dict[str, Any]:
+                """The HTTP stack alone: the same app, middleware and threadpool as a command, no work."""
+                return {}
+
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://baton.bench", timeout=60) as http:
                 self.http = http
@@ -281,10 +287,10 @@ class Bench:
             "summoned_departments": departments or ["HOUSING"],
         }
 
-    async def blow_http(self, i: int) -> httpx.Response:
+    async def blow_http(self, i: int, path: str = "/v1/whistles") -> httpx.Response:
         body = self.blow_body(i)
         headers = {**self.auth("community", body["community_id"]), "Idempotency-Key": uuid.uuid4().hex}
-        return await self._client().post("/v1/whistles", json=body, headers=headers)
+        return await self._client().post(path, json=body, headers=headers)
 
     async def measure(self, key: str, step: Callable[[], Awaitable[Figure]]) -> None:
         """Run one measurement; a failure is recorded for its row and the run goes on."""
@@ -318,8 +324,23 @@ class Bench:
         seconds = time.perf_counter() - started
         if failures:
             raise RuntimeError(f"{len(failures)} of {n} commands refused, e.g. {failures[0]}")
+        noop = await self._closed_loop(n, lambda i: self.blow_http(i, "/bench/noop"))
         bare = best(before, await self.bare_saves(n, "BareHttp"))
+        self.results.figures["http_noop"] = Figure("req/s", noop, bare.rate, note="the HTTP stack's own ceiling")
         return Figure("cmd/s", n / seconds, bare.rate, note=f"{HTTP_CONCURRENCY} clients")
+
+    async def _closed_loop(self, n: int, send: Callable[[int], Awaitable[httpx.Response]]) -> float:
+        """Requests/s of n requests sent by HTTP_CONCURRENCY clients, each sending its next on an answer."""
+        counter = iter(range(n))
+
+        async def client() -> None:
+            for i in counter:
+                r = await send(i)
+                r.raise_for_status()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(HTTP_CONCURRENCY)))
+        return n / (time.perf_counter() - started)
 
     # 2. NATS intake --------------------------------------------------------------------------
 

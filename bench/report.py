@@ -36,6 +36,7 @@ def rows(plan: Plan) -> list[tuple[str, str, str]]:
     """(key, number, label) of every row, in order; the label names the bare substrate after "vs"."""
     out = [
         ("http", "1", "HTTP commands/s (blow whistle; store, relay, projections running) vs save loop"),
+        ("http_noop", "1a", "  the same clients and app, an endpoint that does nothing, vs save loop"),
         ("intake", "2", "NATS intake commands/s (report_in, counted by outcomes) vs save loop"),
     ]
     for i, rate in enumerate(plan.offered_rates):
@@ -70,7 +71,7 @@ def _bare(figure: Figure) -> str:
     if figure.latency:
         assert figure.bare_p99 is not None
         return f"{_amount(figure.bare)} / {_amount(figure.bare_p99)} ms"
-    unit = "ev/s" if figure.unit == "cmd/s" else figure.unit
+    unit = "ev/s" if figure.unit in ("cmd/s", "req/s") else figure.unit
     return f"{_amount(figure.bare)} {unit}"
 
 

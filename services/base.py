@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -64,6 +65,7 @@ class BatonApplication(Application[UUID]):
         self.store = store
         self.clock = clock
         super().__init__(env={"AGGREGATE_CACHE_MAXSIZE": "5000"})
+        self.group_commit = GroupCommit(self)
 
     def construct_factory(self, env: Any) -> InfrastructureFactory:
         return self.store.factory
@@ -103,25 +105,30 @@ class BatonApplication(Application[UUID]):
         batch = _BATCH.get()
         if batch is not None and batch.app is self:
             return batch.take(ctx, decide)
+        # A repeated key is found when its save collides with the logged one (or deciding again fails): the
+        # log is read only then, not before every command.
         key = ctx.idempotency_key
-        if key:
-            prior = self.store.commands.get(key)
-            if prior is not None:
-                return self.replay(prior, ctx)
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            aggregates, body = decide(self.clock.now())
+            try:
+                aggregates, body = decide(self.clock.now())
+            except Exception:
+                if key and (prior := self.store.commands.get(key)) is not None:
+                    return self.replay(prior, ctx)
+                raise
             if not key and not any(a.pending_events for a in aggregates):
                 return Receipt(body=body)
-            record = CommandRecord(key, ctx.fingerprint, {"status": "accepted", "body": body}) if key else None
+            events = [e for a in aggregates for e in a.collect_events()]
+            owned = tuple((e.originator_id, e.originator_version) for e in events)
+            outcome = {"status": "accepted", "body": body}
+            record = CommandRecord(key, ctx.fingerprint, outcome, events=owned) if key else None
             try:
-                recordings = self.save(*aggregates, command=record)
+                positions = self.group_commit.save(events, record)
             except IntegrityError:
                 if key and (prior := self.store.commands.get(key)) is not None:
                     return self.replay(prior, ctx)
                 log.info("command_conflict_retry", attempt=attempt)
                 time.sleep(random.uniform(0, 0.005 * attempt))  # let the competing writers through
                 continue
-            positions = [r.notification.id for r in recordings]
             log.info("command_accepted", positions=positions, **_summary(body))
             return Receipt(body=body, positions=positions)
         raise ConcurrentChange(f"the record changed {MAX_ATTEMPTS} times while this command ran; send it again")
@@ -220,6 +227,91 @@ class CommandBatch:
             log.info("commands_accepted", commands=len(self.taken), first=positions[0], last=positions[-1])
         elif self.records:
             self.app.store.commands.put_all(self.records)
+
+
+class _Pending:
+    """One command's events and record waiting in a group commit, and what became of them."""
+
+    __slots__ = ("error", "events", "positions", "record")
+
+    def __init__(self, events: list[CanMutateAggregate[UUID]], record: CommandRecord | None) -> None:
+        self.events = events
+        self.record = record
+        self.positions: list[int] | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.positions is not None or self.error is not None
+
+
+class GroupCommit:
+    """Concurrent commands' saves joined into one transaction: whoever finds no save running leads.
+
+    A command that arrives while a save runs waits; when the save ends, one waiter takes everything that
+    queued meanwhile and saves it in one transaction (at most `limit` commands). Alone, a command saves at
+    once, so an idle server adds no delay. If a joined save hits a taken version (two commands changed the
+    same aggregate, or another writer did), each command of it is saved again on its own, so each gets its
+    own answer; any other store error is every member's answer, as their own saves would have failed too.
+    """
+
+    def __init__(self, app: BatonApplication, limit: int = 200) -> None:
+        self.app = app
+        self.limit = limit
+        self._changed = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._leading = False
+
+    def save(self, events: list[CanMutateAggregate[UUID]], record: CommandRecord | None) -> list[int]:
+        """Save one command's events and record; their positions, or the error its own save would raise."""
+        pending = _Pending(events, record)
+        with self._changed:
+            self._queue.append(pending)
+            while self._leading and not pending.done:
+                self._changed.wait()
+            leader = not pending.done
+            if leader:
+                self._leading = True
+        if leader:
+            try:
+                while not pending.done:
+                    with self._changed:
+                        group, self._queue = self._queue[: self.limit], self._queue[self.limit :]
+                    self._commit(group)
+                    with self._changed:
+                        self._changed.notify_all()
+            finally:
+                with self._changed:
+                    self._leading = False
+                    self._changed.notify_all()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.positions is not None
+        return pending.positions
+
+    def _commit(self, group: list[_Pending]) -> None:
+        if len(group) > 1:
+            events = [e for p in group for e in p.events]
+            records = [p.record for p in group if p.record is not None]
+            try:
+                recordings = self.app.save(*events, command=records)
+            except IntegrityError:
+                log.info("group_commit_split", commands=len(group))
+            except BaseException as exc:
+                for p in group:  # the store failed: each member's own save would fail the same way
+                    p.error = exc
+                return
+            else:
+                positions = [r.notification.id for r in recordings]
+                start = 0
+                for p in group:
+                    p.positions, start = positions[start : start + len(p.events)], start + len(p.events)
+                return
+        for p in group:
+            try:
+                p.positions = [r.notification.id for r in self.app.save(*p.events, command=p.record)]
+            except BaseException as exc:
+                p.error = exc
 
 
 class PriorRejection(Exception):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.application import AggregateNotFoundError, Recording
 
 from domain.organisation import ORGANISATION_ID, Organisation
 from services.access import Context, Role, require_role
@@ -16,22 +18,36 @@ class OrganisationApp(BatonApplication):
     """Keeps the organisation's reference data as events."""
 
     _snapshot: Organisation | None = None
+    _checked_at = float("-inf")
+    _generation = 0
+    FRESH_FOR = 1.0
+    """Seconds a snapshot is trusted without asking the store; this process's own changes count at once."""
 
     def current(self) -> Organisation:
         """The organisation as of now, shared by every reader (never change it); empty before the first command.
 
         Every command reads it, and a fresh copy from the repository costs a deep copy of the whole county
-        (~2 ms); the organisation changes rarely, so the copy is remade only when a newer event exists.
+        (~2 ms); the organisation changes rarely, so the copy is remade only when a newer event exists, and
+        the store is asked at most once a second unless this process changed the organisation meanwhile
+        (another process's change, e.g. a CLI seeding while serving, shows within a second).
         """
-        snapshot = self._snapshot
-        if snapshot is not None and not self.recorder.select_events(ORGANISATION_ID, gt=snapshot.version, limit=1):
+        snapshot, generation = self._snapshot, self._generation
+        if snapshot is not None and time.monotonic() - self._checked_at < self.FRESH_FOR:
             return snapshot
-        try:
-            org = self.repository.get(ORGANISATION_ID)
-        except AggregateNotFoundError:
-            return _empty_organisation()
-        self._snapshot = org
-        return org
+        checked_at = time.monotonic()
+        if snapshot is None or self.recorder.select_events(ORGANISATION_ID, gt=snapshot.version, limit=1):
+            try:
+                snapshot = self.repository.get(ORGANISATION_ID)
+            except AggregateNotFoundError:
+                return _empty_organisation()
+        if generation == self._generation:  # no change of ours landed while we looked
+            self._snapshot, self._checked_at = snapshot, checked_at
+        return snapshot
+
+    def _notify(self, recordings: list[Recording[UUID]]) -> None:
+        self._generation += 1
+        self._checked_at = float("-inf")
+        super()._notify(recordings)
 
     def _change(self, ctx: Context, change: Any) -> Receipt:
         require_role(ctx.actor, Role.ADMIN, action="change the organisation")

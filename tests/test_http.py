@@ -123,7 +123,7 @@ async def test_the_same_idempotency_key_and_body_apply_once(client: httpx.AsyncC
         *(client.post("/v1/whistles", json=body, headers={**community, "Idempotency-Key": "blow-2"}) for _ in range(6))
     )
     assert len({r.json()["whistle_id"] for r in concurrent}) == 1
-    assert baton.store.max_position() == before + 1
+    assert len(baton.store.select(before, 100)) == 1  # (PostgreSQL may skip positions of refused saves)
 
 
 async def test_board_filters_scopes_and_cursor_paging(
