@@ -215,6 +215,9 @@ class Health(BaseModel):
     relay: dict[str, Any]
     projections: dict[str, dict[str, Any]]
     notary: dict[str, Any] | None = Field(None, description="Merkle tree lag, last signed checkpoint size, origin.")
+    projector: dict[str, Any] | None = Field(
+        None, description="The process of the read models and the notary (running, pid, restarts), if one runs."
+    )
 
 
 # Volunteering ---------------------------------------------------------------------------------

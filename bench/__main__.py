@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 import tempfile
@@ -29,6 +30,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated: sqlite, postgres (default: both)",
     )
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds): the figures mean nothing")
+    parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="run the read models and the notary in the measuring process (BATON_PROJECTOR_PROCESS=false)",
+    )
     parser.add_argument(
         "--log-file",
         type=Path,
@@ -58,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     log_to_file(args.log_file, args.log_level)
     console = Console(width=max(Console().width, 180), soft_wrap=False)
     plan = Plan.quick() if args.quick else Plan.full()
+    if args.one_process:
+        plan = dataclasses.replace(plan, projector_process=False)
     console.print(machine())
     started = time.perf_counter()
     results: list[Results] = []

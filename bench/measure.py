@@ -11,6 +11,7 @@ import os
 import random
 import statistics
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -29,7 +30,7 @@ from api.tokens import Tokens
 from audit.verify import verify
 from bench.substrate import BARE_STREAM, Timing, bare_publish, bare_read, bare_saves, bare_sha256
 from demo.county import County, build_county
-from infra.bootstrap import Baton, Runtime, bootstrap
+from infra.bootstrap import ALL, COMMANDS, Baton, Runtime, bootstrap
 from infra.cli import _rebuild
 from infra.export import export
 from infra.jetstream import (
@@ -63,6 +64,8 @@ class Plan:
     offered_seconds: float
     bare_latency_saves: int = 300
     drain_timeout: float = 90.0
+    projector_process: bool = True
+    """Read models and notary in a second process, as `baton serve` runs them; False: all in this process."""
 
     @classmethod
     def full(cls) -> Plan:
@@ -149,19 +152,44 @@ class BoardClock:
         original = projection.process_batch
 
         def timed(envelopes: Sequence[Any]) -> int:
-            position = original(envelopes)
-            now = time.perf_counter()
-            if not self.positions or position > self.positions[-1]:
-                self.positions.append(position)
-                self.times.append(now)
-            return position
+            self.reached(original(envelopes))
+            return self.positions[-1]
 
         projection.process_batch = timed  # type: ignore[method-assign]
+
+    def reached(self, position: int) -> None:
+        now = time.perf_counter()
+        if not self.positions or position > self.positions[-1]:
+            self.positions.append(position)
+            self.times.append(now)
 
     def seen_at(self, position: int) -> float | None:
         """When the read model first held this position (None if not yet)."""
         index = bisect.bisect_left(self.positions, position)
         return self.times[index] if index < len(self.times) else None
+
+    def stop(self) -> None:
+        """Nothing to stop: the clock is the projection's own call."""
+
+
+class BoardPoller(BoardClock):
+    """The same clock for a board another process updates: its tracking position read every POLL seconds."""
+
+    POLL = 0.002
+
+    def __init__(self, projection: BatonProjection[Any]) -> None:
+        self.positions, self.times = [], []
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._poll, args=(projection,), name="board-poller", daemon=True)
+        self._thread.start()
+
+    def _poll(self, projection: BatonProjection[Any]) -> None:
+        while not self._stopped.wait(self.POLL):
+            self.reached(projection.position())
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
 
 
 class Bench:
@@ -208,7 +236,8 @@ class Bench:
                 self.server = EmbeddedNats(self.settings.data_dir / "nats-runtime")
                 await self.server.start()
                 try:
-                    self.runtime = Runtime(self.baton, nats_url=self.server.url, watch=False)
+                    part = COMMANDS if self.plan.projector_process else ALL
+                    self.runtime = Runtime(self.baton, nats_url=self.server.url, watch=False, part=part)
                     await self.runtime.start()
                     try:
                         await self.settle(60)
@@ -577,10 +606,14 @@ async def _measure_all(settings: Settings, plan: Plan, results: Results) -> None
     async with bench.running():
         await bench.measure("http", bench.http_throughput)
         await bench.measure("intake", bench.intake_throughput)
-        board = BoardClock(bench._baton().board)
         bare = await bench.bare_saves(plan.bare_latency_saves, "BareLatency")
+        in_process = None if plan.projector_process else BoardClock(bench._baton().board)
         for rate in plan.offered_rates:
-            await bench.measure(f"latency_{rate}", lambda rate=rate: bench.latency(rate, board, bare))
+            board = in_process or BoardPoller(bench._baton().board)
+            try:
+                await bench.measure(f"latency_{rate}", lambda rate=rate, board=board: bench.latency(rate, board, bare))
+            finally:
+                board.stop()
         await bench.measure("relay", bench.relay_throughput)
         results.events = await asyncio.to_thread(bench._baton().store.max_position)
     await bench.measure("rebuild", lambda: rebuild_throughput(settings))

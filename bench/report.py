@@ -88,8 +88,13 @@ def _ratio(figure: Figure) -> str:
 
 def table(plan: Plan, results: list[Results]) -> Table:
     """One row per measurement; per backend: Baton, the bare substrate, and Baton's fraction of its speed."""
+    layout = (
+        "read models and notary in a second process, as `baton serve` runs them"
+        if plan.projector_process
+        else "everything in one process (--one-process)"
+    )
     table = Table(
-        title="Baton vs the bare substrate, same run, same machine",
+        title=f"Baton vs the bare substrate, same run, same machine; {layout}",
         caption=(
             "ratio = Baton's fraction of the substrate's speed (ours/bare for rates, bare/ours for latencies "
             "p50 / p99): 1.00x = as fast as the substrate. Bare: save loop = eventsourcing Application, one "

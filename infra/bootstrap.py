@@ -23,6 +23,7 @@ from infra.jetstream import AUDIT_STREAM, JetStreamPublisher, ensure_department_
 from infra.nats_auth import NatsAuth
 from infra.nats_server import EmbeddedNats
 from infra.notary import MerkleView, Notary
+from infra.projector import ProjectorProcess
 from infra.relay import Relay
 from infra.settings import Settings
 from infra.store import Store
@@ -143,13 +144,22 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> B
     )
 
 
+ALL, COMMANDS, PROJECTOR = "all", "commands", "projector"
+"""Runtime parts: everything in one process; or the command side (NATS, relay, intake, inbox, watcher) with a
+projector process beside it (read models and notary), which `baton serve` starts and stops with itself."""
+
+
 class Runtime:
     """What `baton serve` runs besides HTTP: NATS (embedded or external), streams, relay, consumers, watcher."""
 
-    def __init__(self, baton: Baton, *, nats_url: str | None = None, watch: bool = True) -> None:
+    def __init__(self, baton: Baton, *, nats_url: str | None = None, watch: bool = True, part: str = ALL) -> None:
+        if part not in (ALL, COMMANDS, PROJECTOR):
+            raise ValueError(f"unknown runtime part {part!r}")
         self.baton = baton
         self.nats_url = nats_url or baton.settings.nats_url
         self.watch = watch
+        self.part = part
+        self.projector: ProjectorProcess | None = None
         self.embedded: EmbeddedNats | None = None
         self.nc: Client | None = None
         self.publisher: JetStreamPublisher | None = None
@@ -165,10 +175,20 @@ class Runtime:
         assert self.nats_url is not None
         return self.nats_url
 
+    @property
+    def runs_commands(self) -> bool:
+        return self.part in (ALL, COMMANDS)
+
+    @property
+    def runs_projections(self) -> bool:
+        return self.part in (ALL, PROJECTOR)
+
     async def start(self) -> None:
         """Start NATS if embedded, declare streams, catch read models up, then relay and consume."""
         settings = self.baton.settings
         self.departments = self._department_codes()
+        if self.nats_url is None and self.part == PROJECTOR:
+            raise ValueError("a projector runs beside a `baton serve`: give it BATON_NATS_URL")
         if self.nats_url is None:
             auth = NatsAuth.load(settings.data_dir, settings.nats_secret)
             self.embedded = EmbeddedNats(settings.data_dir, settings.nats_port, auth=auth, departments=self.departments)
@@ -189,11 +209,12 @@ class Runtime:
             connect_timeout=5,
         )
         await ensure_streams(self.nc.jetstream())
-        await ensure_department_consumers(self.nc.jetstream(), sorted(self.departments))
+        if self.runs_commands:
+            await ensure_department_consumers(self.nc.jetstream(), sorted(self.departments))
         self.publisher = JetStreamPublisher(self.nc)
         await self.publisher.start()
-        await asyncio.to_thread(catch_up_together, list(self.baton.projections.values()))
-        intake = Intake(self.baton.whistles, self.baton.org, self.baton.store.commands)
+        if self.runs_projections:
+            await asyncio.to_thread(catch_up_together, list(self.baton.projections.values()))
         self.broker = NatsBroker(
             self.url,
             security=NatsUserPassword(self._login["user"], self._login["password"]) if self._login else None,
@@ -202,22 +223,31 @@ class Runtime:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
         )
-        self.broker.include_router(projection_router(list(self.baton.projections.values())))
-        self.broker.include_router(intake_router(intake, self._publisher))
-        self.broker.include_router(inbox_router(self._publisher))
+        if self.runs_projections:
+            self.broker.include_router(projection_router(list(self.baton.projections.values())))
+        if self.runs_commands:
+            intake = Intake(self.baton.whistles, self.baton.org, self.baton.store.commands)
+            self.broker.include_router(intake_router(intake, self._publisher))
+            self.broker.include_router(inbox_router(self._publisher))
         await self.broker.start()
-        self.relay = Relay(self.baton.store, self.baton.codec, self.nc, self.publisher)
-        self._tasks.append(asyncio.create_task(self.relay.run(), name="relay"))
-        published = await self._published_checkpoint()
-        self._tasks.append(
-            asyncio.create_task(self.baton.notary.run(self._publish_checkpoint, published), name="notary")
-        )
-        self._tasks.append(asyncio.create_task(self._follow_departments(), name="departments"))
-        if self.watch:
+        if self.runs_commands:
+            self.relay = Relay(self.baton.store, self.baton.codec, self.nc, self.publisher)
+            self._tasks.append(asyncio.create_task(self.relay.run(), name="relay"))
+        if self.runs_projections:
+            published = await self._published_checkpoint()
             self._tasks.append(
-                asyncio.create_task(self.watcher.run(self.baton.settings.watch_interval), name="watcher")
+                asyncio.create_task(self.baton.notary.run(self._publish_checkpoint, published), name="notary")
             )
-        log.info("runtime_started", nats=self.url, store=self.baton.store.backend)
+        if self.runs_commands:
+            self._tasks.append(asyncio.create_task(self._follow_departments(), name="departments"))
+            if self.watch:
+                self._tasks.append(
+                    asyncio.create_task(self.watcher.run(self.baton.settings.watch_interval), name="watcher")
+                )
+        if self.part == COMMANDS:
+            self.projector = ProjectorProcess(settings, self.url, self._login)
+            await self.projector.start()
+        log.info("runtime_started", nats=self.url, store=self.baton.store.backend, part=self.part)
 
     def _department_codes(self) -> set[str]:
         return set(self.baton.org.current().departments)
@@ -272,6 +302,8 @@ class Runtime:
         return self.publisher
 
     async def stop(self) -> None:
+        if self.projector is not None:
+            await self.projector.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -305,11 +337,13 @@ class Runtime:
 
     def _lags(self) -> dict[str, int]:
         top = self.baton.store.max_position()
-        lags = {"relay": top - (self.relay.published if self.relay else 0)}
+        lags: dict[str, int] = {}
         for name, projection in self.baton.projections.items():
             lags[name] = top - projection.position()
         lags["notary"] = top - self.baton.notary.position()
-        lags["departments"] = len(self._department_codes() - self.departments)
+        if self.runs_commands:
+            lags["relay"] = top - (self.relay.published if self.relay else 0)
+            lags["departments"] = len(self._department_codes() - self.departments)
         return lags
 
     async def health(self) -> dict[str, Any]:
@@ -340,9 +374,12 @@ class Runtime:
             "lag": None if top is None else max(top - await asyncio.to_thread(notary.position), 0),
             "checkpoint": latest["size"] if latest else 0,
             "origin": notary.origin,
-            "error": notary.error,
         }
+        if self.runs_projections:  # a projector process reports its failures in its log and by a growing lag
+            notary_health["error"] = notary.error
         ok = store.get("ok") and connected and self.relay is not None and self.relay.synced
+        if self.projector is not None:
+            ok = ok and self.projector.running
         return {
             "status": "ok" if ok else "degraded",
             "store": store,
@@ -355,4 +392,5 @@ class Runtime:
             "relay": relay,
             "projections": projections,
             "notary": notary_health,
+            "projector": self.projector.health() if self.projector is not None else None,
         }

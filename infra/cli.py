@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,18 +60,29 @@ def serve() -> None:
 
     from api.app import create_app
     from api.tokens import Keyring, Tokens
-    from infra.bootstrap import Runtime, bootstrap
+    from infra.bootstrap import ALL, COMMANDS, Runtime, bootstrap
 
     settings = _settings()
     with _exclusive(settings, "serve"):
         baton = bootstrap(settings)
         tokens = Tokens(Keyring.load(settings.data_dir, settings.token_secret), timedelta(days=settings.token_ttl_days))
-        runtime = Runtime(baton)
+        runtime = Runtime(baton, part=COMMANDS if settings.projector_process else ALL)
         asgi = create_app(baton, tokens, runtime)
         try:
             uvicorn.run(asgi, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False)
         finally:
             baton.close()
+
+
+@app.command(hidden=True)
+def projector() -> None:
+    """The read models and the notary, for a `baton serve` that starts this; stops when stdin closes."""
+    from infra.lock import DataDirLock
+    from infra.projector import run_projector
+
+    settings = _settings()
+    with DataDirLock(settings.data_dir, "projector", name="projector.lock", wait=30.0):
+        asyncio.run(run_projector(settings))
 
 
 @app.command()

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: str = "json"
     log_origin: str | None = None
+    projector_process: bool = True
+    """`baton serve` runs the read models and the notary in a second process; false: all in one process."""
     checkpoint_every: int = 256
     checkpoint_interval: float = 10.0
 

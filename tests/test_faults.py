@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,11 +56,15 @@ def _check(result: Audit) -> None:
 
 async def test_kill_9_of_serve_then_restart(settings: Settings, tmp_path: Path) -> None:
     served = Served(tmp_path / "served", settings.store)
+    projectors: list[int] = []
 
     async def fault(load: Load) -> None:
+        projectors.append((await served.ready())["projector"]["pid"])
         served.kill9()
         await asyncio.sleep(0.5)
         await served.start()
+        projectors.append((await served.ready())["projector"]["pid"])
+        assert not await eventually_gone(projectors[0]), "the projector outlived the server killed under it"
 
     try:
         _, result = await _run(served, fault)
@@ -66,6 +73,44 @@ async def test_kill_9_of_serve_then_restart(settings: Settings, tmp_path: Path) 
     _check(result)
     assert served.starts == 2
     assert result.unavailable_answers > 0  # the clients really met the crash
+    assert projectors[0] != projectors[1]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_projector_killed_and_restarted(settings: Settings, tmp_path: Path) -> None:
+    """The read models' process dies under load: serve restarts it and the views end equal to a rebuild."""
+    served = Served(tmp_path / "served", settings.store)
+    health: list[dict[str, Any]] = []
+
+    async def fault(load: Load) -> None:
+        health.append((await served.ready())["projector"])
+        os.kill(health[0]["pid"], signal.SIGKILL)
+        deadline = asyncio.get_running_loop().time() + 30
+        while (current := (await served.ready())["projector"])["pid"] == health[0]["pid"]:
+            assert asyncio.get_running_loop().time() < deadline, "the projector was not restarted"
+            await asyncio.sleep(0.1)
+        health.append(current)
+
+    try:
+        _, result = await _run(served, fault)
+    finally:
+        served.stop()
+    _check(result)
+    assert health[0]["restarts"] == 0 and health[1]["restarts"] == 1 and health[1]["running"]
+
+
+async def eventually_gone(pid: int, timeout: float = 15.0) -> bool:
+    """False once no live process has this pid (a zombie counts as gone); True if one still does at timeout."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        if state == "Z":
+            return False
+        await asyncio.sleep(0.1)
+    return True
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # NATS faults do not depend on the store

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import httpx
@@ -131,7 +132,7 @@ async def test_demo_then_serve_shows_the_county_through_the_api_and_on_nats(
 
     baton = bootstrap(settings)
     tokens = Tokens(Keyring.load(tmp_path, None))
-    runtime = Runtime(baton)  # as `baton serve` runs it: embedded nats-server on the demo's store dir
+    runtime = Runtime(baton)  # as `baton serve` runs it (in one process): embedded nats-server on the demo's dir
     app = create_app(baton, tokens, runtime)
     try:
         async with app.router.lifespan_context(app):
@@ -165,3 +166,23 @@ def test_one_baton_process_per_data_dir(tmp_path: Path, monkeypatch: pytest.Monk
         assert result.exit_code == 3 and "in use by baton serve" in result.output
     result = CliRunner().invoke(cli, ["rebuild"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_waiting_lock_is_taken_when_its_holder_lets_go_and_not_before(tmp_path: Path) -> None:
+    from infra.lock import DataDirBusy, DataDirLock
+
+    holder = DataDirLock(tmp_path, "projector", name="projector.lock")
+    holder.__enter__()
+    with pytest.raises(DataDirBusy, match="in use by baton projector"):
+        DataDirLock(tmp_path, "projector", name="projector.lock").__enter__()
+    released = threading.Event()
+
+    def release() -> None:
+        released.set()
+        holder.__exit__(None, None, None)
+
+    threading.Timer(0.3, release).start()
+    with DataDirLock(tmp_path, "projector", name="projector.lock", wait=30.0):
+        assert released.is_set()
+        with DataDirLock(tmp_path, "serve"):  # serve's lock is another file: a projector never blocks serve
+            pass
