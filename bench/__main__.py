@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     log_to_file(args.log_file, args.log_level)
     console = Console(width=max(Console().width, 180), soft_wrap=False)
     plan = Plan.quick() if args.quick else Plan.full()
-    if args.one_process:
-        plan = dataclasses.replace(plan, projector_process=False)
+    plan = dataclasses.replace(plan, projector_process=not args.one_process, log_file=args.log_file)
     console.print(machine())
     started = time.perf_counter()
     results: list[Results] = []

@@ -65,6 +65,8 @@ class Plan:
     bare_latency_saves: int = 300
     drain_timeout: float = 90.0
     projector_process: bool = True
+    log_file: Path | None = None
+    """Where the projector process writes its log (default: this process's stderr)."""
     """Read models and notary in a second process, as `baton serve` runs them; False: all in this process."""
 
     @classmethod
@@ -237,7 +239,9 @@ class Bench:
                 await self.server.start()
                 try:
                     part = COMMANDS if self.plan.projector_process else ALL
-                    self.runtime = Runtime(self.baton, nats_url=self.server.url, watch=False, part=part)
+                    self.runtime = Runtime(
+                        self.baton, nats_url=self.server.url, watch=False, part=part, projector_log=self.plan.log_file
+                    )
                     await self.runtime.start()
                     try:
                         await self.settle(60)

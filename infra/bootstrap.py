@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -152,7 +153,15 @@ projector process beside it (read models and notary), which `baton serve` starts
 class Runtime:
     """What `baton serve` runs besides HTTP: NATS (embedded or external), streams, relay, consumers, watcher."""
 
-    def __init__(self, baton: Baton, *, nats_url: str | None = None, watch: bool = True, part: str = ALL) -> None:
+    def __init__(
+        self,
+        baton: Baton,
+        *,
+        nats_url: str | None = None,
+        watch: bool = True,
+        part: str = ALL,
+        projector_log: Path | None = None,
+    ) -> None:
         if part not in (ALL, COMMANDS, PROJECTOR):
             raise ValueError(f"unknown runtime part {part!r}")
         self.baton = baton
@@ -160,6 +169,7 @@ class Runtime:
         self.watch = watch
         self.part = part
         self.projector: ProjectorProcess | None = None
+        self.projector_log = projector_log
         self.embedded: EmbeddedNats | None = None
         self.nc: Client | None = None
         self.publisher: JetStreamPublisher | None = None
@@ -245,7 +255,7 @@ class Runtime:
                     asyncio.create_task(self.watcher.run(self.baton.settings.watch_interval), name="watcher")
                 )
         if self.part == COMMANDS:
-            self.projector = ProjectorProcess(settings, self.url, self._login)
+            self.projector = ProjectorProcess(settings, self.url, self._login, self.projector_log)
             await self.projector.start()
         log.info("runtime_started", nats=self.url, store=self.baton.store.backend, part=self.part)
 

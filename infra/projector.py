@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -43,10 +44,14 @@ def child_environment(settings: Settings, nats_url: str, login: dict[str, Any]) 
 
 
 class ProjectorProcess:
-    """Starts `baton projector` beside this process, restarts it when it exits, stops it on stop()."""
+    """Starts `baton projector` beside this process, restarts it when it exits, stops it on stop().
 
-    def __init__(self, settings: Settings, nats_url: str, login: dict[str, Any]) -> None:
+    Its output goes where this process's goes, or appended to `log`.
+    """
+
+    def __init__(self, settings: Settings, nats_url: str, login: dict[str, Any], log: Path | None = None) -> None:
         self.env = child_environment(settings, nats_url, login)
+        self.log = log
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self._task: asyncio.Task[None] | None = None
@@ -61,14 +66,18 @@ class ProjectorProcess:
 
     async def _supervise(self) -> None:
         while not self._stopping:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "infra.cli",
-                "projector",
-                stdin=asyncio.subprocess.PIPE,
-                env=self.env,
-            )
+            with contextlib.ExitStack() as files:
+                output = files.enter_context(self.log.open("ab")) if self.log is not None else None
+                self.process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "infra.cli",
+                    "projector",
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=output,
+                    stderr=output,
+                    env=self.env,
+                )
             log.info("projector_started", pid=self.process.pid)
             code = await self.process.wait()
             if self._stopping:
