@@ -54,7 +54,8 @@ def log_to_file(path: Path, level: str) -> None:
     """Baton's production logging (JSON lines at `level`), written to a file so the table stands alone."""
     configure_logging(level, "json")
     root = logging.getLogger()
-    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    path.write_text("")  # a fresh log; appended to, so the projector process's lines are not overwritten
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(root.handlers[0].formatter)
     root.handlers[:] = [handler]
 
