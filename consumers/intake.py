@@ -8,6 +8,7 @@ that save meets a concurrent change, the batch is decided again one command at a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -354,27 +355,34 @@ def _msg_id(key: str, fingerprint: str) -> str:
     return f"outcome:{key}:{fingerprint[:16]}"
 
 
-def intake_router(intake: Intake, publisher: Callable[[], JetStreamPublisher], batch_size: int = 100) -> NatsRouter:
-    """The durable consumer of BATON_INTAKE."""
-    router = NatsRouter()
+class OutcomeQueue:
+    """One decided batch's outcomes in flight while the next batch is decided; its commands acked once they are stored.
 
-    @router.subscriber(
-        "baton.dept.*.cmd.>",
-        stream=stream(INTAKE_STREAM),
-        durable="baton_intake",
-        pull_sub=pull(batch_size),
-        decoder=raw_bodies,
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        title="intake",
-        include_in_schema=False,
-    )
-    async def take_commands(bodies: list[bytes], msg: BatchMessage) -> None:
-        items = [(m.subject, m.data, m.metadata.sequence.stream) for m in msg.raw_message]
+    Deciding (the store) and publishing outcomes (nats-server fsyncing each) take turns otherwise. A batch's
+    outcomes go out only after the previous batch's were stored, so each department sees them in order; a
+    batch is acked only when every outcome is stored, and nacked (redelivered, answered again from the
+    command log under the same Nats-Msg-Id) if any is not.
+    """
+
+    def __init__(self) -> None:
+        self._in_flight: asyncio.Task[None] | None = None
+
+    async def put(self, publisher: JetStreamPublisher, decided: list[Decided], msg: BatchMessage) -> None:
+        """Wait for the previous batch's outcomes, then send this batch's (without waiting for them)."""
+        await self.drain()
+        self._in_flight = asyncio.create_task(self._answer(publisher, decided, msg), name="intake-outcomes")
+
+    async def drain(self) -> None:
+        """Wait until the batch in flight is answered and acked (or nacked)."""
+        task, self._in_flight = self._in_flight, None
+        if task is not None:
+            await task
+
+    @staticmethod
+    async def _answer(publisher: JetStreamPublisher, decided: list[Decided], msg: BatchMessage) -> None:
         try:
-            decided = await anyio.to_thread.run_sync(intake.decide_batch, items)
-            pub = publisher()
             futures = [
-                await pub.publish(
+                await publisher.publish(
                     f"baton.dept.{code}.outcome",
                     outcome.model_dump_json(exclude_none=True).encode(),
                     _outcome_headers(msg_id, outcome),
@@ -384,9 +392,42 @@ def intake_router(intake: Intake, publisher: Callable[[], JetStreamPublisher], b
             for result in await asyncio.gather(*futures, return_exceptions=True):
                 if isinstance(result, BaseException):
                     raise result
+            await msg.ack()
+        except Exception:
+            log.exception("intake_outcomes_failed", size=len(decided))
+            with contextlib.suppress(Exception):
+                await msg.nack(delay=0.5)
+
+
+def intake_router(
+    intake: Intake,
+    publisher: Callable[[], JetStreamPublisher],
+    batch_size: int = 100,
+    outcomes: OutcomeQueue | None = None,
+) -> NatsRouter:
+    """The durable consumer of BATON_INTAKE."""
+    router = NatsRouter()
+    queue = outcomes or OutcomeQueue()
+
+    @router.subscriber(
+        "baton.dept.*.cmd.>",
+        stream=stream(INTAKE_STREAM),
+        durable="baton_intake",
+        pull_sub=pull(batch_size),
+        decoder=raw_bodies,
+        ack_policy=AckPolicy.MANUAL,
+        title="intake",
+        include_in_schema=False,
+    )
+    async def take_commands(bodies: list[bytes], msg: BatchMessage) -> None:
+        items = [(m.subject, m.data, m.metadata.sequence.stream) for m in msg.raw_message]
+        try:
+            decided = await anyio.to_thread.run_sync(intake.decide_batch, items)
         except Exception:
             log.exception("intake_batch_failed", size=len(items))
             await anyio.sleep(0.5)
-            raise
+            await msg.nack()
+            return
+        await queue.put(publisher(), decided, msg)
 
     return router

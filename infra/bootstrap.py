@@ -16,7 +16,7 @@ from nats.aio.client import Client
 
 from audit.note import Signer
 from consumers.inbox import inbox_router
-from consumers.intake import Intake, intake_router
+from consumers.intake import Intake, OutcomeQueue, intake_router
 from consumers.projections import projection_router
 from infra.clock import Clock, SystemClock
 from infra.envelope import Envelope, EnvelopeCodec
@@ -170,6 +170,7 @@ class Runtime:
         self.part = part
         self.projector: ProjectorProcess | None = None
         self.projector_log = projector_log
+        self.outcomes = OutcomeQueue()
         self.embedded: EmbeddedNats | None = None
         self.nc: Client | None = None
         self.publisher: JetStreamPublisher | None = None
@@ -237,7 +238,7 @@ class Runtime:
             self.broker.include_router(projection_router(list(self.baton.projections.values())))
         if self.runs_commands:
             intake = Intake(self.baton.whistles, self.baton.org, self.baton.store.commands)
-            self.broker.include_router(intake_router(intake, self._publisher))
+            self.broker.include_router(intake_router(intake, self._publisher, outcomes=self.outcomes))
             self.broker.include_router(inbox_router(self._publisher))
         await self.broker.start()
         if self.runs_commands:
@@ -322,6 +323,9 @@ class Runtime:
                     await task
         self._tasks.clear()
         if self.broker is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10):  # the last batch's outcomes, before the connection goes
+                    await self.outcomes.drain()
             with contextlib.suppress(Exception):
                 await self.broker.stop()
         if self.publisher is not None:
