@@ -25,6 +25,8 @@ class Tx:
     def __init__(self, cursor: Any, postgres: bool) -> None:
         self._cursor = cursor
         self._postgres = postgres
+        self.memo: dict[str, Any] = {}
+        """What a projection keeps in memory until it flushes, before this transaction commits."""
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._cursor.execute(sql if self._postgres else sql.replace("%s", "?"), tuple(params))
@@ -176,6 +178,7 @@ class BatonProjection(Projection[TView], Generic[TView]):
                     return tracked
                 for envelope in fresh:
                     self.apply(tx, envelope)
+                self.flush(tx)
                 self.view.track(tx, Tracking(self.name, fresh[-1].position))
                 if fresh[-1].position >= target:
                     return fresh[-1].position
@@ -184,6 +187,9 @@ class BatonProjection(Projection[TView], Generic[TView]):
         handler = self.handlers.get(envelope.name)
         if handler is not None:
             handler(self, tx, envelope)
+
+    def flush(self, tx: Tx) -> None:
+        """Write what apply() kept in tx.memo during this batch (nothing, unless a projection batches its writes)."""
 
     def catch_up(self, batch_size: int = 2000, progress: Callable[[int], None] | None = None) -> int:
         """Apply everything the store holds beyond this view's position; return the new position."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,17 +103,16 @@ class WhistleBoardView(View):
             raise LookupError(f"whistle {whistle_id} is not on the board")
         return _decode(row)
 
-    def save_row(self, tx: Tx, row: dict[str, Any]) -> None:
-        encoded = _encode(row)
+    def save_rows(self, tx: Tx, rows: Iterable[dict[str, Any]]) -> None:
         cols = ", ".join(BOARD_COLUMNS)
         marks = ", ".join(["%s"] * len(BOARD_COLUMNS))
         updates = ", ".join(f"{c} = excluded.{c}" for c in BOARD_COLUMNS if c != "whistle_id")
-        tx.execute(
+        tx.executemany(
             self.q(
                 f"INSERT INTO {{baton_whistles}} ({cols}) VALUES ({marks}) "
                 f"ON CONFLICT (whistle_id) DO UPDATE SET {updates}"
             ),
-            [encoded[c] for c in BOARD_COLUMNS],
+            [[encoded[c] for c in BOARD_COLUMNS] for encoded in map(_encode, rows)],
         )
 
     def link_departments(self, tx: Tx, whistle_id: str, departments: list[str]) -> None:
@@ -267,7 +267,9 @@ class WhistleBoardProjection(BatonProjection[WhistleBoardView]):
         if handler is None:
             return
         if envelope.type != "blown":
-            row = self.view.row(tx, envelope.aggregate_id)
+            rows = self._rows(tx)
+            row = rows.get(envelope.aggregate_id) or self.view.row(tx, envelope.aggregate_id)
+            rows[envelope.aggregate_id] = row
             handler(self, tx, envelope, row)
             row.update(
                 status=envelope.data.get("status", row["status"]),
@@ -276,56 +278,62 @@ class WhistleBoardProjection(BatonProjection[WhistleBoardView]):
                 version=envelope.version,
             )
             row["overdue"] = _overdue(row)
-            self.view.save_row(tx, row)
         else:
             handler(self, tx, envelope)
         self.view.add_to_timeline(tx, envelope)
+
+    def _rows(self, tx: Tx) -> dict[str, dict[str, Any]]:
+        """The board rows this batch changed, by whistle: read once, written once by flush()."""
+        rows: dict[str, dict[str, Any]] = tx.memo.setdefault(self.name, {})
+        return rows
+
+    def flush(self, tx: Tx) -> None:
+        rows = tx.memo.pop(self.name, None)
+        if rows:
+            self.view.save_rows(tx, rows.values())
 
     @handles("whistle.blown")
     def _blown(self, tx: Tx, e: Envelope) -> None:
         d = e.data
         chain = [*d["escalation_chain"], None, None, None]
-        self.view.save_row(
-            tx,
-            {
-                "whistle_id": e.aggregate_id,
-                "community_id": d["community_id"],
-                "street_id": chain[0],
-                "district_id": chain[1],
-                "city_id": chain[2],
-                "grid_id": d.get("grid_id"),
-                "category": d["category"],
-                "duty": d["duty"],
-                "title": d["title"],
-                "description": d["description"],
-                "urgency": d["urgency"],
-                "source": d["source"],
-                "location": d.get("location"),
-                "reporter": d.get("reporter"),
-                "status": d["status"],
-                "summoned": d["summoned_departments"],
-                "reported": [],
-                "missed_report_in": [],
-                "lead_department": None,
-                "co_departments": [],
-                "dispatch_round": 0,
-                "feedback_due": None,
-                "feedback_missed": False,
-                "overdue": False,
-                "escalation_level": 0,
-                "escalated_to": None,
-                "declines": 0,
-                "reopens": 0,
-                "rating": None,
-                "resolved": None,
-                "blown_at": e.occurred_at,
-                "report_in_due": d["report_in_due"],
-                "updated_at": e.occurred_at,
-                "blown_position": e.position,
-                "last_position": e.position,
-                "version": e.version,
-            },
-        )
+        self._rows(tx)[e.aggregate_id] = {
+            "whistle_id": e.aggregate_id,
+            "community_id": d["community_id"],
+            "street_id": chain[0],
+            "district_id": chain[1],
+            "city_id": chain[2],
+            "grid_id": d.get("grid_id"),
+            "category": d["category"],
+            "duty": d["duty"],
+            "title": d["title"],
+            "description": d["description"],
+            "urgency": d["urgency"],
+            "source": d["source"],
+            "location": d.get("location"),
+            "reporter": d.get("reporter"),
+            "status": d["status"],
+            "summoned": d["summoned_departments"],
+            "reported": [],
+            "missed_report_in": [],
+            "lead_department": None,
+            "co_departments": [],
+            "dispatch_round": 0,
+            "feedback_due": None,
+            "feedback_missed": False,
+            "overdue": False,
+            "escalation_level": 0,
+            "escalated_to": None,
+            "declines": 0,
+            "reopens": 0,
+            "rating": None,
+            "resolved": None,
+            "blown_at": e.occurred_at,
+            "report_in_due": d["report_in_due"],
+            "updated_at": e.occurred_at,
+            "blown_position": e.position,
+            "last_position": e.position,
+            "version": e.version,
+        }
         self.view.link_departments(tx, e.aggregate_id, d["summoned_departments"])
         self.view.set_deadline(tx, e.aggregate_id, "report_in", d["report_in_due"])
 
