@@ -16,7 +16,14 @@ from uuid import UUID
 import structlog
 from eventsourcing.application import Application, Recording, project_aggregate
 from eventsourcing.domain import Aggregate, CanMutateAggregate
-from eventsourcing.persistence import InfrastructureFactory, IntegrityError, Mapper, StoredEvent
+from eventsourcing.persistence import (
+    InfrastructureFactory,
+    IntegrityError,
+    InterfaceError,
+    Mapper,
+    OperationalError,
+    StoredEvent,
+)
 
 from domain.errors import Conflict, InvalidCommand
 from infra.clock import Clock
@@ -229,6 +236,10 @@ class CommandBatch:
             self.app.store.commands.put_all(self.records)
 
 
+UNAVAILABLE = (OperationalError, InterfaceError)
+"""The store could not be reached (after the recorder's own retries): a 503, whoever's command it was."""
+
+
 class _Pending:
     """One command's events and record waiting in a group commit, and what became of them."""
 
@@ -250,9 +261,10 @@ class GroupCommit:
 
     A command that arrives while a save runs waits; when the save ends, one waiter takes everything that
     queued meanwhile and saves it in one transaction (at most `limit` commands). Alone, a command saves at
-    once, so an idle server adds no delay. If a joined save hits a taken version (two commands changed the
-    same aggregate, or another writer did), each command of it is saved again on its own, so each gets its
-    own answer; any other store error is every member's answer, as their own saves would have failed too.
+    once, so an idle server adds no delay. If a joined save fails for one command's sake (a taken version:
+    two commands changed one aggregate, or another writer did), each command of it is saved again on its
+    own, so each gets its own answer. If the store cannot be reached, that is the answer of every member
+    and of every command that queued meanwhile: their own saves would fail the same way, after as long.
     """
 
     def __init__(self, app: BatonApplication, limit: int = 200) -> None:
@@ -277,8 +289,14 @@ class GroupCommit:
                 while not pending.done:
                     with self._changed:
                         group, self._queue = self._queue[: self.limit], self._queue[self.limit :]
-                    self._commit(group)
+                    unavailable = self._commit(group)
                     with self._changed:
+                        if unavailable is not None:
+                            # Those who queued while the store failed have waited out its retries already:
+                            # they get its answer now rather than wait through another round of them.
+                            for p in self._queue:
+                                p.error = unavailable
+                            self._queue = []
                         self._changed.notify_all()
             finally:
                 with self._changed:
@@ -289,29 +307,34 @@ class GroupCommit:
         assert pending.positions is not None
         return pending.positions
 
-    def _commit(self, group: list[_Pending]) -> None:
+    def _commit(self, group: list[_Pending]) -> BaseException | None:
+        """Save the group; the store's failure if it could not be reached (every member has it as its error)."""
         if len(group) > 1:
             events = [e for p in group for e in p.events]
             records = [p.record for p in group if p.record is not None]
             try:
                 recordings = self.app.save(*events, command=records)
-            except IntegrityError:
-                log.info("group_commit_split", commands=len(group))
-            except BaseException as exc:
-                for p in group:  # the store failed: each member's own save would fail the same way
+            except UNAVAILABLE as exc:
+                for p in group:  # each member's own save would fail the same way
                     p.error = exc
-                return
+                return exc
+            except Exception as exc:  # a taken version, or one member's data: each is saved on its own
+                log.info("group_commit_split", commands=len(group), error=type(exc).__name__)
             else:
                 positions = [r.notification.id for r in recordings]
                 start = 0
                 for p in group:
                     p.positions, start = positions[start : start + len(p.events)], start + len(p.events)
-                return
+                return None
         for p in group:
             try:
                 p.positions = [r.notification.id for r in self.app.save(*p.events, command=p.record)]
+            except UNAVAILABLE as exc:
+                p.error = exc
+                return exc
             except BaseException as exc:
                 p.error = exc
+        return None
 
 
 class PriorRejection(Exception):

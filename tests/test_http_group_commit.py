@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from eventsourcing.persistence import OperationalError
+from eventsourcing.persistence import DataError, OperationalError
 
 from infra.bootstrap import Baton, bootstrap
 from infra.settings import Settings
@@ -28,13 +28,16 @@ WANG = Actor(Role.COMMUNITY, "tishu", "wang")
 class HeldFirstSave:
     """Holds the first save of `app` until `behind` other commands queue behind it, then lets it go.
 
-    Counts the store's write transactions; from the second on, `fail_with` (if set) is raised instead of saving.
+    Counts the store's write transactions; the first raises `first_fails_with` (if set) once the queue is
+    there, and from the second on `fail_with` (if set; only once if `fail_once`) is raised instead of saving.
     """
 
     def __init__(self, baton: Baton, app: BatonApplication, behind: int, monkeypatch: pytest.MonkeyPatch) -> None:
         self.app = app
         self.behind = behind
         self.fail_with: BaseException | None = None
+        self.first_fails_with: BaseException | None = None
+        self.fail_once = False
         self.held = False
         insert = baton.store.recorder.insert_events
 
@@ -42,8 +45,11 @@ class HeldFirstSave:
             if not self.held:
                 self.held = True
                 self._wait_for_queue()
+                if self.first_fails_with is not None:
+                    raise self.first_fails_with
             elif self.fail_with is not None:
-                raise self.fail_with
+                failure, self.fail_with = self.fail_with, None if self.fail_once else self.fail_with
+                raise failure
             return insert(*args, **kwargs)
 
         monkeypatch.setattr(baton.store.recorder, "insert_events", insert_events)
@@ -151,6 +157,36 @@ def test_a_store_failure_of_a_joined_save_is_every_members_answer_and_nothing_of
     assert all(isinstance(r, Receipt) for r in again), again
     replayed = [r for r in again if isinstance(r, Receipt) and r.replayed]
     assert len(replayed) == 1 and replayed[0].body == accepted[0].body
+
+
+def test_commands_queued_while_the_store_could_not_be_reached_get_that_answer_without_another_wait(
+    baton: Baton, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_county_direct(baton)
+    before = baton.store.max_position()
+    held = HeldFirstSave(baton, baton.whistles, behind=5, monkeypatch=monkeypatch)
+    held.first_fails_with = OperationalError("connection refused (after the recorder's retries)")
+
+    receipts = concurrently([blow_call(baton, i) for i in range(6)])
+
+    assert all(isinstance(r, OperationalError) for r in receipts), receipts
+    assert held.transactions.count == 1, "the five that queued behind the failing save did not try again"
+    assert baton.store.max_position() == before
+    again = concurrently([blow_call(baton, i) for i in range(6)])
+    assert all(isinstance(r, Receipt) and not r.replayed for r in again), again
+
+
+def test_a_joined_save_refused_for_one_commands_data_is_split_and_the_others_land(
+    baton: Baton, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_county_direct(baton)
+    held = HeldFirstSave(baton, baton.whistles, behind=4, monkeypatch=monkeypatch)
+    held.fail_with, held.fail_once = DataError("value too long for one command's column"), True
+
+    receipts = concurrently([blow_call(baton, i) for i in range(5)])
+
+    assert all(isinstance(r, Receipt) for r in receipts), receipts
+    assert held.transactions.count == 1 + 1 + 4, "the first, the refused group, then its four one by one"
 
 
 async def test_concurrent_http_commands_are_answered_each_and_saved_together(
