@@ -13,7 +13,6 @@ import contextlib
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -115,15 +114,20 @@ async def run_projector(settings: Settings) -> None:
 
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
+    stdin = sys.stdin.fileno()
 
-    def watch_stdin() -> None:
-        with contextlib.suppress(Exception):
-            while sys.stdin.buffer.read(4096):
-                pass
-        loop.call_soon_threadsafe(done.set)
+    def read_stdin() -> None:
+        try:
+            closed = not os.read(stdin, 4096)
+        except OSError:
+            closed = True
+        if closed:  # serve closed it, or died
+            loop.remove_reader(stdin)
+            done.set()
 
-    threading.Thread(target=watch_stdin, name="projector-stdin", daemon=True).start()
-    loop.add_signal_handler(signal.SIGTERM, done.set)
+    loop.add_reader(stdin, read_stdin)
+    for stop in (signal.SIGTERM, signal.SIGINT):  # SIGINT: a terminal's Ctrl-C reaches the whole process group
+        loop.add_signal_handler(stop, done.set)
     baton = bootstrap(settings)
     runtime = Runtime(baton, part=PROJECTOR, watch=False)
     try:
