@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import rfc8785
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
@@ -37,9 +37,41 @@ class EvaluationIn(Strict):
     comment: str | None = Field(None, max_length=2000)
 
 
+UnitType = Literal["department", "community", "street"]
+
+
 class FinaliseIn(Strict):
-    unit_types: list[str] | None = Field(None, description="Default: department, community and street.")
-    as_of: AwareDatetime | None = Field(None, description="Cut-off time; default: now.")
+    unit_types: list[UnitType] | None = Field(None, description="Default: department, community and street.")
+    as_of: AwareDatetime | None = Field(
+        None,
+        description="Cut-off time; default: now. Not in the future, and not before the year may be finalised "
+        "(its end in the scheme's timezone, unless the scheme's finalisation_opens says otherwise).",
+    )
+
+
+class VoidIn(Strict):
+    reason: str = Field(min_length=1, max_length=2000, description="Why; it stays in the history for all to see.")
+    unit_types: list[UnitType] | None = Field(None, description="Default: every unit type whose finalisation stands.")
+
+
+class Voiding(BaseModel):
+    reason: str
+    voided_at: datetime
+    voided_by: dict[str, Any] | None
+
+
+class Finalisation(BaseModel):
+    """One finalisation of a unit type's scores, and its voiding if it was voided."""
+
+    unit_type: str
+    scheme_version: str
+    cutoff_position: int
+    tree_size: int
+    root: str = Field(description="base64 Merkle root of the history up to tree_size")
+    units: int
+    finalised_at: datetime
+    finalised_by: dict[str, Any] | None
+    voided: Voiding | None
 
 
 class Proof(BaseModel):
@@ -145,6 +177,10 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         response_model=Accepted,
         tags=["assessment"],
         summary="Finalise a year's scores, tied to the tree size and root of the history they come from",
+        description="Refused (409 `year_not_over`) until the year has ended in the scheme's timezone (Asia/Shanghai "
+        'by default), unless the scheme\'s `finalisation_opens` ("MM-DD" of the assessed year) opens it earlier; '
+        "refused (409) while a unit type's finalisation stands. A finalisation made by mistake is voided with "
+        "`POST /v1/assessments/{year}/void`, then finalised again.",
     )
     def finalise(
         year: Year,
@@ -156,12 +192,49 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
     ) -> dict[str, Any]:
         ctx = command_context(request, actor, idempotency_key, body)
         as_of: datetime | None = body.as_of
-        return answer(response, app.finalise(ctx, year, unit_types=body.unit_types, as_of=as_of))
+        unit_types = list(body.unit_types) if body.unit_types else None
+        return answer(response, app.finalise(ctx, year, unit_types=unit_types, as_of=as_of))
 
-    @router.get("/assessments/{year}/final", tags=["assessment"], summary="A year's finalised scores")
+    @router.post(
+        "/assessments/{year}/void",
+        status_code=201,
+        response_model=Accepted,
+        tags=["assessment"],
+        summary="Void a finalisation made by mistake, with a reason (the same actors as finalise)",
+        description="Records `assessment.finalisation_voided` for each unit type: the finalisation and its voiding "
+        "both stay in the history (and in an export, where `baton verify` replays both); the unit type may then be "
+        "finalised again. 409 `not_final` when nothing of that year stands final.",
+    )
+    def void(
+        year: Year,
+        body: VoidIn,
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        ctx = command_context(request, actor, idempotency_key, body)
+        unit_types = list(body.unit_types) if body.unit_types else None
+        return answer(response, app.void(ctx, year, reason=body.reason, unit_types=unit_types))
+
+    @router.get(
+        "/assessments/{year}/final",
+        tags=["assessment"],
+        summary="A year's final scores that stand (a voided finalisation's are left out)",
+    )
     def final(year: Year, actor: Actor = actor_dep) -> list[dict[str, Any]]:
         check(actor, READERS, "assessments")
         return app.finalised(year)
+
+    @router.get(
+        "/assessments/{year}/finalisations",
+        response_model=list[Finalisation],
+        tags=["assessment"],
+        summary="Every finalisation of a year, oldest first, with who made it and, if voided, who voided it and why",
+    )
+    def finalisations(year: Year, actor: Actor = actor_dep) -> list[dict[str, Any]]:
+        check(actor, READERS, "assessments")
+        return app.finalisations(year)
 
     # The audit trail ---------------------------------------------------------------------------
 

@@ -9,7 +9,10 @@ Exit codes:
   2  the bundle is unreadable or incomplete (a file is missing or malformed)
   3  a checkpoint's signature does not verify with the key (or the key is not the pinned one)
   4  the events do not match the signed tree: an event altered, missing, reordered or unsigned
-  5  a finalised score does not match the scoring replayed from the events
+  5  a finalised score does not match the scoring replayed from the events, or a voiding names no finalisation
+
+A voided finalisation is replayed like any other (it was recorded, so it must be true of its history); a
+standing one made before its year could be finalised is named in the report's notes.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import base64
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,7 @@ import rfc8785
 
 from audit.merkle import EMPTY_ROOT, leaf_hash, node_hash
 from audit.note import Checkpoint, NoteError, Verifier
-from domain.assessment import score
+from domain.assessment import Scheme, score
 from domain.errors import DomainError
 
 OK, UNREADABLE, SIGNATURE, EVENTS, SCORES = 0, 2, 3, 4, 5
@@ -48,6 +52,7 @@ class Report:
     events: int = 0
     checkpoints: int = 0
     finalised: int = 0
+    voided: int = 0
     key: str = ""
     pinned: bool = False
     notes: list[str] = field(default_factory=list)
@@ -145,8 +150,9 @@ def _verify(bundle: Path, key: str | None, report: Report, progress: Callable[[i
         raise Failed(EVENTS, f"the bundle holds {len(leaves)} leaves but its last signed checkpoint covers {last}")
     signed_roots = roots_at(leaves, set(checkpoints))
     trusted = all(signed_roots[size] == cp.root for size, cp in checkpoints.items())
-    finalised, schemes = _check_events(bundle, leaves, checkpoints, trusted, report, progress)
-    _check_scores(bundle, leaves, finalised, schemes, report)
+    history = _check_events(bundle, leaves, checkpoints, trusted, report, progress)
+    _check_scores(bundle, leaves, history.finalised, history.schemes, report)
+    _check_voidings(history, report)
 
 
 def _json(path: Path) -> Any:
@@ -208,6 +214,16 @@ def _lines(bundle: Path) -> Iterator[bytes]:
         raise Failed(UNREADABLE, "events.jsonl is missing") from None
 
 
+@dataclass
+class Assessments:
+    """What the history says of the baton: schemes, finalisations (with when they were made) and voidings."""
+
+    schemes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    finalised: list[dict[str, Any]] = field(default_factory=list)
+    finalised_at: dict[int, str] = field(default_factory=dict)
+    voidings: list[dict[str, Any]] = field(default_factory=list)
+
+
 def _check_events(
     bundle: Path,
     leaves: Leaves,
@@ -215,16 +231,15 @@ def _check_events(
     trusted: bool,
     report: Report,
     progress: Callable[[int, int], None] | None,
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Every event is canonical, matches its leaf, follows its predecessor; collect finalisations and schemes.
+) -> Assessments:
+    """Every event is canonical, matches its leaf, follows its predecessor; collect the assessments' events.
 
     One pass over events.jsonl and leaves.bin together, holding one event (and the next, to name a mismatch),
     the version of each aggregate and O(log n) hashes for the roots: never the whole history.
     """
     ours = Roots(set(checkpoints))
     versions: dict[str, int] = {}
-    finalised: list[dict[str, Any]] = []
-    schemes: dict[str, dict[str, Any]] = {}
+    history = Assessments()
     previous_position = 0
     lines = _lines(bundle)
     signed = iter(leaves)
@@ -257,9 +272,12 @@ def _check_events(
         versions[body["aggregate_id"]] = body["version"]
         previous_position = position
         if body["aggregate"] == "assessment" and body["type"] == "finalised":
-            finalised.append({"position": position, **body["data"]})
+            history.finalised.append({"position": position, **body["data"]})
+            history.finalised_at[position] = body["occurred_at"]
+        elif body["aggregate"] == "assessment" and body["type"] == "finalisation_voided":
+            history.voidings.append({"position": position, **body["data"]})
         elif body["aggregate"] == "assessment_scheme" and body["type"] == "published":
-            schemes[body["data"]["version"]] = body["data"]["document"]
+            history.schemes[body["data"]["version"]] = body["data"]["document"]
         if progress and index % 5000 == 0:
             progress(index, len(leaves))
         index, line = index + 1, following
@@ -279,9 +297,9 @@ def _check_events(
             previous = size
         raise Failed(EVENTS, "leaves.bin does not match the signed checkpoints, though the events do")
     finalised_copy = _json(bundle / "finalised.json")
-    if finalised_copy != finalised:
+    if finalised_copy != history.finalised:
         raise Failed(SCORES, "finalised.json differs from the AssessmentFinalised events in the history")
-    return finalised, schemes
+    return history
 
 
 def _mismatch(line: bytes, following: bytes | None, leaves: Leaves, index: int, previous_position: int) -> str:
@@ -348,3 +366,46 @@ def _check_scores(
                     f"{got[0] if got else None} ({got[1] if got else None}, rank {got[2] if got else None})",
                 )
         report.finalised += len(records)
+
+
+def _finalisation(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What names one finalisation of a year's unit type (each of its units' events carries it)."""
+    return tuple(record[k] for k in ("scheme_version", "cutoff_position", "tree_size", "root"))
+
+
+def _check_voidings(history: Assessments, report: Report) -> None:
+    """Finalisations and voidings take turns per year and unit type; note standing finalisations made early."""
+    standing: dict[tuple[int, str], tuple[tuple[Any, ...], int]] = {}  # -> (finalisation, its first position)
+    steps = sorted([*history.finalised, *history.voidings], key=lambda r: r["position"])
+    voidings = {id(v) for v in history.voidings}
+    for step in steps:
+        part, key, position = (step["year"], step["unit_type"]), _finalisation(step), step["position"]
+        current = standing.get(part)
+        if id(step) in voidings:
+            if current is None or current[0] != key:
+                raise Failed(
+                    SCORES,
+                    f"the voiding at position {position} names a {part[0]} {part[1]} finalisation (cut-off "
+                    f"{step['cutoff_position']}, tree size {step['tree_size']}) that does not stand there",
+                )
+            del standing[part]
+            report.voided += 1
+        elif current is None:
+            standing[part] = (key, position)
+        elif current[0] != key:
+            raise Failed(
+                SCORES,
+                f"the {part[0]} {part[1]} finalisation at position {position} was made while the one at position "
+                f"{current[1]} stood",
+            )
+    for (year, unit_type), (key, position) in sorted(standing.items()):
+        version = key[0]
+        if version not in history.schemes:
+            continue  # _check_scores has failed the bundle already
+        opens = Scheme.parse(history.schemes[version]).opens_at(year)
+        at = datetime.fromisoformat(history.finalised_at[position])
+        if at < opens:
+            report.notes.append(
+                f"the {year} {unit_type} finalisation at position {position} was made on {at.isoformat()}, before "
+                f"the year could be finalised ({opens.isoformat()}); it stands until voided"
+            )

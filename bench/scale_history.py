@@ -275,6 +275,7 @@ class History:
                     members=self.rng.randint(9, 40),
                     established_on="2019-06-01",
                     escalation_chain=self.org.ancestors(community),
+                    today=self.clock.now().date(),
                     timestamp=self.clock.now(),
                     meta=staff,
                 )
@@ -290,6 +291,7 @@ class History:
                     members=self.rng.randint(9, 40),
                     established_on="2019-06-01",
                     escalation_chain=[county.district["id"]],
+                    today=self.clock.now().date(),
                     timestamp=self.clock.now(),
                     meta=self.meta(Role.ADMIN),
                 )

@@ -25,6 +25,7 @@ class AssessmentDemo:
     def __init__(self, county: County, post: Post, auth: Auth, rng: random.Random) -> None:
         self.county, self.post, self.auth, self.rng = county, post, auth, rng
         self.final: dict[str, Any] = {}
+        self.refusal = ""
 
     async def publish(self) -> None:
         await self.post("/v1/assessment-schemes", json.loads(SCHEME_FILE.read_text()), self.auth("admin"))
@@ -48,5 +49,13 @@ class AssessmentDemo:
                 )
 
     async def finalise(self, year: int) -> None:
+        """Finalise a year that is over; its scores are then tied to the tree of the history they come from."""
         r = await self.post(f"/v1/assessments/{year}/finalise", {}, self.auth("admin"))
+        if r.status_code != 201:
+            raise RuntimeError(f"finalising {year}: {r.status_code} {r.text}")
         self.final = r.json()
+
+    async def try_to_finalise(self, year: int) -> None:
+        """Finalise a year that is not over: refused, since that would fix its baton for good."""
+        r = await self.post(f"/v1/assessments/{year}/finalise", {}, self.auth("admin"))
+        self.refusal = r.json()["error"]["message"] if r.status_code == 409 else f"{r.status_code} {r.text}"

@@ -33,6 +33,7 @@ from demo.assessment import AssessmentDemo
 from demo.branches import BranchesDemo
 from demo.county import GIVEN, SURNAMES, County, build_county
 from demo.volunteering import VolunteeringDemo
+from domain.common import year_end
 from infra.bootstrap import Baton, Runtime, bootstrap
 from infra.clock import ManualClock
 from infra.jetstream import DEPT_STREAM, department_durable
@@ -40,6 +41,8 @@ from infra.nats_auth import JS_API_PREFIX
 from infra.settings import Settings
 
 DAYS = 28
+PRELUDE_DAYS = 10
+"""Days of last December on which whistles are blown, so that last year has an assessment to finalise."""
 WHISTLES_PER_DAY = (4, 9)
 FATES = [
     ("smooth", 50),
@@ -341,24 +344,32 @@ class Demo:
             rating = "dissatisfied" if unhappy else rng.choice(["satisfied", "satisfied", "basically_satisfied"])
             await self.post(f"/v1/whistles/{whistle}/evaluate", {"rating": rating}, community_auth)
 
-    async def watcher(self, start: datetime, end: datetime) -> AsyncIterator[datetime]:
-        """The deadline watcher, every simulated hour."""
+    async def watcher(
+        self, start: datetime, end: datetime, every: timedelta = timedelta(hours=1)
+    ) -> AsyncIterator[datetime]:
+        """The deadline watcher, every simulated hour (or as often as asked), until end."""
         moment = start
-        while moment < end:
-            moment += timedelta(hours=1)
+        while moment + every <= end:
+            moment += every
             yield moment
             await self.runtime.wait_idle(timeout=60)
             await asyncio.to_thread(self.runtime.watcher.tick)
+
+    def whistles(self, start: datetime, days: int) -> list[AsyncIterator[datetime]]:
+        """A story for each whistle blown over these days, 4 to 9 a day in working hours."""
+        stories = []
+        for day in range(days):
+            for _ in range(self.rng.randint(*WHISTLES_PER_DAY)):
+                moment = start + timedelta(days=day, hours=self.rng.uniform(7, 19))
+                stories.append(self.story(moment))
+        return stories
 
     async def play(self, start: datetime) -> None:
         end = start + timedelta(days=self.days)
         stories: list[AsyncIterator[datetime]] = [self.watcher(start, end)]
         stories += self.volunteering.stories(start, self.days)
         stories += self.branches.stories(start, self.days, self.clock.now)
-        for day in range(self.days):
-            for _ in range(self.rng.randint(*WHISTLES_PER_DAY)):
-                moment = start + timedelta(days=day, hours=self.rng.uniform(7, 19))
-                stories.append(self.story(moment))
+        stories += self.whistles(start, self.days)
         await run_stories(self.clock, stories, end)
         await self.runtime.wait_idle(timeout=60)
         await asyncio.to_thread(self.runtime.watcher.tick)
@@ -424,17 +435,25 @@ async def _play(
                 await demo.build_county()
                 await runtime.wait_idle(timeout=60)  # and the departments' NATS logins
                 await demo.follow_departments()
-            with console.status("last December's volunteering, and New Year"):
-                await demo.volunteering.prelude(clock.now())
+            december = clock.now()
+            with console.status("last December's whistles and volunteering, and New Year"):
+                await demo.assessment.publish()
+                # Ticks stop before local midnight: the prelude's own last tick lapses the year_end points.
+                last_tick = year_end(december.year) - timedelta(hours=1)
+                whistles = [demo.watcher(december, last_tick, every=timedelta(hours=6))]
+                whistles += demo.whistles(december, min(days, PRELUDE_DAYS))
+                await demo.volunteering.prelude(december, whistles)
+            with console.status(f"two-way evaluation and the {december.year} assessment, finalised at New Year"):
+                await demo.assessment.rate(december.year)
+                await demo.assessment.finalise(december.year)
             clock.set(start)
             with console.status("a year of branches' organisational life"):
                 await demo.branches.setup(baton.branches.today(start))
             with console.status(f"playing {days} days of governance"):
-                await demo.assessment.publish()
                 await demo.play(start)
-            with console.status("two-way evaluation and the year's assessment"):
+            with console.status("this year's two-way evaluation; its assessment cannot be final yet"):
                 await demo.assessment.rate(clock.now().year)
-                await demo.assessment.finalise(clock.now().year)
+                await demo.assessment.try_to_finalise(clock.now().year)
                 await demo.erase_on_request()
                 await runtime.wait_idle(timeout=60)
                 await asyncio.to_thread(baton.notary.catch_up)
@@ -468,7 +487,7 @@ async def summarise(demo: Demo, http: httpx.AsyncClient, console: Console, setti
         f"{len(county.cadres)} part-time cadres seconded to communities."
     )
     statuses = Counter(i["status"] for i in items)
-    table = Table(title=f"{len(items)} whistles over {demo.days} days")
+    table = Table(title=f"{len(items)} whistles: last December's and the last {demo.days} days'")
     table.add_column("status")
     table.add_column("whistles", justify="right")
     for status, n in statuses.most_common():
@@ -559,27 +578,29 @@ async def summarise_volunteering(demo: Demo, http: httpx.AsyncClient, console: C
 
 
 async def summarise_assessment(demo: Demo, http: httpx.AsyncClient, console: Console) -> None:
-    """The year's baton: top units by type, and the tree the final scores are tied to."""
+    """Last year's baton, finalised at New Year and tied to the tree; this year's so far, provisional."""
     auditor = demo.auth("auditor")
-    year = demo.clock.now().year
     final = demo.assessment.final
-    lines = []
-    for unit_type in ("department", "community", "street"):
-        result = (
-            await http.get(
-                f"/v1/assessments/{year}",
-                params={"unit_type": unit_type, "position": final["cutoff_position"]},
-                headers=auditor,
+    year = demo.clock.now().year
+
+    async def leaders(year: int, position: int | None = None) -> list[str]:
+        lines = []
+        for unit_type in ("department", "community", "street"):
+            params = {"unit_type": unit_type, **({"position": position} if position else {})}
+            result = (await http.get(f"/v1/assessments/{year}", params=params, headers=auditor)).json()
+            ranked = sorted((u for u in result["units"] if u["rank"]), key=lambda u: u["rank"])[:3]
+            lines.append(
+                f"  {unit_type}: "
+                + (", ".join(f"{u['rank']}. {u['name']} {u['total']} ({u['grade']})" for u in ranked) or "none scored")
             )
-        ).json()
-        ranked = sorted((u for u in result["units"] if u["rank"]), key=lambda u: u["rank"])[:3]
-        lines.append(
-            f"  {unit_type}: " + ", ".join(f"{u['rank']}. {u['name']} {u['total']} ({u['grade']})" for u in ranked)
-        )
+        return lines
+
     checkpoint = (await http.get("/v1/audit/checkpoint", headers=auditor)).text.split("\n")
     console.print(
-        f"Assessment {year}: {final['units']} units finalised at "
+        f"Assessment {final['year']}: {final['units']} units finalised at New Year, at "
         f"position {final['cutoff_position']}, tree size {final['tree_size']}, root {final['root']}\n"
-        + "\n".join(lines)
+        + "\n".join(await leaders(final["year"], final["cutoff_position"]))
+        + f"\nAssessment {year} so far (provisional; finalising it now is refused: {demo.assessment.refusal})\n"
+        + "\n".join(await leaders(year))
         + f"\nLatest signed checkpoint: tree size {checkpoint[1]}, origin {checkpoint[0]}."
     )

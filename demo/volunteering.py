@@ -41,8 +41,8 @@ class VolunteeringDemo:
     def as_volunteer(self, community: str, volunteer_id: str) -> dict[str, str]:
         return self.auth("volunteer", community, volunteer_id)
 
-    async def prelude(self, december: datetime) -> None:
-        """December of last year: register, serve, and let New Year lapse the year_end communities' points."""
+    async def prelude(self, december: datetime, others: list[AsyncIterator[datetime]]) -> None:
+        """December of last year: register, serve (beside the other stories), let New Year lapse year_end points."""
         self.clock.set(december)
         for i, community in enumerate(self.county.communities):
             staff = self.auth("community", community)
@@ -59,7 +59,7 @@ class VolunteeringDemo:
             for community in self.county.communities
         ]
         new_year = datetime(december.year + 1, 1, 1, 2, tzinfo=UTC)
-        await run_stories(self.clock, weeks, new_year)
+        await run_stories(self.clock, [*weeks, *others], new_year)
         await self.runtime.wait_idle(timeout=60)
         self.counts["lapsed_at_new_year"] = (await asyncio.to_thread(self.runtime.watcher.tick)).expired
 

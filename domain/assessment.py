@@ -23,8 +23,8 @@ from zoneinfo import ZoneInfo
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.common import Meta, check_text
-from domain.errors import Conflict, DuplicateEntry, InvalidCommand
+from domain.common import LOCAL_TIMEZONE, Meta, check_text, local_year, year_end
+from domain.errors import Conflict, DuplicateEntry, InvalidCommand, NotFinal, YearNotOver
 
 SCHEME_ID: UUID = uuid5(NAMESPACE_URL, "baton:assessment-scheme")
 UNIT_TYPES = ("department", "community", "street")
@@ -189,6 +189,8 @@ class Scheme:
     below: tuple[str, str]
     branch_grade_points: dict[str, Decimal]
     indicators: dict[str, tuple[Indicator, ...]]
+    finalisation_opens: tuple[int, int] | None = None
+    """(month, day) of the assessed year from which it may be finalised; None: once the year has ended."""
 
     @classmethod
     def parse(cls, document: dict[str, Any]) -> Scheme:
@@ -225,24 +227,48 @@ class Scheme:
         grades = tuple((g["grade"], g["name"], _number(g["at_least"], f"grade {g['grade']}")) for g in d["grades"])
         if [g[2] for g in grades] != sorted((g[2] for g in grades), reverse=True):
             raise InvalidCommand("grades are listed highest first")
-        ZoneInfo(d.get("timezone", "Asia/Shanghai"))
+        ZoneInfo(d.get("timezone", LOCAL_TIMEZONE))
         return cls(
             version=check_text("version", d["version"], 40),
             name=d["name"],
-            timezone=d.get("timezone", "Asia/Shanghai"),
+            timezone=d.get("timezone", LOCAL_TIMEZONE),
             grades=grades,
             below=(d["below_grades"]["grade"], d["below_grades"]["name"]),
             branch_grade_points={
                 k: _number(v, f"branch_grade_points.{k}") for k, v in d["branch_grade_points"].items()
             },
             indicators=indicators,
+            finalisation_opens=_opens(d.get("finalisation_opens", "year_end")),
         )
+
+    def opens_at(self, year: int) -> datetime:
+        """When the year's assessment may be finalised: local midnight of the scheme's date, or at New Year."""
+        if self.finalisation_opens is None:
+            return year_end(year, self.timezone)
+        month, day = self.finalisation_opens
+        return datetime(year, month, day, tzinfo=ZoneInfo(self.timezone))
 
     def grade_for(self, total: Decimal) -> str:
         for grade, _name, at_least in self.grades:
             if total >= at_least:
                 return grade
         return self.below[0]
+
+
+def _opens(value: Any) -> tuple[int, int] | None:
+    """The scheme's finalisation_opens: "year_end" (the default), or "MM-DD" of the assessed year."""
+    if value == "year_end":
+        return None
+    try:
+        month, day = (int(part) for part in str(value).split("-"))
+        datetime(2024, month, day)  # a leap year, so 02-29 is a date
+        if len(str(value)) != 5:
+            raise ValueError
+    except ValueError:
+        raise InvalidCommand(
+            f'finalisation_opens must be "year_end" or a date of the assessed year as "MM-DD", got {value!r}'
+        ) from None
+    return month, day
 
 
 def digest(document: dict[str, Any]) -> str:
@@ -314,6 +340,10 @@ class MutualEvaluation(Aggregate):
             raise InvalidCommand(f"rating {rating!r} is unknown; use one of: {', '.join(RATINGS)}")
         if (rater_type, ratee_type) not in (("community", "department"), ("department", "community")):
             raise InvalidCommand("communities rate departments, and departments rate communities")
+        if year > local_year(timestamp):
+            raise InvalidCommand(
+                f"year {year} has not begun; rate a year once it has begun (it is {local_year(timestamp)})"
+            )
         return cls(
             year=year,
             rater_type=rater_type,
@@ -353,7 +383,11 @@ def assessment_id(year: int) -> UUID:
 
 
 class Assessment(Aggregate):
-    """A year's finalised scores, each tied to the Merkle tree of the history it was computed from."""
+    """A year's finalised scores, each tied to the Merkle tree of the history it was computed from.
+
+    A finalisation is final until it is voided, with a reason, by a later event; the unit type may then be
+    finalised again. Nothing is erased: both stay in the history, and `baton verify` replays both.
+    """
 
     @staticmethod
     def create_id(year: int) -> UUID:
@@ -363,12 +397,51 @@ class Assessment(Aggregate):
     def __init__(self, year: int, *, timestamp: datetime, meta: Meta) -> None:
         self.year = year
         self.finalised: dict[str, dict[str, Any]] = {}
+        self.history: list[dict[str, Any]] = []
 
-    def finalise(self, result: dict[str, Any], tree_size: int, root: str, *, timestamp: datetime, meta: Meta) -> int:
+    @staticmethod
+    def check_year_over(year: int, opens: datetime, as_of: datetime, now: datetime) -> None:
+        """A year is finalised once it may be (its end, unless the scheme says otherwise), as of then or later."""
+        if as_of > now:
+            raise InvalidCommand(
+                f"as_of {as_of.isoformat()} is in the future (it is now {now.isoformat()}); "
+                "give a past cut-off, or none for now"
+            )
+        local = opens.isoformat(sep=" ")
+        if now < opens:
+            raise YearNotOver(
+                f"the {year} assessment cannot be finalised before {local} ({opens.tzinfo}): until then its "
+                f"scores are provisional (GET /v1/assessments/{year}) and a finalisation would fix them for good"
+            )
+        if as_of < opens:
+            raise InvalidCommand(
+                f"as_of {as_of.isoformat()} is before the {year} assessment may be finalised ({local}): that cut-off "
+                "would leave out the rest of the year; give a later as_of, or none for now"
+            )
+
+    def final_unit_types(self) -> list[str]:
+        """The unit types whose finalisation stands (not voided)."""
+        return [record["unit_type"] for record in self.history if record["voided"] is None]
+
+    def finalise(
+        self,
+        result: dict[str, Any],
+        tree_size: int,
+        root: str,
+        *,
+        opens: datetime,
+        as_of: datetime,
+        timestamp: datetime,
+        meta: Meta,
+    ) -> int:
         """Record the final score of every unit in a computed result; return how many."""
+        self.check_year_over(self.year, opens, as_of, timestamp)
         unit_type = result["unit_type"]
-        if any(key.startswith(f"{unit_type}:") for key in self.finalised):
-            raise Conflict(f"the {self.year} assessment of {unit_type} units is already final")
+        if unit_type in self.final_unit_types():
+            raise Conflict(
+                f"the {self.year} assessment of {unit_type} units is already final; "
+                f"void it first (POST /v1/assessments/{self.year}/void) if it was made by mistake"
+            )
         if result["events"] != tree_size:
             raise Conflict("the result was computed from another tree size than the one given")
         for unit in result["units"]:
@@ -406,6 +479,73 @@ class Assessment(Aggregate):
         meta: Meta,
     ) -> None:
         self.finalised[f"{unit_type}:{unit}"] = {"score": score, "tree_size": tree_size}
+        key = (unit_type, scheme_version, cutoff_position, tree_size, root)
+        current = self.history[-1] if self.history else None
+        if current is None or current["voided"] is not None or _finalisation_key(current) != key:
+            current = {
+                "unit_type": unit_type,
+                "scheme_version": scheme_version,
+                "cutoff_position": cutoff_position,
+                "tree_size": tree_size,
+                "root": root,
+                "units": 0,
+                "finalised_at": timestamp,
+                "finalised_by": meta.get("actor"),
+                "voided": None,
+            }
+            self.history.append(current)
+        current["units"] += 1
+
+    def void(self, unit_types: list[str] | None, reason: str, *, timestamp: datetime, meta: Meta) -> list[str]:
+        """Void the standing finalisation of these unit types (default: all), with a reason; return them."""
+        standing = self.final_unit_types()
+        wanted = list(dict.fromkeys(unit_types)) if unit_types else standing
+        if not wanted:
+            raise NotFinal(f"no part of the {self.year} assessment is final; there is nothing to void")
+        for unit_type in wanted:
+            if unit_type not in standing:
+                raise NotFinal(f"the {self.year} assessment of {unit_type} units is not final; nothing to void")
+        why = check_text("reason", reason, 2000)
+        for unit_type in wanted:
+            record = next(r for r in self.history if r["unit_type"] == unit_type and r["voided"] is None)
+            self._finalisation_voided(
+                year=self.year,
+                unit_type=unit_type,
+                reason=why,
+                scheme_version=record["scheme_version"],
+                cutoff_position=record["cutoff_position"],
+                tree_size=record["tree_size"],
+                root=record["root"],
+                units=record["units"],
+                timestamp=timestamp,
+                meta=meta,
+            )
+        return wanted
+
+    @event("FinalisationVoided")
+    def _finalisation_voided(
+        self,
+        year: int,
+        unit_type: str,
+        reason: str,
+        scheme_version: str,
+        cutoff_position: int,
+        tree_size: int,
+        root: str,
+        units: int,
+        *,
+        timestamp: datetime,
+        meta: Meta,
+    ) -> None:
+        key = (unit_type, scheme_version, cutoff_position, tree_size, root)
+        for record in self.history:
+            if record["voided"] is None and _finalisation_key(record) == key:
+                record["voided"] = {"reason": reason, "voided_at": timestamp, "voided_by": meta.get("actor")}
+        self.finalised = {k: v for k, v in self.finalised.items() if not k.startswith(f"{unit_type}:")}
+
+
+def _finalisation_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(record[k] for k in ("unit_type", "scheme_version", "cutoff_position", "tree_size", "root"))
 
 
 # Scoring ---------------------------------------------------------------------------------------

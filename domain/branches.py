@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.common import Meta, check_text
+from domain.common import LOCAL_TIMEZONE, Meta, check_text
 from domain.errors import Conflict, DuplicateEntry, InvalidCommand, NotFound
 
 CENT = Decimal("0.01")
@@ -108,7 +108,7 @@ class Standard:
             raise InvalidCommand('a branch standard document has "kind": "branch_standard"')
         version = check_text("version", d["version"], 40)
         try:
-            ZoneInfo(d.get("timezone", "Asia/Shanghai"))
+            ZoneInfo(d.get("timezone", LOCAL_TIMEZONE))
         except (ZoneInfoNotFoundError, ValueError):
             raise InvalidCommand(f"timezone {d.get('timezone')!r} is unknown") from None
         cadence = {}
@@ -159,7 +159,7 @@ class Standard:
         return cls(
             version=version,
             name=d["name"],
-            timezone=d.get("timezone", "Asia/Shanghai"),
+            timezone=d.get("timezone", LOCAL_TIMEZONE),
             rectification_days=int(d.get("rectification_days", 30)),
             window_months=int(d["window"]["months"]),
             window_quarters=int(d["window"]["quarters"]),
@@ -383,6 +383,7 @@ class Branch(Aggregate):
         members: int,
         established_on: str,
         escalation_chain: list[str],
+        today: date,
         timestamp: datetime,
         meta: Meta,
     ) -> Branch:
@@ -392,13 +393,17 @@ class Branch(Aggregate):
             raise InvalidCommand("parent_kind must be community, department or enterprise") from None
         if not isinstance(members, int) or members < 3:
             raise InvalidCommand(f"a branch has at least 3 members, got {members!r}")
+        established = _day(established_on, "established_on")
+        if established > today:
+            # Audits count the periods since establishment: a future date would leave none to miss.
+            raise InvalidCommand(f"established_on {established} is in the future; register a branch once it exists")
         return cls(
             name=check_text("name", name, 200),
             parent_kind=kind.value,
             parent_id=check_text("parent_id", parent_id, 200),
             community_id=community_id,
             members=members,
-            established_on=_day(established_on, "established_on").isoformat(),
+            established_on=established.isoformat(),
             escalation_chain=escalation_chain,
             timestamp=timestamp,
             meta=meta,

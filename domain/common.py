@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from domain.errors import InvalidCommand
 
 Meta = dict[str, Any]
 """Who caused an event and under which correlation id: {"actor": {...}, "correlation_id": "..."}."""
+
+LOCAL_TIMEZONE = "Asia/Shanghai"
+"""Where governance years, months and days are counted unless a scheme or policy names another zone."""
 
 UNIT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DEPARTMENT_CODE = re.compile(r"^[A-Z][A-Z0-9_]{1,31}$")
@@ -29,3 +34,13 @@ def check_text(field: str, value: str, max_length: int = 2000) -> str:
     if len(text) > max_length:
         raise InvalidCommand(f"{field} is {len(text)} characters long; at most {max_length} allowed")
     return text
+
+
+def local_year(moment: datetime, timezone: str = LOCAL_TIMEZONE) -> int:
+    """The year a moment falls in, where governance counts it."""
+    return moment.astimezone(ZoneInfo(timezone)).year
+
+
+def year_end(year: int, timezone: str = LOCAL_TIMEZONE) -> datetime:
+    """The moment a year ends where governance counts it: local midnight at New Year."""
+    return datetime(year + 1, 1, 1, tzinfo=ZoneInfo(timezone))

@@ -87,3 +87,15 @@ class UnknownReference(InvalidCommand):
     """The command names a unit, department or category that does not exist."""
 
     code = "unknown_reference"
+
+
+class YearNotOver(Conflict):
+    """An assessment year was to be finalised before it may be: it has not ended (or the scheme's date come)."""
+
+    code = "year_not_over"
+
+
+class NotFinal(Conflict):
+    """A finalisation was to be voided that does not stand."""
+
+    code = "not_final"

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.common import Meta, check_text
+from domain.common import LOCAL_TIMEZONE, Meta, check_text, local_year, year_end
 from domain.errors import Conflict, DuplicateEntry, InvalidCommand, OutOfScope
 from domain.privacy import Sealed
 
@@ -160,7 +160,7 @@ class PointsPolicy(Aggregate):
         self.kind = ExpiryKind.NEVER
         self.years: int | None = None
         self.days: int | None = None
-        self.timezone = "Asia/Shanghai"
+        self.timezone = LOCAL_TIMEZONE
 
     def set(
         self, kind: str, years: int | None, days: int | None, timezone: str, *, timestamp: datetime, meta: Meta
@@ -212,7 +212,7 @@ def expiry_for(
     zone = ZoneInfo(timezone)
     local = earned_at.astimezone(zone)
     if kind is ExpiryKind.YEAR_END:
-        return datetime(local.year + years, 1, 1, tzinfo=zone).astimezone(UTC)
+        return year_end(local.year + years - 1, timezone).astimezone(UTC)
     try:
         lapses = local.replace(year=local.year + years)
     except ValueError:  # 29 February
@@ -436,8 +436,12 @@ class Volunteer(Aggregate):
         """An in-service party member pledges hours or a service for a year (承诺)."""
         if not self.party_member:
             raise Conflict("only in-service party members pledge service; register the volunteer as a party member")
-        if not isinstance(year, int) or not 2000 <= year <= 2100:
-            raise InvalidCommand(f"year must be a year such as {timestamp.year}, got {year!r}")
+        this_year = local_year(timestamp)
+        if not isinstance(year, int) or year not in (this_year, this_year + 1):
+            # A pledge for a year gone by would be fulfilled on paper only; one for years ahead, never checked.
+            raise InvalidCommand(
+                f"a pledge is for this year or the next ({this_year} or {this_year + 1}), got {year!r}"
+            )
         if year in self.pledges:
             raise DuplicateEntry(f"this member already pledged for {year}")
         if hours is None and not (service or "").strip():

@@ -419,7 +419,8 @@ def verify_bundle(
     if report.ok:
         typer.echo(
             f"intact: {report.events} events, {report.checkpoints} signed checkpoints, "
-            f"{report.finalised} finalised scores replayed; key {report.key}"
+            f"{report.finalised} finalised scores replayed ({report.voided} finalisations voided since); "
+            f"key {report.key}"
         )
     raise typer.Exit(report.code)
 

@@ -18,12 +18,13 @@ from domain.assessment import (
     Assessment,
     AssessmentScheme,
     MutualEvaluation,
+    Scheme,
     assessment_id,
     evaluation_id,
     schemes_in,
     score,
 )
-from domain.errors import Conflict, DuplicateEntry, InvalidCommand, OutOfScope
+from domain.errors import Conflict, DuplicateEntry, InvalidCommand, NotFinal, OutOfScope
 from infra.clock import Clock
 from infra.envelope import EnvelopeCodec
 from infra.store import Store
@@ -115,6 +116,11 @@ class AssessmentApp(BatonApplication):
         top = self.store.max_position()
         if as_of is None:
             return top
+        if as_of > (now := self.clock.now()):
+            raise InvalidCommand(
+                f"as_of {as_of.isoformat()} is in the future (it is now {now.isoformat()}); "
+                "give a past cut-off, or none for now"
+            )
         last = 0
         for body in self.envelopes(top):
             if datetime.fromisoformat(body["occurred_at"]) > as_of:
@@ -141,11 +147,7 @@ class AssessmentApp(BatonApplication):
             raise InvalidCommand(f"unit_type must be one of: {', '.join(UNIT_TYPES)}")
         position = cutoff if cutoff is not None else self.cutoff(as_of)
         schemes = self.schemes(position)
-        if not schemes:
-            raise Conflict("no assessment scheme is published yet; publish one with `baton scheme publish`")
-        version = scheme_version or list(schemes)[-1]
-        if version not in schemes:
-            raise InvalidCommand(f"scheme version {version} is not published by position {position}")
+        version, _ = self.scheme_at(position, scheme_version, schemes)
         key = (year, unit_type, position, version)
         with self._lock:
             if key in self._cache:
@@ -158,24 +160,44 @@ class AssessmentApp(BatonApplication):
                 self._cache.popitem(last=False)
         return result
 
+    def scheme_at(
+        self, position: int, version: str | None = None, schemes: dict[str, dict[str, Any]] | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """The scheme version (default: the newest) published by a position, and its document."""
+        schemes = self.schemes(position) if schemes is None else schemes
+        if not schemes:
+            raise Conflict("no assessment scheme is published yet; publish one with `baton scheme publish`")
+        version = version or list(schemes)[-1]
+        if version not in schemes:
+            raise InvalidCommand(f"scheme version {version} is not published by position {position}")
+        return version, schemes[version]
+
     # Finalisation ----------------------------------------------------------------------------
 
     def finalised(self, year: int) -> list[dict[str, Any]]:
-        """The year's final scores, as recorded."""
-        try:
-            assessment = self.repository.get(assessment_id(year))
-        except AggregateNotFoundError:
+        """The year's final scores that stand (a voided finalisation's are left out), as recorded."""
+        assessment = self._assessment(year)
+        if assessment is None:
             return []
         return [
             {"unit_type": key.split(":", 1)[0], "unit": key.split(":", 1)[1], **record}
             for key, record in sorted(assessment.finalised.items())
         ]
 
-    def finalise(
-        self, ctx: Context, year: int, *, unit_types: list[str] | None = None, as_of: datetime | None = None
-    ) -> Receipt:
-        """Record the final score of every unit, with the tree size and root of the history it comes from."""
-        require_role(ctx.actor, Role.ADMIN, Role.DISTRICT, action="finalise an assessment")
+    def finalisations(self, year: int) -> list[dict[str, Any]]:
+        """Every finalisation of the year, oldest first, each with its voiding if it was voided."""
+        assessment = self._assessment(year)
+        return [] if assessment is None else [dict(record) for record in assessment.history]
+
+    def _assessment(self, year: int) -> Assessment | None:
+        try:
+            return self.repository.get(assessment_id(year))  # type: ignore[no-any-return]
+        except AggregateNotFoundError:
+            return None
+
+    def _check_finaliser(self, ctx: Context, action: str) -> None:
+        """An admin, or the district that every assessed unit lies within."""
+        require_role(ctx.actor, Role.ADMIN, Role.DISTRICT, action=action)
         if ctx.actor.role is Role.DISTRICT:
             org = self.org.current()
             outside = sorted(
@@ -185,20 +207,35 @@ class AssessmentApp(BatonApplication):
             )
             if outside:
                 raise OutOfScope(
-                    f"district {ctx.actor.unit} may finalise only an assessment whose units all lie within it; "
+                    f"district {ctx.actor.unit} may {action} only for an assessment whose units all lie within it; "
                     f"{len(outside)} do not (e.g. {outside[0]}): ask an admin"
                 )
+
+    def finalise(
+        self, ctx: Context, year: int, *, unit_types: list[str] | None = None, as_of: datetime | None = None
+    ) -> Receipt:
+        """Record the final score of every unit, with the tree size and root of the history it comes from.
+
+        Refused while the year has not ended in the scheme's timezone (unless the scheme opens it earlier), and
+        for a cut-off before then: a finalisation fixes the year's baton for good, short of a voiding.
+        """
+        self._check_finaliser(ctx, "finalise an assessment")
+        now = self.clock.now()
         position = self.cutoff(as_of)
+        opens = Scheme.parse(self.scheme_at(position)[1]).opens_at(year)
+        Assessment.check_year_over(year, opens, as_of or now, now)  # before the costly scoring
         size, root = self.tree(position)
         results = [self.compute(year, t, cutoff=position) for t in (unit_types or list(UNIT_TYPES))]
         encoded_root = base64.b64encode(root).decode()
 
         def decide(now: datetime) -> Decision:
-            try:
-                assessment = self.repository.get(assessment_id(year))
-            except AggregateNotFoundError:
-                assessment = Assessment(year=year, timestamp=now, meta=ctx.meta())
-            units = sum(assessment.finalise(r, size, encoded_root, timestamp=now, meta=ctx.meta()) for r in results)
+            assessment = self._assessment(year) or Assessment(year=year, timestamp=now, meta=ctx.meta())
+            units = sum(
+                assessment.finalise(
+                    r, size, encoded_root, opens=opens, as_of=as_of or now, timestamp=now, meta=ctx.meta()
+                )
+                for r in results
+            )
             return [assessment], {
                 "year": year,
                 "units": units,
@@ -206,5 +243,21 @@ class AssessmentApp(BatonApplication):
                 "tree_size": size,
                 "root": encoded_root,
             }
+
+        return self.execute(ctx, decide)
+
+    def void(self, ctx: Context, year: int, *, reason: str, unit_types: list[str] | None = None) -> Receipt:
+        """Void the year's standing finalisation (of these unit types; default all) with a reason, for all to see."""
+        self._check_finaliser(ctx, "void a finalisation")
+        for unit_type in unit_types or ():
+            if unit_type not in UNIT_TYPES:
+                raise InvalidCommand(f"unit_type must be one of: {', '.join(UNIT_TYPES)}, got {unit_type!r}")
+
+        def decide(now: datetime) -> Decision:
+            assessment = self._assessment(year)
+            if assessment is None:
+                raise NotFinal(f"no part of the {year} assessment is final; there is nothing to void")
+            voided = assessment.void(unit_types, reason, timestamp=now, meta=ctx.meta())
+            return [assessment], {"year": year, "voided": voided}
 
         return self.execute(ctx, decide)

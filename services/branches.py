@@ -87,6 +87,7 @@ class BranchApp(BatonApplication):
                 members=members,
                 established_on=established_on,
                 escalation_chain=chain,
+                today=self.today(now),
                 timestamp=now,
                 meta=ctx.meta(),
             )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from domain.assessment import Scheme, schemes_in, score
-from domain.errors import Conflict, InvalidCommand
+from domain.assessment import Assessment, MutualEvaluation, Scheme, schemes_in, score
+from domain.errors import Conflict, InvalidCommand, NotFinal, YearNotOver
 
 SCHEME = json.loads((Path(__file__).parent.parent / "standards" / "assessment-scheme-2026.1.json").read_text())
 
@@ -146,3 +148,94 @@ def test_a_scheme_must_be_in_the_history_by_the_cut_off() -> None:
     with pytest.raises(Conflict, match="not published by position 4"):
         score(history(), SCHEME, 2026, "department", cutoff_position=4)
     assert list(schemes_in(history())) == ["2026.1"]
+
+
+# Finalisation: not before the year may be finalised, and a way back that the history shows ----------
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+META = {"actor": {"role": "admin", "unit": None, "id": "root"}, "correlation_id": "t"}
+
+
+def result(unit_type: str = "department", cutoff: int = 40) -> dict:
+    """A computed result of two units, as AssessmentApp.compute returns it."""
+    units = [
+        {"unit": "PSB", "total": "91.00", "grade": "excellent", "rank": 1},
+        {"unit": "HOUSING", "total": "70.00", "grade": "pass", "rank": 2},
+    ]
+    return {
+        "unit_type": unit_type,
+        "scheme_version": "2026.1",
+        "cutoff_position": cutoff,
+        "events": cutoff,
+        "units": units,
+    }
+
+
+def test_a_year_opens_for_finalisation_at_its_end_in_the_schemes_timezone_unless_the_scheme_says_otherwise() -> None:
+    assert Scheme.parse(SCHEME).opens_at(2026) == datetime(2027, 1, 1, tzinfo=SHANGHAI)
+    early = copy.deepcopy(SCHEME) | {"finalisation_opens": "12-15"}
+    assert Scheme.parse(early).opens_at(2026) == datetime(2026, 12, 15, tzinfo=SHANGHAI)
+    assert Scheme.parse(copy.deepcopy(SCHEME) | {"finalisation_opens": "year_end"}).finalisation_opens is None
+    for bad in ("12-32", "2-3", "13-01", "soon", 1215):
+        with pytest.raises(InvalidCommand, match='finalisation_opens must be "year_end" or a date'):
+            Scheme.parse(copy.deepcopy(SCHEME) | {"finalisation_opens": bad})
+
+
+def test_finalising_before_the_year_ends_or_as_of_the_future_or_before_then_is_refused() -> None:
+    opens = Scheme.parse(SCHEME).opens_at(2026)
+    new_year = datetime(2026, 12, 31, 16, 0, tzinfo=UTC)  # 2027-01-01 00:00 in Shanghai
+    assessment = Assessment(year=2026, timestamp=new_year, meta=META)
+    with pytest.raises(YearNotOver, match=r"cannot be finalised before 2027-01-01 00:00:00\+08:00 \(Asia/Shanghai\)"):
+        at = new_year - timedelta(seconds=1)
+        assessment.finalise(result(), 40, "root", opens=opens, as_of=at, timestamp=at, meta=META)
+    with pytest.raises(InvalidCommand, match="is in the future"):
+        later = new_year + timedelta(days=1)
+        assessment.finalise(result(), 40, "root", opens=opens, as_of=later, timestamp=new_year, meta=META)
+    with pytest.raises(InvalidCommand, match="would leave out the rest of the year"):
+        june = datetime(2026, 6, 1, tzinfo=UTC)
+        assessment.finalise(result(), 40, "root", opens=opens, as_of=june, timestamp=new_year, meta=META)
+    assert assessment.finalise(result(), 40, "root", opens=opens, as_of=new_year, timestamp=new_year, meta=META) == 2
+    assert assessment.final_unit_types() == ["department"]
+
+
+def test_a_finalisation_is_voided_with_a_reason_and_the_unit_type_finalised_again() -> None:
+    now = datetime(2027, 1, 5, tzinfo=UTC)
+    opens = Scheme.parse(SCHEME).opens_at(2026)
+    assessment = Assessment(year=2026, timestamp=now, meta=META)
+    with pytest.raises(NotFinal, match="nothing to void"):
+        assessment.void(None, "by mistake", timestamp=now, meta=META)
+    assessment.finalise(result(), 40, "r1", opens=opens, as_of=now, timestamp=now, meta=META)
+    assessment.finalise(result("community"), 40, "r1", opens=opens, as_of=now, timestamp=now, meta=META)
+    with pytest.raises(Conflict, match="already final; void it first"):
+        assessment.finalise(result(), 40, "r1", opens=opens, as_of=now, timestamp=now, meta=META)
+    with pytest.raises(NotFinal, match="street units is not final"):
+        assessment.void(["street"], "by mistake", timestamp=now, meta=META)
+    with pytest.raises(InvalidCommand, match="reason must not be empty"):
+        assessment.void(["department"], "  ", timestamp=now, meta=META)
+    assert assessment.void(["department"], "cut-off before the late evaluations", timestamp=now, meta=META) == [
+        "department"
+    ]
+    assert sorted(assessment.finalised) == ["community:HOUSING", "community:PSB"]
+    assessment.finalise(result(cutoff=50), 50, "r2", opens=opens, as_of=now, timestamp=now, meta=META)
+    history = [
+        (r["unit_type"], r["cutoff_position"], r["units"], r["voided"] and r["voided"]["reason"])
+        for r in assessment.history
+    ]
+    assert history == [
+        ("department", 40, 2, "cut-off before the late evaluations"),
+        ("community", 40, 2, None),
+        ("department", 50, 2, None),
+    ]
+    assert assessment.finalised["department:PSB"]["tree_size"] == 50
+    assert assessment.void(None, "scheme misprinted", timestamp=now, meta=META) == ["community", "department"]
+    assert assessment.finalised == {} and assessment.final_unit_types() == []
+
+
+def test_a_year_that_has_not_begun_cannot_be_rated() -> None:
+    december = datetime(2026, 12, 31, 15, 59, tzinfo=UTC)  # 23:59 in Shanghai
+    rate = dict(
+        rater_type="community", rater="tishu", ratee_type="department", ratee="PSB", rating="good", comment=None
+    )
+    with pytest.raises(InvalidCommand, match="year 2027 has not begun"):
+        MutualEvaluation.rate(year=2027, timestamp=december, meta=META, **rate)
+    MutualEvaluation.rate(year=2027, timestamp=december + timedelta(minutes=1), meta=META, **rate)

@@ -360,7 +360,8 @@ POLICY: dict[str, tuple[Case, ...]] = {
         Case(get("/v1/branches/{branch}"), {**SEE_ALL, **OVER_COMMUNITY, Role.GRID: IN, Role.SECRETARY: IN}),
     ),
     # The baton: admins publish the scheme; communities and departments rate each other (as themselves);
-    # scores are league tables; the district above the assessed units (or an admin) finalises.
+    # scores are league tables; the district above the assessed units (or an admin) finalises a year that is
+    # over (2025: the clock is in 2026), and voids a finalisation with a reason.
     "POST /v1/assessment-schemes": (Case(post("/v1/assessment-schemes", {**SCHEME, "version": "2026.9"}), ADMIN),),
     "POST /v1/evaluations": (
         Case(
@@ -374,9 +375,15 @@ POLICY: dict[str, tuple[Case, ...]] = {
     ),
     "GET /v1/assessments/{year}": (Case(get("/v1/assessments/2026", unit_type="community"), LEAGUE_TABLES),),
     "POST /v1/assessments/{year}/finalise": (
-        Case(post("/v1/assessments/2026/finalise", {}), {Role.ADMIN: ANY, Role.DISTRICT: IN}),
+        Case(post("/v1/assessments/2025/finalise", {}), {Role.ADMIN: ANY, Role.DISTRICT: IN}),
+    ),
+    "POST /v1/assessments/{year}/void": (
+        Case(
+            post("/v1/assessments/2025/void", {"reason": "finalised by mistake"}), {Role.ADMIN: ANY, Role.DISTRICT: IN}
+        ),
     ),
     "GET /v1/assessments/{year}/final": (Case(get("/v1/assessments/2026/final"), LEAGUE_TABLES),),
+    "GET /v1/assessments/{year}/finalisations": (Case(get("/v1/assessments/2026/finalisations"), LEAGUE_TABLES),),
     # The audit trail is the whole log, for those who check it.
     "GET /v1/audit/key": (Case(get("/v1/audit/key"), AUDIT_TRAIL),),
     "GET /v1/audit/checkpoint": (Case(get("/v1/audit/checkpoint"), AUDIT_TRAIL),),

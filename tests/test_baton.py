@@ -17,6 +17,7 @@ from audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from audit.note import Checkpoint, Verifier
 from audit.verify import OK, verify
 from domain.assessment import score
+from domain.common import year_end
 from infra.bootstrap import Baton, Runtime
 from infra.cli import app as cli
 from infra.clock import ManualClock
@@ -81,14 +82,50 @@ async def test_scores_are_reproducible_final_and_replay_from_an_export(
         r = await client.get(f"/v1/assessments/{year}", params={"unit_type": unit_type}, headers=auditor)
         assert r.status_code == 200 and any(u["total"] is not None for u in r.json()["units"])
 
-    finalised = await client.post(f"/v1/assessments/{year}/finalise", json={}, headers=auth("admin"))
+    admin = auth("admin")
+    early = await client.post(f"/v1/assessments/{year}/finalise", json={}, headers=admin)
+    assert early.status_code == 409 and early.json()["error"]["code"] == "year_not_over", early.text
+    assert f"before {year + 1}-01-01 00:00:00+08:00 (Asia/Shanghai)" in early.json()["error"]["message"]
+    ahead = {"as_of": f"{year}-12-31T23:00:00+08:00"}
+    assert (await client.post(f"/v1/assessments/{year}/finalise", json=ahead, headers=admin)).status_code == 422
+    assert (await client.get(f"/v1/assessments/{year}/finalisations", headers=auditor)).json() == []
+
+    clock.set(year_end(year))
+    cut_short = await client.post(f"/v1/assessments/{year}/finalise", json=ahead, headers=admin)
+    assert cut_short.status_code == 422 and "leave out the rest of the year" in cut_short.text
+    finalised = await client.post(f"/v1/assessments/{year}/finalise", json={}, headers=admin)
     assert finalised.status_code == 201, finalised.text
     final = finalised.json()
     assert final["cutoff_position"] == result["cutoff_position"]
     assert final["tree_size"] == result["events"]
     assert base64.b64decode(final["root"]) == baton.notary.view.root(final["tree_size"])
-    twice = await client.post(f"/v1/assessments/{year}/finalise", json={}, headers=auth("admin"))
-    assert twice.status_code == 409
+    twice = await client.post(f"/v1/assessments/{year}/finalise", json={}, headers=admin)
+    assert twice.status_code == 409 and "void it first" in twice.text
+
+    # A finalisation made by mistake is voided with a reason, then made again: both stay in the history.
+    why = {"unit_types": ["department"], "reason": "finalised before the departments' late feedback was in"}
+    voided = await client.post(f"/v1/assessments/{year}/void", json=why, headers=admin)
+    assert voided.status_code == 201 and voided.json()["voided"] == ["department"], voided.text
+    standing = (await client.get(f"/v1/assessments/{year}/final", headers=auditor)).json()
+    assert standing and {r["unit_type"] for r in standing} == {"community", "street"}
+    again = await client.post(f"/v1/assessments/{year}/finalise", json={"unit_types": ["department"]}, headers=admin)
+    assert again.status_code == 201 and again.json()["cutoff_position"] == voided.json()["position"], again.text
+    assert (
+        await client.post(f"/v1/assessments/{year}/void", json=why, headers=auth("district", "dangtu"))
+    ).status_code == 201
+    nothing = await client.post(f"/v1/assessments/{year}/void", json=why, headers=admin)
+    assert nothing.status_code == 409 and nothing.json()["error"]["code"] == "not_final"
+    again = await client.post(f"/v1/assessments/{year}/finalise", json={"unit_types": ["department"]}, headers=admin)
+    assert again.status_code == 201, again.text
+    history = (await client.get(f"/v1/assessments/{year}/finalisations", headers=auditor)).json()
+    assert [(f["unit_type"], f["voided"] is not None) for f in history] == [
+        ("department", True),
+        ("community", False),
+        ("street", False),
+        ("department", True),
+        ("department", False),
+    ]
+    assert history[0]["voided"]["reason"] == why["reason"] and history[0]["voided"]["voided_by"]["role"] == "admin"
     await runtime.wait_idle()
     records = (await client.get(f"/v1/assessments/{year}/final", headers=auditor)).json()
     assert {(r["unit_type"], r["unit"]): r["score"] for r in records if r["unit_type"] == "department"} == {
@@ -100,7 +137,9 @@ async def test_scores_are_reproducible_final_and_replay_from_an_export(
     vkey = (await client.get("/v1/audit/key", headers=auditor)).json()["vkey"]
     report = verify(bundle, vkey)
     assert report.code == OK, report.notes
-    assert report.finalised == len(records) and report.events == manifest["tree_size"] and report.pinned
+    departments = len(result["units"])
+    assert report.finalised == len(records) + 2 * departments and report.voided == 2
+    assert report.events == manifest["tree_size"] and report.pinned
 
     events = [json.loads(line) for line in (bundle / "events.jsonl").read_text().splitlines()]
     replayed = score(events, SCHEME, year, "department", final["cutoff_position"])

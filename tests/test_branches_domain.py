@@ -179,10 +179,24 @@ def test_meetings_and_dues_are_checked() -> None:
         members=23,
         established_on="2025-01-01",
         escalation_chain=["gushu", "dangtu"],
+        today=date(2026, 3, 2),
         timestamp=now,
         meta=META,
     )
     today = date(2026, 3, 2)
+    with pytest.raises(InvalidCommand, match="established_on 2026-03-03 is in the future"):
+        Branch.register(
+            name="将来党支部",
+            parent_kind="community",
+            parent_id="tishu",
+            community_id="tishu",
+            members=5,
+            established_on="2026-03-03",
+            escalation_chain=["gushu", "dangtu"],
+            today=today,
+            timestamp=now,
+            meta=META,
+        )
     with pytest.raises(InvalidCommand, match="future"):
         branch.hold_meeting("m", "committee_meeting", "2026-03-03", 5, "t", today, timestamp=now, meta=META)
     with pytest.raises(InvalidCommand, match="between 1 and the 23 members"):

@@ -19,8 +19,9 @@ from typer.testing import CliRunner
 from api.app import create_app
 from api.tokens import Tokens
 from audit.merkle import leaf_hash
-from audit.note import Signer, Verifier
-from audit.verify import EVENTS, OK, SCORES, SIGNATURE, verify
+from audit.note import Checkpoint, Signer, Verifier
+from audit.verify import EVENTS, OK, SCORES, SIGNATURE, Assessments, Failed, Report, _check_voidings, roots_at, verify
+from domain.common import year_end
 from infra.bootstrap import Runtime, bootstrap
 from infra.cli import app as cli
 from infra.clock import ManualClock
@@ -50,12 +51,13 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
             transport = httpx.ASGITransport(app=create_app(baton, tokens))
             async with httpx.AsyncClient(transport=transport, base_url="http://baton.test") as client:
                 await governed_year(client, auth, clock, runtime)
-                r = await client.post(
-                    f"/v1/assessments/{clock.now().year}/finalise",
-                    json={"unit_types": ["department"]},
-                    headers=auth("admin"),
-                )
-                assert r.status_code == 201, r.text
+                year = clock.now().year
+                clock.set(year_end(year))
+                departments = {"unit_types": ["department"]}
+                mistake = {**departments, "reason": "finalised with the wrong cut-off"}
+                for path, body in (("finalise", departments), ("void", mistake), ("finalise", departments)):
+                    r = await client.post(f"/v1/assessments/{year}/{path}", json=body, headers=auth("admin"))
+                    assert r.status_code == 201, r.text
             export(baton, root / "pristine")
         finally:
             await runtime.stop()
@@ -182,3 +184,79 @@ def test_the_cli_exit_codes(bundle: Path, tmp_path: Path) -> None:
     broken = copy_of(bundle, tmp_path)
     (broken / "leaves.bin").unlink()
     assert CliRunner().invoke(cli, ["verify", str(broken)]).exit_code == 2
+
+
+def forged(bundle: Path, tmp_path: Path, rows: list[bytes]) -> Path:
+    """A copy holding these events, with leaves, checkpoints, copies and key all made anew by a forger."""
+    copy = copy_of(bundle, tmp_path)
+    write_lines(copy, rows)
+    leaves = [leaf_hash(row) for row in rows]
+    (copy / "leaves.bin").write_bytes(b"".join(leaves))
+    finalised = [{"position": b["position"], **b["data"]} for b in map(json.loads, rows) if b["type"] == "finalised"]
+    (copy / "finalised.json").write_text(json.dumps(finalised))
+    origin = json.loads((copy / "manifest.json").read_text())["origin"]
+    forger = Signer(origin, Ed25519PrivateKey.generate())
+    sizes = {len(rows)}
+    for path in (copy / "checkpoints").iterdir():
+        if int(path.stem) <= len(rows):
+            sizes.add(int(path.stem))
+        else:
+            path.unlink()
+    roots = roots_at(leaves, sizes)
+    for size in sizes:
+        (copy / "checkpoints" / f"{size}.txt").write_text(forger.sign(Checkpoint(origin, size, roots[size]).text()))
+    (copy / "key.vkey").write_text(forger.verifier.vkey())
+    return copy
+
+
+def test_a_voiding_must_name_the_finalisation_that_stands(bundle: Path, tmp_path: Path) -> None:
+    rows = lines(bundle)
+    assert verify(forged(bundle, tmp_path, rows)).code == OK  # the forger's own key: consistent, if not proof
+    index = next(i for i, r in enumerate(rows) if b'"type":"finalisation_voided"' in r)
+    body = json.loads(rows[index])
+    body["data"]["cutoff_position"] -= 1
+    rows[index] = rfc8785.dumps(body)
+    report = verify(forged(bundle, tmp_path, rows[: index + 1]))
+    assert report.code == SCORES and f"the voiding at position {body['position']}" in report.notes[-1]
+    assert "does not stand there" in report.notes[-1]
+
+
+def test_finalisations_and_voidings_take_turns_and_an_early_one_is_named() -> None:
+    scheme = json.loads((Path(__file__).parent.parent / "standards" / "assessment-scheme-2026.1.json").read_text())
+
+    def step(position: int, cutoff: int) -> dict:
+        return {
+            "position": position,
+            "year": 2026,
+            "unit_type": "department",
+            "scheme_version": "2026.1",
+            "cutoff_position": cutoff,
+            "tree_size": cutoff,
+            "root": f"root-{cutoff}",
+        }
+
+    early = Assessments(
+        schemes={"2026.1": scheme},
+        finalised=[step(10, 9), step(11, 9)],
+        finalised_at={10: "2026-06-01T00:00:00+00:00"},
+    )
+    report = Report()
+    _check_voidings(early, report)
+    assert (
+        report.voided == 0
+        and "made on 2026-06-01T00:00:00+00:00, before the year could be finalised" in (report.notes[-1])
+    )
+    twice = Assessments(
+        schemes={"2026.1": scheme}, finalised=[step(10, 9), step(20, 19)], finalised_at={10: "", 20: ""}
+    )
+    with pytest.raises(Failed, match="finalisation at position 20 was made while the one at position 10 stood"):
+        _check_voidings(twice, Report())
+    turns = Assessments(
+        schemes={"2026.1": scheme},
+        finalised=[step(10, 9), step(20, 9)],
+        finalised_at={10: "2027-01-02T00:00:00+00:00", 20: "2027-01-03T00:00:00+00:00"},
+        voidings=[{**step(15, 9), "reason": "r"}, {**step(25, 9), "reason": "r"}],
+    )
+    report = Report()
+    _check_voidings(turns, report)
+    assert report.voided == 2 and report.notes == []

@@ -217,6 +217,10 @@ def test_only_party_members_pledge_once_a_year_and_name_their_branch() -> None:
         member.pledge(2026, D("10"), None, timestamp=T0, meta=META)
     with pytest.raises(Conflict, match="party member"):
         volunteer().pledge(2026, D("10"), None, timestamp=T0, meta=META)
+    member.pledge(2027, D("30"), None, timestamp=T0, meta=META)  # in December, for the year ahead
+    for year in (2025, 2028):
+        with pytest.raises(InvalidCommand, match=rf"this year or the next \(2026 or 2027\), got {year}"):
+            member.pledge(year, D("10"), None, timestamp=T0, meta=META)
 
 
 def test_restock_adds_to_stock() -> None:
