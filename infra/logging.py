@@ -28,7 +28,11 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *([structlog.processors.format_exc_info] if fmt == "json" else []),  # the traceback, not exc_info=true
+                renderer,
+            ],
         )
     )
     root = logging.getLogger()
