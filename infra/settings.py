@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     log_origin: str | None = None
     projector_process: bool = True
     """`baton serve` runs the read models and the notary in a second process; false: all in one process."""
+    sqlite_busy_timeout: int = 30
+    """Seconds a SQLite write waits for another process's write lock before giving up (StoreBusy, a 503)."""
     checkpoint_every: int = 256
     checkpoint_interval: float = 10.0
 

@@ -28,12 +28,13 @@ from eventsourcing.persistence import (
     UUIDAsHex,
 )
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 from eventsourcing.utils import Environment, get_topic
 from psycopg.sql import SQL, Identifier
 
 from infra.privacy import KeyRow, SealedAsToken, Vault, load_master_key
 from infra.settings import Settings
+from infra.sqlite import BatonSQLiteDatastore, BatonSQLiteFactory
 
 
 @dataclass(frozen=True)
@@ -359,10 +360,10 @@ class Store:
             }
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         return {
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "PERSISTENCE_MODULE": get_topic(BatonSQLiteFactory),
             "APPLICATION_RECORDER_TOPIC": get_topic(BatonSQLiteRecorder),
             "SQLITE_DBNAME": str(settings.data_dir / "events.sqlite"),
-            "SQLITE_LOCK_TIMEOUT": "30",
+            "SQLITE_LOCK_TIMEOUT": str(settings.sqlite_busy_timeout),
         }
 
     @property
@@ -394,7 +395,7 @@ class Store:
         for listener in listeners:
             listener(position)
 
-    def views_datastore(self) -> SQLiteDatastore | PostgresDatastore:
+    def views_datastore(self) -> BatonSQLiteDatastore | PostgresDatastore:
         """Where read models live: a second SQLite file, or the same PostgreSQL schema."""
         if self.settings.is_postgres:
             pg = self.settings.postgres_env()
@@ -409,7 +410,9 @@ class Store:
                 pool_size=4,
                 max_overflow=8,
             )
-        return SQLiteDatastore(str(self.settings.data_dir / "views.sqlite"), lock_timeout=30, pool_size=6)
+        return BatonSQLiteDatastore(
+            str(self.settings.data_dir / "views.sqlite"), lock_timeout=self.settings.sqlite_busy_timeout, pool_size=6
+        )
 
     def close(self) -> None:
         self.factory.close()

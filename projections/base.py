@@ -13,7 +13,6 @@ from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteDatastore
 
-import infra.sqlite_cache  # noqa: F401  (every SQLite connection gets a real prepared-statement cache)
 from infra.envelope import Envelope
 
 _TABLE = re.compile(r"\{(\w+)\}")

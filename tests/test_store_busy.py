@@ -1,0 +1,103 @@
+"""A busy store is waited for, not reported unreachable: `baton serve` answers commands and finalisations while
+its projector process catches up on thousands of events without a 503."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from domain.assessment import UNIT_TYPES
+from infra.bootstrap import Baton, bootstrap
+from infra.clock import ManualClock
+from infra.settings import Settings
+from services.access import Actor, Context, Role
+from tests.conftest import ADMIN, seed_county_direct
+from tests.faults import Load, Sent, Served
+
+SCHEME = json.loads((Path(__file__).parent.parent / "standards" / "assessment-scheme-2026.1.json").read_text())
+COMMUNITY = Context(actor=Actor(Role.COMMUNITY, "tishu", "wang"), correlation_id="seed")
+HOUSING = Context(actor=Actor(Role.DEPARTMENT, "HOUSING", "duty"), correlation_id="seed")
+YEARS = (2024, 2025)
+ROUNDS = 3  # each (year, unit type) finalised this often: recorded once, then refused as already final
+WORKERS = 4
+
+
+def seed_whistles(baton: Baton, clock: ManualClock, whistles: int) -> None:
+    """Whistles blown, reported in, dispatched, completed and fed back: five events each, 500 whistles a save."""
+    app = baton.whistles
+    for start in range(0, whistles, 500):
+        with app.batch() as batch:
+            for i in range(start, min(start + 500, whistles)):
+                clock.advance(timedelta(minutes=10))
+                wid = app.blow(
+                    COMMUNITY,
+                    community_id="tishu",
+                    category="drainage",
+                    title=f"Drain {i}",
+                    description="Blocked",
+                    summoned_departments=["HOUSING"],
+                ).body["whistle_id"]
+                app.report_in(HOUSING, wid)
+                app.dispatch(COMMUNITY, wid, lead_department="HOUSING")
+                app.complete(HOUSING, wid, summary="cleared")
+                app.feed_back(HOUSING, wid, result="cleared", resolved=True)
+            batch.save()
+
+
+def seed_history(settings: Settings, whistles: int) -> int:
+    """The county, the scheme and the whistles of 2025, straight into the store; the views stay empty."""
+    clock = ManualClock(datetime(2025, 3, 3, 1, 0, tzinfo=UTC))
+    baton = bootstrap(settings, clock)
+    try:
+        seed_county_direct(baton)
+        baton.assessment.publish_scheme(Context(actor=ADMIN, correlation_id="seed"), SCHEME)
+        seed_whistles(baton, clock, whistles)
+        return baton.store.max_position()
+    finally:
+        baton.close()
+
+
+async def finalisations(load: Load, admin: dict[str, str], lags: list[int]) -> list[Sent]:
+    """Every (year, unit type) finalised ROUNDS times, one after another, noting the projector's lag before each."""
+    sent = []
+    for _ in range(ROUNDS):
+        for year in YEARS:
+            for unit_type in UNIT_TYPES:
+                health = (await load.client.get("/health")).json()
+                lags.append(max(p["lag"] or 0 for p in [*health["projections"].values(), health["notary"]]))
+                path, body = f"/v1/assessments/{year}/finalise", {"unit_types": [unit_type]}
+                sent.append(await load.command(f"finalise-{year}-{unit_type}", path, body, admin))
+    return sent
+
+
+async def test_commands_and_finalisations_while_the_projector_catches_up_are_never_a_503(tmp_path: Path) -> None:
+    served = Served(tmp_path / "served", "sqlite")
+    seeded = await asyncio.to_thread(seed_history, served.settings(), 2000)
+    load = Load(served)
+    lags: list[int] = []
+    try:
+        await served.start()
+        workers = [asyncio.create_task(load.worker()) for _ in range(WORKERS)]
+        try:
+            finals = await finalisations(load, served.auth("admin", None, "root"), lags)
+        finally:
+            load.stopping = True
+            await asyncio.gather(*workers)
+    finally:
+        served.stop()
+        await load.close()
+
+    answers = Counter(f"{s.status} {s.body.get('error', {}).get('code', '')}".strip() for s in load.sent)
+    refused_503 = sum(s.refused_503 for s in load.sent)
+    figures = {"seeded_events": seeded, "commands": len(load.sent), "answered_503": refused_503, "answers": answers}
+    print("store-busy-figures", json.dumps({**figures, "projector_lag_at_first_finalisation": lags[0]}))
+    assert lags[0] > 0, "the projector had caught up before the first finalisation: nothing was contended"
+    assert refused_503 == 0, f"{refused_503} answers of 503 to {len(load.sent)} commands: {answers}"
+    recorded = Counter(s.what for s in finals if s.status == 201)
+    assert recorded == Counter({f"finalise-{y}-{t}": 1 for y in YEARS for t in UNIT_TYPES}), recorded
+    assert all(s.status == 409 for s in finals if s.status != 201), [s.body for s in finals if s.status != 201]
+    others = [s for s in load.sent if not s.what.startswith("finalise")]
+    assert all(s.accepted or s.what == "evaluate-too-early" for s in others), answers
