@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.schemas import ErrorBody
 from api.tokens import InvalidToken, Tokens
 from domain.errors import Conflict, DomainError, InvalidCommand, NotFound, OutOfScope
+from infra.sqlite import StoreBusy
 from services.access import Actor, Context
 from services.base import Receipt
 
@@ -114,6 +115,16 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
             return error_response(422, "invalid_request", "the body is nested too deeply; send a flatter JSON object")
         return error_response(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(StoreBusy)
+    async def store_busy(request: Request, exc: StoreBusy) -> JSONResponse:
+        log.warning("store_busy", error=str(exc), database=exc.database, seconds=exc.seconds)
+        return error_response(
+            503,
+            "store_busy",
+            f"the store is reachable but stayed busy: {exc}; nothing was recorded, retry",
+            {"Retry-After": "1"},
+        )
 
     @app.exception_handler(PersistenceError)
     async def store_down(request: Request, exc: PersistenceError) -> JSONResponse:

@@ -27,6 +27,7 @@ from eventsourcing.persistence import (
 
 from domain.errors import Conflict, InvalidCommand
 from infra.clock import Clock
+from infra.sqlite import is_busy
 from infra.store import CommandRecord, Store
 from services.access import Context
 
@@ -240,6 +241,11 @@ UNAVAILABLE = (OperationalError, InterfaceError)
 """The store could not be reached (after the recorder's own retries): a 503, whoever's command it was."""
 
 
+def unreachable(exc: BaseException) -> bool:
+    """Whether a save failed because the store could not be reached (not merely busy: the next save may pass)."""
+    return isinstance(exc, UNAVAILABLE) and not is_busy(exc)
+
+
 class _Pending:
     """One command's events and record waiting in a group commit, and what became of them."""
 
@@ -264,7 +270,9 @@ class GroupCommit:
     once, so an idle server adds no delay. If a joined save fails for one command's sake (a taken version:
     two commands changed one aggregate, or another writer did), each command of it is saved again on its
     own, so each gets its own answer. If the store cannot be reached, that is the answer of every member
-    and of every command that queued meanwhile: their own saves would fail the same way, after as long.
+    and of every command that queued meanwhile: their own saves would fail the same way, after as long. A
+    store that stayed busy (SQLite's write lock held elsewhere for the whole busy timeout) is the answer of
+    that save's members only; those queued meanwhile are saved next, as usual.
     """
 
     def __init__(self, app: BatonApplication, limit: int = 200) -> None:
@@ -314,11 +322,13 @@ class GroupCommit:
             records = [p.record for p in group if p.record is not None]
             try:
                 recordings = self.app.save(*events, command=records)
-            except UNAVAILABLE as exc:
-                for p in group:  # each member's own save would fail the same way
-                    p.error = exc
-                return exc
-            except Exception as exc:  # a taken version, or one member's data: each is saved on its own
+            except Exception as exc:
+                if unreachable(exc) or is_busy(exc):
+                    for p in group:  # each member's own save would fail the same way
+                        p.error = exc
+                    # Unreachable, so would the saves of those queued meanwhile; busy, the next save may pass.
+                    return exc if unreachable(exc) else None
+                # a taken version, or one member's data: each is saved on its own
                 log.info("group_commit_split", commands=len(group), error=type(exc).__name__)
             else:
                 positions = [r.notification.id for r in recordings]
@@ -326,14 +336,15 @@ class GroupCommit:
                 for p in group:
                     p.positions, start = positions[start : start + len(p.events)], start + len(p.events)
                 return None
-        for p in group:
+        for i, p in enumerate(group):
             try:
                 p.positions = [r.notification.id for r in self.app.save(*p.events, command=p.record)]
-            except UNAVAILABLE as exc:
-                p.error = exc
-                return exc
             except BaseException as exc:
                 p.error = exc
+                if unreachable(exc) or is_busy(exc):  # the rest of the group would fail the same way
+                    for rest in group[i + 1 :]:
+                        rest.error = exc
+                    return exc if unreachable(exc) else None
         return None
 
 

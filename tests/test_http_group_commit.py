@@ -17,6 +17,7 @@ from eventsourcing.persistence import DataError, OperationalError
 
 from infra.bootstrap import Baton, bootstrap
 from infra.settings import Settings
+from infra.sqlite import StoreBusy
 from services.access import Actor, Context, Role
 from services.base import BatonApplication, Receipt
 from tests.conftest import ADMIN, Auth, seed_county, seed_county_direct
@@ -176,6 +177,23 @@ def test_commands_queued_while_the_store_could_not_be_reached_get_that_answer_wi
     assert all(isinstance(r, Receipt) and not r.replayed for r in again), again
 
 
+def test_a_save_that_found_the_store_busy_is_the_answer_of_its_own_commands_only(
+    baton: Baton, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_county_direct(baton)
+    before = baton.store.max_position()
+    held = HeldFirstSave(baton, baton.whistles, behind=5, monkeypatch=monkeypatch)
+    held.first_fails_with = StoreBusy("events.sqlite", 30)
+
+    receipts = concurrently([blow_call(baton, i) for i in range(6)])
+
+    busy = [r for r in receipts if isinstance(r, StoreBusy)]
+    accepted = [r for r in receipts if isinstance(r, Receipt)]
+    assert len(busy) == 1 and len(accepted) == 5, receipts
+    assert held.transactions.count == 2, "the five that queued behind the busy save were saved together next"
+    assert sorted(p for r in accepted for p in r.positions) == [n.id for n in baton.store.select(before, 1000)]
+
+
 def test_a_joined_save_refused_for_one_commands_data_is_split_and_the_others_land(
     baton: Baton, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -187,6 +205,46 @@ def test_a_joined_save_refused_for_one_commands_data_is_split_and_the_others_lan
 
     assert all(isinstance(r, Receipt) for r in receipts), receipts
     assert held.transactions.count == 1 + 1 + 4, "the first, the refused group, then its four one by one"
+
+
+def test_when_a_split_groups_member_finds_the_store_gone_every_member_is_answered(
+    baton: Baton, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_county_direct(baton)
+    before = baton.store.max_position()
+    HeldFirstSave(baton, baton.whistles, behind=4, monkeypatch=monkeypatch)
+    # After the first save: the group of four is refused for one's data, then the first of them alone finds
+    # the store gone.
+    failures = [None, DataError("value too long for one command's column"), OperationalError("the store went away")]
+    insert = baton.store.recorder.insert_events
+    saves: list[int] = []
+
+    def insert_events(*args: Any, **kwargs: Any) -> Any:
+        saves.append(len(args[0]))
+        failure = failures.pop(0) if failures else None
+        if failure is not None:
+            raise failure
+        return insert(*args, **kwargs)
+
+    monkeypatch.setattr(baton.store.recorder, "insert_events", insert_events)
+    receipts: list[Receipt | BaseException | None] = [None] * 5
+
+    def run(i: int) -> None:
+        try:
+            receipts[i] = blow_call(baton, i)()
+        except BaseException as exc:
+            receipts[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), f"unanswered: {receipts}"  # a member left out spun forever
+    assert sum(isinstance(r, Receipt) for r in receipts) == 1, receipts
+    assert sum(isinstance(r, OperationalError) for r in receipts) == 4, receipts
+    assert saves == [1, 4, 1], "the first, the refused group, its first member alone; no more"
+    assert baton.store.max_position() == before + 1
 
 
 async def test_concurrent_http_commands_are_answered_each_and_saved_together(

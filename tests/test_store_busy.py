@@ -1,20 +1,27 @@
 """A busy store is waited for, not reported unreachable: `baton serve` answers commands and finalisations while
-its projector process catches up on thousands of events without a 503."""
+its projector process catches up on thousands of events without a 503; a SQLite store still locked after the
+busy timeout is answered 503 `store_busy`, saying so."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import httpx
+
+from api.app import create_app
+from api.tokens import Tokens
 from domain.assessment import UNIT_TYPES
 from infra.bootstrap import Baton, bootstrap
 from infra.clock import ManualClock
 from infra.settings import Settings
 from services.access import Actor, Context, Role
-from tests.conftest import ADMIN, seed_county_direct
+from tests.conftest import ADMIN, START, Auth, seed_county_direct
 from tests.faults import Load, Sent, Served
 
 SCHEME = json.loads((Path(__file__).parent.parent / "standards" / "assessment-scheme-2026.1.json").read_text())
@@ -101,3 +108,33 @@ async def test_commands_and_finalisations_while_the_projector_catches_up_are_nev
     assert all(s.status == 409 for s in finals if s.status != 201), [s.body for s in finals if s.status != 201]
     others = [s for s in load.sent if not s.what.startswith("finalise")]
     assert all(s.accepted or s.what == "evaluate-too-early" for s in others), answers
+
+
+async def test_a_store_locked_past_the_busy_timeout_is_answered_503_store_busy(tmp_path: Path, tokens: Tokens) -> None:
+    """A write lock held past BATON_SQLITE_BUSY_TIMEOUT is answered 'busy', not 'unreachable'; then it is recorded."""
+    settings = Settings(data_dir=tmp_path, store="sqlite", watch_interval=3600, sqlite_busy_timeout=1)
+    baton = bootstrap(settings, ManualClock(START))
+    seed_county_direct(baton)
+    auth = Auth(tokens)
+    blow = {"community_id": "tishu", "category": "drainage", "title": "Drain", "description": "Blocked"}
+    headers = {**auth("community", "tishu", "wang"), "Idempotency-Key": "blow-1"}
+    other = sqlite3.connect(tmp_path / "events.sqlite", isolation_level=None)
+    try:
+        transport = httpx.ASGITransport(app=create_app(baton, tokens))
+        async with httpx.AsyncClient(transport=transport, base_url="http://baton.test") as client:
+            before = baton.store.max_position()
+            other.execute("BEGIN IMMEDIATE")
+            busy = await client.post("/v1/whistles", json=blow, headers=headers)
+            other.execute("ROLLBACK")
+            assert busy.status_code == 503, busy.text
+            error: dict[str, Any] = busy.json()["error"]
+            assert error["code"] == "store_busy"
+            assert "events.sqlite stayed locked by another writer for 1 s" in error["message"], error
+            assert busy.headers["Retry-After"] == "1"
+            assert baton.store.max_position() == before
+            again = await client.post("/v1/whistles", json=blow, headers=headers)
+            assert again.status_code == 201, again.text
+            assert "Idempotent-Replayed" not in again.headers
+    finally:
+        other.close()
+        baton.close()
