@@ -17,7 +17,7 @@ from typing import Any
 
 import rfc8785
 import structlog
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import IntegrityError, Tracking
 
 from audit.merkle import EMPTY_ROOT, consistency_proof, inclusion_proof, leaf_hash, node_hash, split
 from audit.note import Checkpoint, Signer
@@ -186,16 +186,24 @@ class Notary:
 
     def _catch_up(self, batch: int) -> int:
         while True:
-            with self.view.db.transaction() as tx:
-                tracked = self.view.position(tx, self.name) or 0
-                notifications = self.store.select(tracked, batch)
-                if not notifications:
-                    return self.view.size(tx)
-                leaves = []
-                for n in notifications:
-                    leaves.append((n.id, leaf_hash(canonical(self.codec.envelope(n)))))
-                self.view.append(tx, leaves, self.view.size(tx))
-                self.view.track(tx, Tracking(self.name, notifications[-1].id))
+            tracked = 0
+            try:
+                with self.view.db.transaction() as tx:
+                    tracked = self.view.position(tx, self.name) or 0
+                    notifications = self.store.select(tracked, batch)
+                    if not notifications:
+                        return self.view.size(tx)
+                    leaves = []
+                    for n in notifications:
+                        leaves.append((n.id, leaf_hash(canonical(self.codec.envelope(n)))))
+                    self.view.append(tx, leaves, self.view.size(tx))
+                    self.view.track(tx, Tracking(self.name, notifications[-1].id))
+            except IntegrityError:
+                # PostgreSQL: another notary (the projector's, or a finalisation's in the HTTP process) read the
+                # same position and appended these leaves first. Go on from where it got to.
+                if self.position() <= tracked:
+                    raise
+                log.info("notary_caught_up_by_another", tracked=tracked, position=self.position())
 
     def sign(self, size: int | None = None) -> tuple[str, int] | None:
         """Sign a checkpoint of the tree at size (default: all of it); None if that size is already signed."""

@@ -1,12 +1,13 @@
 """A busy store is waited for, not reported unreachable: `baton serve` answers commands and finalisations while
-its projector process catches up on thousands of events without a 503; a SQLite store still locked after the
-busy timeout is answered 503 `store_busy`, saying so."""
+its projector process catches up on thousands of events without a 503; two notaries catching up at once append
+each leaf once; a SQLite store still locked after the busy timeout is answered 503 `store_busy`, saying so."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sqlite3
+import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,10 +17,13 @@ import httpx
 
 from api.app import create_app
 from api.tokens import Tokens
+from audit.merkle import leaf_hash, root_of
 from domain.assessment import UNIT_TYPES
 from infra.bootstrap import Baton, bootstrap
 from infra.clock import ManualClock
+from infra.notary import canonical
 from infra.settings import Settings
+from projections.base import Tx
 from services.access import Actor, Context, Role
 from tests.conftest import ADMIN, START, Auth, seed_county_direct
 from tests.faults import Load, Sent, Served
@@ -108,6 +112,59 @@ async def test_commands_and_finalisations_while_the_projector_catches_up_are_nev
     assert all(s.status == 409 for s in finals if s.status != 201), [s.body for s in finals if s.status != 201]
     others = [s for s in load.sent if not s.what.startswith("finalise")]
     assert all(s.accepted or s.what == "evaluate-too-early" for s in others), answers
+
+
+def test_two_notaries_catching_up_at_once_append_every_leaf_once(settings: Settings) -> None:
+    """A finalisation's notary and the projector's read the same position: one waits (SQLite) or yields (PostgreSQL)."""
+    clock = ManualClock(START)
+    first, second = bootstrap(settings, clock), bootstrap(settings, clock)
+    try:
+        seed_county_direct(first)
+        seed_whistles(first, clock, 600)
+        inside, read = threading.Event(), threading.Event()
+        first_position, second_position = first.notary.view.position, second.notary.view.position
+
+        def first_reads(tx: Tx, name: str) -> int | None:
+            tracked = first_position(tx, name)
+            if not inside.is_set():
+                inside.set()
+                # PostgreSQL: the second reads the same position before this transaction commits. SQLite: with
+                # BEGIN IMMEDIATE the second cannot begin until this one commits, so it never comes.
+                read.wait(timeout=2.0)
+            return tracked
+
+        def second_reads(tx: Tx, name: str) -> int | None:
+            tracked = second_position(tx, name)
+            read.set()
+            return tracked
+
+        first.notary.view.position = first_reads  # type: ignore[method-assign]
+        second.notary.view.position = second_reads  # type: ignore[method-assign]
+        sizes: dict[str, int | BaseException] = {}
+
+        def catch_up(name: str, baton: Baton) -> None:
+            if name == "second":
+                inside.wait(timeout=30)
+            try:
+                sizes[name] = baton.notary.catch_up()
+            except BaseException as exc:
+                sizes[name] = exc
+
+        threads = [threading.Thread(target=catch_up, args=(n, b)) for n, b in (("first", first), ("second", second))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+        top = first.store.max_position()
+        stored = first.store.select(0, top + 1)
+        assert sizes == {"first": len(stored), "second": len(stored)}, sizes
+        view = first.notary.view
+        assert [p for p, _ in view.leaves(0, len(stored))] == [n.id for n in stored]
+        assert view.root(len(stored)) == root_of([leaf_hash(canonical(first.codec.envelope(n))) for n in stored])
+    finally:
+        first.close()
+        second.close()
 
 
 async def test_a_store_locked_past_the_busy_timeout_is_answered_503_store_busy(tmp_path: Path, tokens: Tokens) -> None:
