@@ -210,6 +210,13 @@ class Scorecard(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
+    instance: str | None = Field(None, description="This instance's name (BATON_INSTANCE, default host:port).")
+    roles: list[str] = Field(default_factory=list, description="The singleton roles this instance holds now.")
+    leases: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Every singleton's lease: holder (instance/pid), epoch, seconds until it expires, held for.",
+    )
+    unheld: list[str] = Field(default_factory=list, description="Roles nobody holds: the status is degraded.")
     store: dict[str, Any]
     nats: dict[str, Any]
     relay: dict[str, Any]

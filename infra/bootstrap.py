@@ -20,12 +20,18 @@ from consumers.intake import Intake, OutcomeQueue, intake_router
 from consumers.projections import projection_router
 from infra.clock import Clock, SystemClock
 from infra.envelope import Envelope, EnvelopeCodec
-from infra.jetstream import AUDIT_STREAM, JetStreamPublisher, ensure_department_consumers, ensure_streams
+from infra.jetstream import (
+    AUDIT_STREAM,
+    JetStreamPublisher,
+    ensure_department_consumers,
+    ensure_streams,
+)
+from infra.lease import ROLES, Fence, Leases, Role, Roles, default_instance, holder_name
 from infra.nats_auth import NatsAuth
 from infra.nats_server import EmbeddedNats
 from infra.notary import MerkleView, Notary
 from infra.projector import ProjectorProcess
-from infra.relay import Relay
+from infra.relay import Relay, last_published
 from infra.settings import Settings
 from infra.store import Store
 from infra.watcher import Watcher
@@ -174,10 +180,12 @@ class Runtime:
         self.embedded: EmbeddedNats | None = None
         self.nc: Client | None = None
         self.publisher: JetStreamPublisher | None = None
-        self.broker: NatsBroker | None = None
         self.relay: Relay | None = None
         self.watcher = Watcher(baton)
         self.departments: set[str] = set()
+        self.instance = baton.settings.instance or default_instance(baton.settings.http_port)
+        self.leases = Leases(baton.views, holder_name(self.instance), baton.settings.lease_ttl)
+        self.roles: Roles | None = None
         self._login: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -224,41 +232,106 @@ class Runtime:
             await ensure_department_consumers(self.nc.jetstream(), sorted(self.departments))
         self.publisher = JetStreamPublisher(self.nc)
         await self.publisher.start()
-        if self.runs_projections:
-            await asyncio.to_thread(catch_up_together, list(self.baton.projections.values()))
-        self.broker = NatsBroker(
-            self.url,
-            security=NatsUserPassword(self._login["user"], self._login["password"]) if self._login else None,
-            logger=None,
-            name="baton-consumers",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-        )
-        if self.runs_projections:
-            self.broker.include_router(projection_router(list(self.baton.projections.values())))
-        if self.runs_commands:
-            intake = Intake(self.baton.whistles, self.baton.org, self.baton.store.commands)
-            self.broker.include_router(intake_router(intake, self._publisher, outcomes=self.outcomes))
-            self.broker.include_router(inbox_router(self._publisher))
-        await self.broker.start()
-        if self.runs_commands:
-            self.relay = Relay(self.baton.store, self.baton.codec, self.nc, self.publisher)
-            self._tasks.append(asyncio.create_task(self.relay.run(), name="relay"))
-        if self.runs_projections:
-            published = await self._published_checkpoint()
-            self._tasks.append(
-                asyncio.create_task(self.baton.notary.run(self._publish_checkpoint, published), name="notary")
-            )
+        self.roles = Roles(self.leases, self._roles())
+        await self.roles.start()
         if self.runs_commands:
             self._tasks.append(asyncio.create_task(self._follow_departments(), name="departments"))
-            if self.watch:
-                self._tasks.append(
-                    asyncio.create_task(self.watcher.run(self.baton.settings.watch_interval), name="watcher")
-                )
         if self.part == COMMANDS:
             self.projector = ProjectorProcess(settings, self.url, self._login, self.projector_log)
             await self.projector.start()
-        log.info("runtime_started", nats=self.url, store=self.baton.store.backend, part=self.part)
+        log.info(
+            "runtime_started",
+            nats=self.url,
+            store=self.baton.store.backend,
+            part=self.part,
+            instance=self.instance,
+            roles=self.roles.held,
+        )
+
+    # Singleton roles: each runs in one process of the installation at a time, under its lease --------------
+
+    def _roles(self) -> dict[str, Role]:
+        roles: dict[str, Role] = {}
+        if self.runs_commands:
+            roles["relay"] = self._relay
+            if self.watch:
+                roles["watcher"] = self._watch
+            roles["intake"] = self._intake
+            roles["inbox"] = self._inbox
+        if self.runs_projections:
+            roles["projections"] = self._project
+            roles["notary"] = self._notarise
+        return roles
+
+    async def _relay(self, fence: Fence) -> None:
+        """Publish the store to BATON_EVENTS (fenced by the stream's expected last sequence)."""
+        assert self.nc is not None and self.publisher is not None
+        relay = self.relay = Relay(self.baton.store, self.baton.codec, self.nc, self.publisher)
+        try:
+            await relay.run()
+        finally:
+            relay.synced = False
+
+    async def _watch(self, fence: Fence) -> None:
+        """Record missed deadlines, lapsed points and overdue rectifications as time passes."""
+        await self.watcher.run(self.baton.settings.watch_interval)
+
+    async def _intake(self, fence: Fence) -> None:
+        """Decide department commands, one consumer in the installation, so each department's stay in order."""
+        intake = Intake(self.baton.whistles, self.baton.org, self.baton.store.commands)
+        try:
+            await self._consume("baton-intake", intake_router(intake, self._publisher, outcomes=self.outcomes))
+        finally:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10):  # the last batch's outcomes, before its consumer goes
+                    await self.outcomes.drain()
+
+    async def _inbox(self, fence: Fence) -> None:
+        """Copy the events that concern each department into its inbox."""
+        await self._consume("baton-inbox", inbox_router(self._publisher))
+
+    async def _project(self, fence: Fence) -> None:
+        """Keep every read model level with the store; each batch checks the fence before it commits."""
+        projections = list(self.baton.projections.values())
+        for projection in projections:
+            projection.fence = fence
+        try:
+            await asyncio.to_thread(catch_up_together, projections)
+            await self._consume("baton-projections", projection_router(projections))
+        finally:
+            # Unfenced again once the role has ended here (a rebuild, a test): positions still only move forward.
+            for projection in projections:
+                if projection.fence is fence:
+                    projection.fence = None
+
+    async def _notarise(self, fence: Fence) -> None:
+        """Give every event its Merkle leaf and sign checkpoints of the tree."""
+        notary = self.baton.notary
+        notary.fence = fence
+        try:
+            await notary.run(self._publish_checkpoint, await self._published_checkpoint())
+        finally:
+            if notary.fence is fence:
+                notary.fence = None
+
+    async def _consume(self, name: str, router: Any) -> None:
+        """Run a router's consumers on a connection of their own until cancelled."""
+        broker = NatsBroker(
+            self.url,
+            security=NatsUserPassword(self._login["user"], self._login["password"]) if self._login else None,
+            logger=None,
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )
+        broker.include_router(router)
+        await broker.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10):
+                    await broker.stop()
 
     def _department_codes(self) -> set[str]:
         return set(self.baton.org.current().departments)
@@ -315,6 +388,8 @@ class Runtime:
     async def stop(self) -> None:
         if self.projector is not None:
             await self.projector.stop()
+        if self.roles is not None:
+            await self.roles.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -322,12 +397,6 @@ class Runtime:
                 async with asyncio.timeout(10):
                     await task
         self._tasks.clear()
-        if self.broker is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(10):  # the last batch's outcomes, before the connection goes
-                    await self.outcomes.drain()
-            with contextlib.suppress(Exception):
-                await self.broker.stop()
         if self.publisher is not None:
             await self.publisher.close()
         if self.nc is not None:
@@ -342,26 +411,38 @@ class Runtime:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            lags = await asyncio.to_thread(self._lags)
+            published = await self._published() if self.runs_commands else None
+            lags = await asyncio.to_thread(self._lags, published)
             if not any(lags.values()):
                 return
             if loop.time() > deadline:
                 raise TimeoutError(f"still behind after {timeout}s: {lags}")
             await asyncio.sleep(0.02)
 
-    def _lags(self) -> dict[str, int]:
+    async def _published(self) -> int:
+        """The last position on BATON_EVENTS: this process's relay's, or the stream's if another relays."""
+        if self.relay is not None and self.relay.synced:
+            return self.relay.published
+        assert self.nc is not None
+        return await last_published(self.nc.jetstream())
+
+    def _lags(self, published: int | None) -> dict[str, int]:
         top = self.baton.store.max_position()
         lags: dict[str, int] = {}
         for name, projection in self.baton.projections.items():
             lags[name] = top - projection.position()
         lags["notary"] = top - self.baton.notary.position()
-        if self.runs_commands:
-            lags["relay"] = top - (self.relay.published if self.relay else 0)
+        if published is not None:
+            lags["relay"] = top - published
             lags["departments"] = len(self._department_codes() - self.departments)
         return lags
 
+    def expected_roles(self) -> list[str]:
+        """The roles an installation running like this one must have a holder for."""
+        return [role for role in ROLES if role != "watcher" or self.watch]
+
     async def health(self) -> dict[str, Any]:
-        """Store, NATS, relay lag and projection lags, as GET /health reports them."""
+        """This instance, the leases and who holds them, store, NATS, relay and projection lags (GET /health)."""
         store: dict[str, Any] = {"backend": self.baton.store.backend}
         try:
             top = await asyncio.to_thread(self.baton.store.max_position)
@@ -370,9 +451,20 @@ class Runtime:
             store.update(ok=False, error=str(exc))
             top = None
         connected = bool(self.nc and self.nc.is_connected)
-        relay: dict[str, Any] = {"lag": None, "published": self.relay.published if self.relay else 0}
+        try:
+            leases = await asyncio.to_thread(self.leases.all)
+        except Exception as exc:
+            leases, store["error"] = {}, str(exc)
+        unheld = [role for role in self.expected_roles() if leases.get(role, {}).get("expires_in", -1) <= 0]
+        relay: dict[str, Any] = {"lag": None, "holder": leases.get("relay", {}).get("holder")}
+        try:
+            relay["published"] = await self._published() if connected else None
+        except Exception as exc:
+            relay.update(published=None, error=f"{type(exc).__name__}: {exc}")
         if self.relay is not None:
             relay["error"] = self.relay.error
+        if top is not None and relay["published"] is not None:
+            relay["lag"] = max(top - relay["published"], 0)
         projections: dict[str, Any] = {}
         for name, projection in self.baton.projections.items():
             try:
@@ -380,8 +472,6 @@ class Runtime:
                 projections[name] = {"lag": None if top is None else max(top - position, 0), "position": position}
             except Exception as exc:
                 projections[name] = {"lag": None, "error": str(exc)}
-        if top is not None:
-            relay["lag"] = max(top - relay["published"], 0)
         notary = self.baton.notary
         latest = await asyncio.to_thread(notary.view.checkpoint)
         notary_health = {
@@ -389,13 +479,20 @@ class Runtime:
             "checkpoint": latest["size"] if latest else 0,
             "origin": notary.origin,
         }
-        if self.runs_projections:  # a projector process reports its failures in its log and by a growing lag
+        if self.roles is not None and "notary" in self.roles.held:  # elsewhere: its holder's log, a growing lag
             notary_health["error"] = notary.error
-        ok = store.get("ok") and connected and self.relay is not None and self.relay.synced
+        relaying = self.relay is not None and self.roles is not None and "relay" in self.roles.held
+        ok = store.get("ok") and connected and not unheld and (self.relay.synced if relaying else True)
         if self.projector is not None:
             ok = ok and self.projector.running
+        mine = f"{self.instance}/"
+        held = sorted(r for r, lease in leases.items() if lease["expires_in"] > 0 and lease["holder"].startswith(mine))
         return {
             "status": "ok" if ok else "degraded",
+            "instance": self.instance,
+            "roles": held,
+            "leases": leases,
+            "unheld": unheld,
             "store": store,
             "nats": {
                 "url": self.nats_url,

@@ -17,13 +17,13 @@ from typing import Any
 
 import rfc8785
 import structlog
-from eventsourcing.persistence import IntegrityError, Tracking
+from eventsourcing.persistence import IntegrityError
 
 from audit.merkle import EMPTY_ROOT, consistency_proof, inclusion_proof, leaf_hash, node_hash, split
 from audit.note import Checkpoint, Signer
 from infra.envelope import Envelope, EnvelopeCodec
 from infra.store import Store
-from projections.base import Sql, Tx, View
+from projections.base import Fenced, PositionMoved, Sql, Tx, View
 
 log = structlog.get_logger("baton.notary")
 
@@ -128,8 +128,10 @@ class MerkleView(View):
         rows = self.fetch("SELECT COUNT(*) AS n FROM {baton_merkle_leaves} WHERE position <= %s", (position,))
         return int(rows[0]["n"])
 
-    def add_checkpoint(self, size: int, root: bytes, note: str, signed_at: str) -> None:
+    def add_checkpoint(self, size: int, root: bytes, note: str, signed_at: str, fence: Fenced | None = None) -> None:
         with self.db.transaction() as tx:
+            if fence is not None:
+                fence.check(tx)
             tx.execute(
                 self.q(
                     "INSERT INTO {baton_checkpoints} (size, root, note, signed_at) VALUES (%s, %s, %s, %s) "
@@ -172,6 +174,8 @@ class Notary:
         self.now = now
         self.every, self.interval = every, interval
         self.error: str | None = None
+        self.fence: Fenced | None = None
+        """Set while this process holds the notary's lease: its appends and signatures check it."""
         self._appending = threading.Lock()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -189,7 +193,9 @@ class Notary:
             tracked = 0
             try:
                 with self.view.db.transaction() as tx:
-                    tracked = self.view.position(tx, self.name) or 0
+                    if self.fence is not None:
+                        self.fence.check(tx)
+                    tracked = self.view.locked_position(tx, self.name)
                     notifications = self.store.select(tracked, batch)
                     if not notifications:
                         return self.view.size(tx)
@@ -197,10 +203,10 @@ class Notary:
                     for n in notifications:
                         leaves.append((n.id, leaf_hash(canonical(self.codec.envelope(n)))))
                     self.view.append(tx, leaves, self.view.size(tx))
-                    self.view.track(tx, Tracking(self.name, notifications[-1].id))
-            except IntegrityError:
-                # PostgreSQL: another notary (the projector's, or a finalisation's in the HTTP process) read the
-                # same position and appended these leaves first. Go on from where it got to.
+                    self.view.advance(tx, self.name, tracked, notifications[-1].id)
+            except (IntegrityError, PositionMoved):
+                # Another notary (the lease holder's, or a finalisation's in an HTTP process) read the same
+                # position and appended these leaves first. Go on from where it got to.
                 if self.position() <= tracked:
                     raise
                 log.info("notary_caught_up_by_another", tracked=tracked, position=self.position())
@@ -216,7 +222,7 @@ class Notary:
             return None
         root = self.view.root(size)
         note = self.signer.sign(Checkpoint(self.origin, size, root).text())
-        self.view.add_checkpoint(size, root, note, self.now().isoformat())
+        self.view.add_checkpoint(size, root, note, self.now().isoformat(), self.fence)
         log.info("checkpoint_signed", size=size)
         return note, size
 

@@ -30,6 +30,15 @@ class StreamMismatch(RuntimeError):
     """BATON_EVENTS holds events this store does not have: it belongs to another store."""
 
 
+async def last_published(js: JetStreamContext) -> int:
+    """The store position of BATON_EVENTS' last message (0 when it holds none)."""
+    info = await js.stream_info(EVENTS_STREAM)
+    if not info.state.messages:
+        return 0
+    msg = await js.get_msg(EVENTS_STREAM, seq=info.state.last_seq)
+    return int((msg.headers or {}).get("Baton-Position", "0"))
+
+
 class Relay:
     """Publishes the store's events to BATON_EVENTS with a dedupe id, pipelined."""
 

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     """Seconds a SQLite write waits for another process's write lock before giving up (StoreBusy, a 503)."""
     checkpoint_every: int = 256
     checkpoint_interval: float = 10.0
+    instance: str | None = None
+    """This instance's name in /health and the leases; unset: host name and HTTP port."""
+    lease_ttl: float = 5.0
+    """Seconds a singleton's lease lasts unrenewed: how long an instance that died may hold a role."""
 
     @field_validator("store")
     @classmethod

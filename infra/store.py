@@ -8,14 +8,16 @@ batch of commands saved together writes one row per command, each with its own e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+import structlog
 from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
@@ -107,6 +109,8 @@ class CommandLog:
         """This store's id, made once when the store is created."""
         raise NotImplementedError
 
+
+log = structlog.get_logger("baton.store")
 
 COMMANDS_TABLE = "baton_commands"
 KEYS_PER_QUERY = 500
@@ -334,11 +338,10 @@ class Store:
         self.settings = settings
         self.backend = "postgresql" if settings.is_postgres else "sqlite"
         env = self._environment(settings)
-        if settings.is_postgres:
-            _ensure_schema(env)
         self.env = Environment("Baton", env)
-        self.factory = InfrastructureFactory.construct(self.env)
-        self.recorder: BatonSQLiteRecorder | BatonPostgresRecorder = self.factory.application_recorder()  # type: ignore[assignment]
+        with _one_at_a_time(env) if settings.is_postgres else contextlib.nullcontext():
+            self.factory = InfrastructureFactory.construct(self.env)
+            self.recorder: BatonSQLiteRecorder | BatonPostgresRecorder = self.factory.application_recorder()  # type: ignore[assignment]
         transcoder = self.factory.transcoder()
         if isinstance(transcoder, JSONTranscoder):
             for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO(), SealedAsToken()):
@@ -349,6 +352,8 @@ class Store:
         self.recorder.vault = self.vault
         self._listeners: list[Callable[[int], None]] = []
         self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._listening: threading.Thread | None = None
 
     @staticmethod
     def _environment(settings: Settings) -> dict[str, str]:
@@ -379,9 +384,39 @@ class Store:
         return self.recorder.select_notifications(start=after, limit=limit, stop=stop, inclusive_of_start=False)
 
     def add_listener(self, listener: Callable[[int], None]) -> None:
-        """Call listener(position) after every local save (it must not block)."""
+        """Call listener(position) after every save: this process's at once, another's (PostgreSQL) on NOTIFY.
+
+        On a notification from another process the position is 0: the listener reads what is new itself.
+        """
         with self._lock:
             self._listeners.append(listener)
+            if self.settings.is_postgres and self._listening is None:
+                self._listening = threading.Thread(target=self._listen, name="store-listen", daemon=True)
+                self._listening.start()
+
+    def _listen(self) -> None:
+        """LISTEN on the channel eventsourcing NOTIFYs in every insert of events, whoever inserts them."""
+        pg = self.settings.postgres_env()
+        channel = SQL("LISTEN {0}").format(Identifier(self.recorder.channel_name))
+        while not self._closing.is_set():
+            try:
+                with psycopg.connect(
+                    dbname=pg["POSTGRES_DBNAME"],
+                    host=pg["POSTGRES_HOST"],
+                    port=pg["POSTGRES_PORT"],
+                    user=pg["POSTGRES_USER"],
+                    password=pg["POSTGRES_PASSWORD"],
+                    connect_timeout=int(float(pg["POSTGRES_CONNECT_TIMEOUT"])),
+                    autocommit=True,
+                ) as conn:
+                    conn.execute(channel)
+                    self.saved(0)  # whatever was saved while nobody listened
+                    while not self._closing.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.saved(0)
+            except psycopg.Error as exc:
+                log.warning("store_listen_failed", error=str(exc))
+                self._closing.wait(1.0)
 
     def remove_listener(self, listener: Callable[[int], None]) -> None:
         with self._lock:
@@ -415,11 +450,21 @@ class Store:
         )
 
     def close(self) -> None:
+        self._closing.set()
         self.factory.close()
 
 
-def _ensure_schema(env: dict[str, str]) -> None:
-    schema = env["POSTGRES_SCHEMA"]
+DDL_LOCK = 0x6261746F6E  # "baton"
+"""The advisory lock every Baton instance takes on PostgreSQL before it creates tables, types or schemas."""
+
+
+@contextlib.contextmanager
+def _one_at_a_time(env: dict[str, str]) -> Iterator[None]:
+    """Create the schema, then hold the DDL lock while the block creates tables: instances may start at once.
+
+    PostgreSQL's CREATE ... IF NOT EXISTS is not safe when two sessions run it together (one fails on the
+    catalog's unique index, e.g. pg_type_typname_nsp_index), so instances take turns.
+    """
     with psycopg.connect(
         dbname=env["POSTGRES_DBNAME"],
         host=env["POSTGRES_HOST"],
@@ -429,7 +474,12 @@ def _ensure_schema(env: dict[str, str]) -> None:
         connect_timeout=int(float(env["POSTGRES_CONNECT_TIMEOUT"])),
         autocommit=True,
     ) as conn:
-        conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {0}").format(Identifier(schema)))
+        conn.execute("SELECT pg_advisory_lock(%s)", (DDL_LOCK,))
+        try:
+            conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {0}").format(Identifier(env["POSTGRES_SCHEMA"])))
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (DDL_LOCK,))
 
 
 __all__ = ["CommandLog", "CommandRecord", "Commands", "IntegrityError", "Store", "command_rows"]

@@ -14,6 +14,7 @@ from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteDatastore
 
 from infra.envelope import Envelope
+from infra.store import DDL_LOCK
 
 _TABLE = re.compile(r"\{(\w+)\}")
 
@@ -66,6 +67,18 @@ class Sql:
         with self.datastore.transaction(commit=commit) as cursor:
             yield Tx(cursor, self.postgres)
 
+    def create(self, *statements: str) -> None:
+        """Run DDL ({name} qualified) in one transaction, one instance at a time.
+
+        PostgreSQL's CREATE TABLE IF NOT EXISTS is not safe when two sessions run it at once (one fails on
+        pg_type's unique index), so every instance's DDL takes the same transaction-scoped advisory lock.
+        """
+        with self.transaction() as tx:
+            if self.postgres:
+                tx.execute("SELECT pg_advisory_xact_lock(%s)", (DDL_LOCK,))
+            for statement in statements:
+                tx.execute(self.sql(statement))
+
     def close(self) -> None:
         self.datastore.close()
 
@@ -87,10 +100,7 @@ class View(TrackingRecorder):
         return self.db.sql(statement)
 
     def create_tables(self) -> None:
-        with self.db.transaction() as tx:
-            tx.execute(self.q(TRACKING_DDL))
-            for statement in self.ddl:
-                tx.execute(self.q(statement))
+        self.db.create(TRACKING_DDL, *self.ddl)
 
     def drop_tables(self, projection_name: str) -> None:
         """Drop this view's tables and forget its position (for a rebuild)."""
@@ -116,6 +126,30 @@ class View(TrackingRecorder):
             (tracking.application_name, tracking.notification_id),
         )
 
+    def advance(self, tx: Tx, name: str, expected: int, position: int) -> None:
+        """Move name's position from expected to position in tx; PositionMoved if another writer moved it first."""
+        tx.execute(
+            self.q("UPDATE {baton_tracking} SET position = %s WHERE name = %s AND position = %s"),
+            (position, name, expected),
+        )
+        if tx.rowcount == 1:
+            return
+        if expected == 0:
+            tx.execute(
+                self.q("INSERT INTO {baton_tracking} (name, position) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING"),
+                (name, position),
+            )
+            if tx.rowcount == 1:
+                return
+        raise PositionMoved(f"{name} is no longer at position {expected}: another writer applied events first")
+
+    def locked_position(self, tx: Tx, name: str) -> int:
+        """The position, locked till tx ends (PostgreSQL), so a second writer waits and then sees the new one."""
+        lock = " FOR UPDATE" if self.db.postgres else ""  # SQLite's write transactions hold the whole file
+        tx.execute(self.q(f"SELECT position FROM {{baton_tracking}} WHERE name = %s{lock}"), (name,))
+        row = tx.fetchone()
+        return int(row["position"]) if row else 0
+
     def max_tracking_id(self, application_name: str) -> int | None:
         with self.db.transaction(commit=False) as tx:
             return self.position(tx, application_name)
@@ -124,6 +158,16 @@ class View(TrackingRecorder):
         tx.execute(self.q("SELECT position FROM {baton_tracking} WHERE name = %s"), (name,))
         row = tx.fetchone()
         return int(row["position"]) if row else None
+
+
+class PositionMoved(Exception):
+    """A read model's position was not where its writer read it: the write is refused, the writer reads again."""
+
+
+class Fenced(Protocol):
+    """What a singleton's writes check in their own transaction (infra.lease.Fence)."""
+
+    def check(self, tx: Tx) -> None: ...
 
 
 class EventSource(Protocol):
@@ -146,6 +190,8 @@ class BatonProjection(Projection[TView], Generic[TView]):
     def __init__(self, view: TView, source: EventSource) -> None:
         super().__init__(view)
         self.source = source
+        self.fence: Fenced | None = None
+        """Set while this process holds the projections' lease: every batch checks it before it commits."""
         self.handlers: dict[str, Handler] = {}
         for attr in dir(type(self)):
             handled = getattr(getattr(type(self), attr), "handles", ())
@@ -165,22 +211,27 @@ class BatonProjection(Projection[TView], Generic[TView]):
             return self.position()
         target = max(e.position for e in envelopes)
         while True:
-            with self.view.db.transaction() as tx:
-                tracked = self.view.position(tx, self.name) or 0
-                if tracked >= target:
-                    return tracked
-                fresh = sorted((e for e in envelopes if e.position > tracked), key=lambda e: e.position)
-                if [e.position for e in fresh] != list(range(tracked + 1, tracked + 1 + len(fresh))):
-                    # Redelivered or missing messages: the store, not the stream, says what comes next.
-                    fresh = self.source.envelopes(tracked, self.fill_limit, stop=target)
-                if not fresh:
-                    return tracked
-                for envelope in fresh:
-                    self.apply(tx, envelope)
-                self.flush(tx)
-                self.view.track(tx, Tracking(self.name, fresh[-1].position))
-                if fresh[-1].position >= target:
-                    return fresh[-1].position
+            try:
+                with self.view.db.transaction() as tx:
+                    if self.fence is not None:
+                        self.fence.check(tx)
+                    tracked = self.view.locked_position(tx, self.name)
+                    if tracked >= target:
+                        return tracked
+                    fresh = sorted((e for e in envelopes if e.position > tracked), key=lambda e: e.position)
+                    if [e.position for e in fresh] != list(range(tracked + 1, tracked + 1 + len(fresh))):
+                        # Redelivered or missing messages: the store, not the stream, says what comes next.
+                        fresh = self.source.envelopes(tracked, self.fill_limit, stop=target)
+                    if not fresh:
+                        return tracked
+                    for envelope in fresh:
+                        self.apply(tx, envelope)
+                    self.flush(tx)
+                    self.view.advance(tx, self.name, tracked, fresh[-1].position)
+                    if fresh[-1].position >= target:
+                        return fresh[-1].position
+            except PositionMoved:
+                continue  # the transaction rolled back; read the position again
 
     def apply(self, tx: Tx, envelope: Envelope) -> None:
         handler = self.handlers.get(envelope.name)
