@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Response
 
 from api.assessment import assessment_router
 from api.branches import branch_router
@@ -19,6 +19,7 @@ from api.schemas import Health
 from api.tokens import Tokens
 from api.volunteering import volunteering_router
 from api.whistles import scorecard_router, whistle_router
+from infra import metrics
 from infra.bootstrap import Baton, Runtime
 
 
@@ -81,6 +82,14 @@ def create_app(
 
 def _health_router(runtime: Runtime | None) -> APIRouter:
     router = APIRouter(tags=["operations"])
+
+    @router.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        """Prometheus text format: commands, latency, group commit, lags, leases, NATS reconnects."""
+        if runtime is not None:
+            await runtime.observe()
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @router.get("/health", response_model=Health, summary="Store, NATS, relay lag and projection lags")
     async def health() -> dict[str, Any]:

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.schemas import ErrorBody
 from api.tokens import InvalidToken, Tokens
 from domain.errors import Conflict, DomainError, InvalidCommand, NotFound, OutOfScope
+from infra import metrics
 from infra.sqlite import StoreBusy
 from services.access import Actor, Context
 from services.base import Receipt
@@ -80,8 +81,50 @@ class Correlate:
             await self.app(scope, receive, tagged)
 
 
+class Measure:
+    """Count every request by route template and status, time it, and count commands by outcome (plain ASGI)."""
+
+    COMMANDS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        timer = metrics.Timer()
+        answer: dict[str, Any] = {"status": 500, "replayed": False}
+
+        async def observed(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
+                answer["replayed"] = any(k == b"idempotent-replayed" for k, _ in message.get("headers", ()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            seconds, method, status = timer(), scope["method"], answer["status"]
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            metrics.http_requests.labels(method, route, str(status)).inc()
+            metrics.http_seconds.labels(method, route).observe(seconds)
+            if method in self.COMMANDS and route != "unmatched":
+                metrics.commands.labels("http", f"{method} {route}", _outcome(status, answer["replayed"])).inc()
+                metrics.command_seconds.labels("http").observe(seconds)
+
+
+def _outcome(status: int, replayed: bool) -> str:
+    if status < 300:
+        return "replayed" if replayed else "accepted"
+    if status in (503, 504):
+        return "unavailable"
+    return "rejected" if status < 500 else "error"
+
+
 def install_middleware(app: FastAPI) -> None:
     app.add_middleware(Correlate)
+    app.add_middleware(Measure)
 
 
 def install_error_handlers(app: FastAPI) -> None:

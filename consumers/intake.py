@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from consumers.common import BatchMessage, pull, raw_bodies, stream
 from domain.errors import DomainError
 from domain.organisation import Organisation
+from infra import metrics
 from infra.jetstream import INTAKE_STREAM, JetStreamPublisher
 from infra.store import CommandLog, CommandRecord
 from services.access import Actor, Context, Role
@@ -421,13 +422,19 @@ def intake_router(
     )
     async def take_commands(bodies: list[bytes], msg: BatchMessage) -> None:
         items = [(m.subject, m.data, m.metadata.sequence.stream) for m in msg.raw_message]
+        timer = metrics.Timer()
         try:
             decided = await anyio.to_thread.run_sync(intake.decide_batch, items)
         except Exception:
             log.exception("intake_batch_failed", size=len(items))
+            metrics.commands.labels("nats", "batch", "unavailable").inc(len(items))
             await anyio.sleep(0.5)
             await msg.nack()
             return
+        metrics.command_seconds.labels("nats").observe(timer())
+        for (subject, _, _), (_, outcome, _) in zip(items, decided, strict=True):
+            action = subject.rsplit(".", 1)[-1]
+            metrics.commands.labels("nats", action if action in STEPS else "unknown", outcome.status).inc()
         await queue.put(publisher(), decided, msg)
 
     return router

@@ -18,6 +18,7 @@ from audit.note import Signer
 from consumers.inbox import inbox_router
 from consumers.intake import Intake, OutcomeQueue, intake_router
 from consumers.projections import projection_router
+from infra import metrics
 from infra.clock import Clock, SystemClock
 from infra.envelope import Envelope, EnvelopeCodec
 from infra.jetstream import (
@@ -221,6 +222,7 @@ class Runtime:
             self.url,
             **self._login,
             disconnected_cb=self._on_disconnect,
+            reconnected_cb=self._on_reconnect,
             name="baton",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
@@ -376,8 +378,12 @@ class Runtime:
         async with asyncio.timeout(15):
             await ack
 
+    async def _on_reconnect(self) -> None:
+        metrics.nats_events.labels("reconnected").inc()
+
     async def _on_disconnect(self) -> None:
         """Fail in-flight publishes at once; the relay resyncs from the stream when NATS is back."""
+        metrics.nats_events.labels("disconnected").inc()
         if self.publisher is not None:
             self.publisher.fail_pending(ConnectionError("disconnected from NATS"))
 
@@ -436,6 +442,17 @@ class Runtime:
             lags["relay"] = top - published
             lags["departments"] = len(self._department_codes() - self.departments)
         return lags
+
+    async def observe(self) -> None:
+        """Set the gauges /metrics reports from the store, the stream and the views database, as they are now."""
+        top = await asyncio.to_thread(self.baton.store.max_position)
+        metrics.store_position.set(top)
+        with contextlib.suppress(Exception):
+            metrics.lag.labels("relay").set(max(top - await self._published(), 0))
+        for name, projection in self.baton.projections.items():
+            metrics.lag.labels(name).set(max(top - await asyncio.to_thread(projection.position), 0))
+        metrics.lag.labels("notary").set(max(top - await asyncio.to_thread(self.baton.notary.position), 0))
+        metrics.set_leases(await asyncio.to_thread(self.leases.all))
 
     def expected_roles(self) -> list[str]:
         """The roles an installation running like this one must have a holder for."""

@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from infra import metrics
 from projections.base import Sql, Tx
 
 log = structlog.get_logger("baton.lease")
@@ -73,6 +74,7 @@ class Fence:
         """Raise LeaseLost unless the lease is still ours, at our epoch, unexpired (locked till tx ends)."""
         if not self.leases.holds(tx, self.holding):
             self.refused += 1
+            metrics.fenced_writes.labels(self.holding.name).inc()
             raise LeaseLost(
                 f"lease {self.holding.name} is no longer held by {self.holding.holder} at epoch {self.holding.epoch}"
             )
@@ -231,11 +233,13 @@ class Roles:
                 task = asyncio.create_task(self.roles[name](fence), name=f"role:{name}")
                 self.running[name] = Running(fence, task, renewed=asked)
                 self.takeovers += 1
+                metrics.lease_changes.labels(name, "taken").inc()
                 log.info("lease_taken", lease=name, holder=holding.holder, epoch=holding.epoch)
 
     async def _stop(self, name: str, why: str) -> None:
         running = self.running.pop(name)
         self.losses += 1
+        metrics.lease_changes.labels(name, "lost").inc()
         log.warning("lease_lost", lease=name, epoch=running.fence.holding.epoch, why=why)
         await _cancel(running.task)
 

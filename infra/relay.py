@@ -17,6 +17,7 @@ import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from infra import metrics
 from infra.envelope import EnvelopeCodec
 from infra.jetstream import EVENTS_STREAM, JetStreamPublisher, PublishRejected
 from infra.store import Store
@@ -92,6 +93,7 @@ class Relay:
                 except Exception as exc:
                     self.synced = False
                     self.resyncs += 1
+                    metrics.relay_resyncs.inc()
                     self.error = f"{type(exc).__name__}: {exc}"
                     self.publisher.fail_pending(exc)
                     log.warning("relay_resync", error=self.error, published=self.published, backoff=backoff)
@@ -168,6 +170,7 @@ class Relay:
             if ack.duplicate:
                 raise PublishRejected(409, None, f"position {position} was already in the stream")
             self.published, self.stream_seq = position, ack.seq
+        metrics.relay_published.inc(len(batch))
         log.debug(
             "relay_published",
             first=batch[0][0],

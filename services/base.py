@@ -26,6 +26,7 @@ from eventsourcing.persistence import (
 )
 
 from domain.errors import Conflict, InvalidCommand
+from infra import metrics
 from infra.clock import Clock
 from infra.sqlite import is_busy
 from infra.store import CommandRecord, Store
@@ -174,6 +175,7 @@ class CommandBatch:
         self.records: list[CommandRecord] = []
         self.taken: list[tuple[Receipt, slice]] = []
         self.keys: set[str] = set()
+        self.remembered = 0
 
     def load(self, aggregate_id: UUID) -> Aggregate:
         """The batch's copy of the aggregate, loaded on first use."""
@@ -224,9 +226,11 @@ class CommandBatch:
             raise ValueError(f"idempotency key {record.key!r} is already in this batch")
         self.keys.add(record.key)
         self.records.append(record)
+        self.remembered += 1
 
     def save(self) -> None:
         """Save every command's events and record in one transaction; IntegrityError if a version was taken."""
+        metrics.group_commit.labels("nats").observe(len(self.taken) + self.remembered)
         if self.events:
             recordings = self.app.save(*self.events, command=self.records)
             positions = [r.notification.id for r in recordings]
@@ -331,6 +335,7 @@ class GroupCommit:
                 # a taken version, or one member's data: each is saved on its own
                 log.info("group_commit_split", commands=len(group), error=type(exc).__name__)
             else:
+                metrics.group_commit.labels("http").observe(len(group))
                 positions = [r.notification.id for r in recordings]
                 start = 0
                 for p in group:
@@ -339,6 +344,7 @@ class GroupCommit:
         for i, p in enumerate(group):
             try:
                 p.positions = [r.notification.id for r in self.app.save(*p.events, command=p.record)]
+                metrics.group_commit.labels("http").observe(1)
             except BaseException as exc:
                 p.error = exc
                 if unreachable(exc) or is_busy(exc):  # the rest of the group would fail the same way

@@ -31,7 +31,7 @@ from tests.test_branches_domain import AUDITOR_FULL, DOCUMENT
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 DOCS = {"GET /openapi.json", "GET /docs", "GET /docs/oauth2-redirect", "GET /redoc"}
-PUBLIC = {"GET /health"}
+PUBLIC = {"GET /health", "GET /metrics"}  # operations, for load balancers and Prometheus: no personal data
 
 
 class Reach(StrEnum):
@@ -114,6 +114,7 @@ TISHU_WHISTLES = tuple(
 POLICY: dict[str, tuple[Case, ...]] = {
     # Operations and organisation: the tree is reference data for every token; only admins change it.
     "GET /health": (Case(get("/health"), EVERYONE),),
+    "GET /metrics": (Case(get("/metrics"), EVERYONE),),
     "GET /v1/org": (Case(get("/v1/org"), EVERYONE),),
     "POST /v1/org/units": (
         Case(
