@@ -13,7 +13,9 @@ from eventsourcing.persistence import PersistenceError
 from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from api.schemas import ErrorBody
 from api.tokens import InvalidToken, Tokens
@@ -157,7 +159,13 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(422, "invalid_request", "the body is not UTF-8; send JSON encoded as UTF-8")
         if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
             return error_response(422, "invalid_request", "the body is nested too deeply; send a flatter JSON object")
-        return error_response(exc.status_code, "http_error", str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            allowed = ", ".join(allowed_methods(request))
+            headers["Allow"] = allowed
+            message = f"{request.method} is not served at {request.url.path}; use {allowed}"
+            return error_response(405, "method_not_allowed", message, headers)
+        return error_response(exc.status_code, "http_error", str(exc.detail), headers)
 
     @app.exception_handler(StoreBusy)
     async def store_busy(request: Request, exc: StoreBusy) -> JSONResponse:
@@ -178,6 +186,16 @@ def install_error_handlers(app: FastAPI) -> None:
             "the event store cannot be reached; nothing was recorded, retry shortly",
             {"Retry-After": "2"},
         )
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method a route serves at the request's path (Starlette's 405 names the first such route's only)."""
+    methods: set[str] = set()
+    for context in iter_route_contexts(request.app.routes):
+        route = context.route
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
 
 
 def actor_dependency(tokens: Tokens) -> Callable[..., Actor]:

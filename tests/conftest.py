@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import nats
@@ -25,6 +25,9 @@ from infra.jetstream import DEPT_STREAM, department_durable
 from infra.nats_server import EmbeddedNats
 from infra.settings import Settings
 from services.access import Actor, Context, Role
+
+if TYPE_CHECKING:
+    from tests.faults import Served
 
 PG_URL = os.environ.get("BATON_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -117,6 +120,19 @@ async def client(baton: Baton, tokens: Tokens) -> AsyncIterator[httpx.AsyncClien
     app = create_app(baton, tokens)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://baton.test") as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """`baton serve` as a child process on free ports (SQLite, no rate limit), for tests over real HTTP."""
+    from tests.faults import Served
+
+    server = Served(tmp_path_factory.mktemp("served"), "sqlite")
+    try:
+        asyncio.run(server.start())
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from api.tokens import Tokens
 from infra.bootstrap import Runtime
 from infra.clock import ManualClock
 from tests.conftest import Auth, blow, seed_county
+from tests.faults import Served
 
 
 def error(r: httpx.Response) -> dict:
@@ -217,3 +218,24 @@ async def test_health_reports_store_nats_relay_and_projections(
     top = runtime.baton.store.max_position()
     assert health["projections"] == {name: {"lag": 0, "position": top} for name in runtime.baton.projections}
     assert set(health["projections"]) == {"whistle_board", "department_scorecard", "volunteering", "branches"}
+
+
+def test_a_method_a_path_does_not_serve_is_405_with_every_allowed_method_over_http(served: Served) -> None:
+    """RFC 9110: a 405 carries Allow, naming every method served at the path (not only the first route's)."""
+    allowed = {
+        "/health": "GET",
+        "/v1/activities/0": "GET",
+        "/v1/whistles": "GET, POST",
+        "/v1/communities/tishu/points-policy": "PUT",
+        "/v1/assessments/2026/finalise": "POST",
+    }
+    with httpx.Client(base_url=served.url) as client:
+        for path, methods in allowed.items():
+            for method in ("TRACE", "DELETE", "PATCH", "OPTIONS"):
+                r = client.request(method, path)
+                assert r.status_code == 405, (method, path, r.text)
+                assert r.headers.get("Allow") == methods, (method, path, r.headers)
+                assert error(r) == {
+                    "code": "method_not_allowed",
+                    "message": f"{method} is not served at {path}; use {methods}",
+                }
