@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import rfc8785
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, Field
 
-from api.common import ERRORS, MAX_POSITION, IdempotencyKey, actor_dependency, answer, command_context
+from api.common import (
+    ERRORS,
+    MAX_POSITION,
+    UNKNOWN_IN_QUERY,
+    IdempotencyKey,
+    actor_dependency,
+    answer,
+    command_context,
+    path_id,
+)
 from api.schemas import Accepted
 from api.tokens import Tokens
-from domain.errors import InvalidCommand, NotFound, OutOfScope
+from domain.errors import InvalidCommand, NotFound, OutOfScope, Thing
 from infra.bootstrap import Baton
 from services.access import SEE_EVERYTHING, Actor, Role, article
 from services.schemas import Strict
@@ -97,9 +106,31 @@ class AuditKey(BaseModel):
     vkey: str = Field(description="C2SP verifier key: pin it with `baton verify --key`.")
 
 
-Year = Annotated[int, Path(ge=2000, le=2100)]
-Position = Annotated[int, Path(ge=1, le=MAX_POSITION, description="A store position, from 1.")]
-TreeSize = Annotated[int, Path(ge=1, le=MAX_POSITION, description="A tree size (a count of events).")]
+Position = path_id(Thing.POSITION, int, ge=1, le=MAX_POSITION)
+TreeSize = path_id(Thing.TREE_SIZE, int, ge=1, le=MAX_POSITION)
+# Events count in the year of their scheme's timezone, so a year is in the history if any zone (UTC-12 to
+# UTC+14) puts the first event in it or an earlier one, and the clock's now in it or a later one.
+EARLIEST_ZONE, LATEST_ZONE = timedelta(hours=-12), timedelta(hours=14)
+
+
+YearInPath = path_id(Thing.YEAR, int, ge=2000, le=2100)
+
+
+def known_year(request: Request, year: YearInPath) -> int:
+    """The year in the path, if the history reaches it: from the first recorded event's year to the current one."""
+    baton: Baton = request.app.state.baton
+    first = baton.store.select(0, 1)
+    if not first:
+        raise NotFound(f"year {year} has no history: nothing is recorded yet", Thing.YEAR, year)
+    since = (datetime.fromisoformat(baton.codec.envelope(first[0]).occurred_at) + EARLIEST_ZONE).year
+    until = (baton.clock.now() + LATEST_ZONE).year
+    if not since <= year <= until:
+        raise NotFound(f"year {year} is outside the history, which runs from {since} to {until}", Thing.YEAR, year)
+    return year
+
+
+Year = Annotated[int, Depends(known_year)]
+SIGNED_SIZE = f"A tree size with a signed checkpoint{UNKNOWN_IN_QUERY}."
 
 
 def b64(value: bytes) -> str:
@@ -107,8 +138,9 @@ def b64(value: bytes) -> str:
 
 
 def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
-    router = APIRouter(prefix="/v1", responses=ERRORS)
     actor_dep = Depends(actor_dependency(tokens))
+    # On the router too, so the token is checked before a dependency looks up the year in the path.
+    router = APIRouter(prefix="/v1", responses=ERRORS, dependencies=[actor_dep])
     app = baton.assessment
     notary = baton.notary
 
@@ -266,7 +298,7 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         check(actor, AUDIT_READERS, "the audit trail")
         found = notary.view.checkpoint(size)
         if found is None:
-            raise NotFound(f"no checkpoint is signed for tree size {size}")
+            raise NotFound(f"no checkpoint is signed for tree size {size}", Thing.TREE_SIZE, size)
         return Response(found["note"], media_type="text/plain; charset=utf-8")
 
     @router.get(
@@ -278,15 +310,24 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
     def proof(
         position: Position,
         actor: Actor = actor_dep,
-        size: Annotated[int | None, Query(ge=1, le=MAX_POSITION, description="A checkpointed tree size.")] = None,
+        size: Annotated[
+            int | None,
+            Query(
+                ge=1,
+                le=MAX_POSITION,
+                description=f"A checkpointed tree size (default: the latest){UNKNOWN_IN_QUERY}.",
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         check(actor, AUDIT_READERS, "the audit trail")
         cp = notary.view.checkpoint(size)
+        if cp is None and size is not None:
+            raise NotFound(f"no checkpoint is signed for tree size {size}", Thing.TREE_SIZE, size)
         if cp is None:
-            raise NotFound("no checkpoint is signed for that tree size yet")
+            raise NotFound("no checkpoint is signed yet")
         index = notary.view.index_of(position)
         if index is None or index >= cp["size"]:
-            raise NotFound(f"position {position} is not in the tree of size {cp['size']}")
+            raise NotFound(f"position {position} is not in the tree of size {cp['size']}", Thing.POSITION, position)
         leaf = notary.view.leaves(index, index + 1)[0][1]
         return {
             "position": position,
@@ -306,13 +347,14 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
     )
     def consistency(
         actor: Actor = actor_dep,
-        first: Annotated[int, Query(alias="from", ge=1, le=MAX_POSITION)] = 1,
-        second: Annotated[int, Query(alias="to", ge=1, le=MAX_POSITION)] = 1,
+        first: Annotated[int, Query(alias="from", ge=1, le=MAX_POSITION, description=SIGNED_SIZE)] = 1,
+        second: Annotated[int, Query(alias="to", ge=1, le=MAX_POSITION, description=SIGNED_SIZE)] = 1,
     ) -> dict[str, Any]:
         check(actor, AUDIT_READERS, "the audit trail")
         one, two = notary.view.checkpoint(first), notary.view.checkpoint(second)
-        if one is None or two is None:
-            raise NotFound("both sizes must be signed checkpoints")
+        for size, found in ((first, one), (second, two)):
+            if found is None:
+                raise NotFound(f"no checkpoint is signed for tree size {size}", Thing.TREE_SIZE, size)
         if first > second:
             raise InvalidCommand("from must not be larger than to: ask for the smaller tree size first")
         return {
@@ -333,7 +375,7 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         check(actor, SEE_EVERYTHING, "events one by one (their text reaches beyond a district)")
         found = baton.store.select(position - 1, 1, stop=position)
         if not found:
-            raise NotFound(f"no event at position {position}")
+            raise NotFound(f"no event at position {position}", Thing.POSITION, position)
         return Response(rfc8785.dumps(baton.codec.envelope(found[0]).body()), media_type="application/json")
 
     return router

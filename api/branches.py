@@ -6,7 +6,16 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Request, Response
 
-from api.common import ERRORS, IdempotencyKey, actor_dependency, answer, command_context
+from api.common import (
+    ERRORS,
+    BranchId,
+    IdempotencyKey,
+    RectificationId,
+    StandardVersionId,
+    actor_dependency,
+    answer,
+    command_context,
+)
 from api.schemas import (
     Accepted,
     AuditIn,
@@ -21,7 +30,7 @@ from api.schemas import (
     StandardVersion,
 )
 from api.tokens import Tokens
-from domain.errors import NotFound, OutOfScope
+from domain.errors import NotFound, OutOfScope, Thing
 from infra.bootstrap import Baton
 from services.access import SEE_EVERYTHING, UNIT_ROLES, Actor, Role, article
 
@@ -72,10 +81,10 @@ def branch_router(baton: Baton, tokens: Tokens) -> APIRouter:
         return view.standards()
 
     @router.get("/standards/{version}", summary="A published standard document, as published")
-    def standard(version: str, actor: Actor = actor_dep) -> dict[str, Any]:
+    def standard(version: StandardVersionId, actor: Actor = actor_dep) -> dict[str, Any]:
         document = view.standard_document(version)
         if document is None:
-            raise NotFound(f"standard version {version} is not published")
+            raise NotFound(f"standard version {version} is not published", Thing.STANDARD_VERSION, version)
         return document
 
     @router.post("/branches", status_code=201, response_model=Accepted, summary="Register a party branch")
@@ -93,7 +102,7 @@ def branch_router(baton: Baton, tokens: Tokens) -> APIRouter:
 
     @router.post("/branches/{branch_id}/members", response_model=Accepted, summary="Update the members count")
     def members(
-        branch_id: str,
+        branch_id: BranchId,
         body: MembersIn,
         request: Request,
         response: Response,
@@ -110,7 +119,7 @@ def branch_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Log a meeting: 三会一课 or a themed party day (the branch's secretary)",
     )
     def meeting(
-        branch_id: str,
+        branch_id: BranchId,
         body: MeetingIn,
         request: Request,
         response: Response,
@@ -137,7 +146,7 @@ def branch_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Record a month's dues (党费) (the branch's secretary)",
     )
     def dues(
-        branch_id: str,
+        branch_id: BranchId,
         body: DuesIn,
         request: Request,
         response: Response,
@@ -164,7 +173,7 @@ def branch_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Audit a branch against the standard in force (inspectors only)",
     )
     def audit(
-        branch_id: str,
+        branch_id: BranchId,
         body: AuditIn,
         request: Request,
         response: Response,
@@ -181,8 +190,8 @@ def branch_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Report a finding rectified, with evidence (the branch's secretary)",
     )
     def complete(
-        branch_id: str,
-        rectification_id: str,
+        branch_id: BranchId,
+        rectification_id: RectificationId,
         body: EvidenceIn,
         request: Request,
         response: Response,
@@ -218,11 +227,12 @@ def branch_router(baton: Baton, tokens: Tokens) -> APIRouter:
         response_model=BranchDetail,
         summary="A branch: grade, cadence this quarter, audit history, rectifications, recent log",
     )
-    def detail(branch_id: str, actor: Actor = actor_dep) -> dict[str, Any]:
+    def detail(branch_id: BranchId, actor: Actor = actor_dep) -> dict[str, Any]:
         filters = scope_filters(actor)
         row = view.detail(branch_id, app.today(baton.clock.now()))
         if row is None:
-            raise NotFound(f"branch {branch_id} does not exist (or is not in the read model yet)")
+            missing = f"branch {branch_id} does not exist (or is not in the read model yet)"
+            raise NotFound(missing, Thing.BRANCH, branch_id)
         if any(row.get(column) != value for column, value in filters.items()):
             raise OutOfScope("this branch is outside your scope")
         return row

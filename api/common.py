@@ -10,16 +10,16 @@ from typing import Annotated, Any
 
 import structlog
 from eventsourcing.persistence import PersistenceError
-from fastapi import FastAPI, Header, Query, Request, Response
+from fastapi import FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import iter_route_contexts
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
 from api.schemas import ErrorBody
 from api.tokens import InvalidToken, Tokens
-from domain.errors import Conflict, DomainError, InvalidCommand, NotFound, OutOfScope
+from domain.errors import Conflict, DomainError, InvalidCommand, Missing, NotFound, OutOfScope, Thing
 from infra import metrics
 from infra.sqlite import StoreBusy
 from services.access import Actor, Context
@@ -36,16 +36,73 @@ STATUS_BY_ERROR: list[tuple[type[DomainError], int]] = [
 ERRORS = {
     401: {"model": ErrorBody, "description": "No token, or a bad one."},
     403: {"model": ErrorBody, "description": "Outside the actor's scope."},
-    404: {"model": ErrorBody, "description": "Unknown id."},
+    404: {
+        "model": ErrorBody,
+        "description": "`not_found`: an id in the path names nothing that exists; the message says where to find ids.",
+    },
     409: {"model": ErrorBody, "description": "A step out of order, or a concurrent change."},
     413: {"model": ErrorBody, "description": "The request body is over the limit (BATON_HTTP_MAX_BODY)."},
-    422: {"model": ErrorBody, "description": "Invalid input."},
+    422: {
+        "model": ErrorBody,
+        "description": (
+            "Invalid input: `invalid_request` (the shape), `invalid_command` and others (a rule), or "
+            "`unknown_reference`: the body or a query parameter names something that does not exist."
+        ),
+    },
     429: {
         "model": ErrorBody,
         "description": "Too many requests for this token (BATON_RATE_LIMIT per second, BATON_RATE_BURST at once).",
         "headers": {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}},
     },
 }
+
+
+FIND: dict[Thing, str] = {
+    Thing.UNIT: "GET /v1/org lists the units",
+    Thing.COMMUNITY: "GET /v1/org lists the units (a community is a unit of kind community)",
+    Thing.DEPARTMENT: "GET /v1/org lists the departments",
+    Thing.CATEGORY: "GET /v1/org lists the categories",
+    Thing.CADRE: "GET /v1/org lists the cadres",
+    Thing.WHISTLE: "GET /v1/whistles lists the whistles this token sees",
+    Thing.VOLUNTEER: (
+        "POST /v1/volunteers answers a volunteer_id; GET /v1/communities/{community_id}/leaderboard lists "
+        "a community's volunteers"
+    ),
+    Thing.ACTIVITY: "GET /v1/activities?community=ID lists a community's activities",
+    Thing.REWARD: "GET /v1/rewards?community=ID lists a community's catalogue",
+    Thing.BRANCH: "GET /v1/branches lists the branches this token sees",
+    Thing.RECTIFICATION: "GET /v1/branches/{branch_id} lists a branch's rectifications",
+    Thing.STANDARD_VERSION: "GET /v1/standards lists the published versions",
+    Thing.PERSON: (
+        "a person id is a whistle's reporter.person_id (GET /v1/whistles/{whistle_id}) or a volunteer_id "
+        "(GET /v1/volunteers/{volunteer_id})"
+    ),
+    Thing.YEAR: "GET /v1/assessments/{year} takes the years from the first recorded event's to the current one",
+    Thing.TREE_SIZE: "GET /v1/audit/checkpoint shows the latest signed tree size",
+    Thing.POSITION: "positions run from 1 to the latest signed tree size (GET /v1/audit/checkpoint)",
+}
+"""Where a person finds valid ids of each thing; every message about an unknown one ends with it."""
+
+
+def path_id(thing: Thing, kind: type = str, **constraints: Any) -> Any:
+    """The type of a path parameter that names a thing: documented with where its ids are listed."""
+    described = f"Names a {thing} ({FIND[thing]}); an unknown one is answered 404 not_found."
+    return Annotated[kind, Path(description=described, **constraints), thing]
+
+
+WhistleId = path_id(Thing.WHISTLE)
+CommunityId = path_id(Thing.COMMUNITY)
+DepartmentCode = path_id(Thing.DEPARTMENT)
+CadreId = path_id(Thing.CADRE)
+VolunteerId = path_id(Thing.VOLUNTEER)
+ActivityId = path_id(Thing.ACTIVITY)
+RewardId = path_id(Thing.REWARD)
+BranchId = path_id(Thing.BRANCH)
+RectificationId = path_id(Thing.RECTIFICATION)
+StandardVersionId = path_id(Thing.STANDARD_VERSION)
+PersonId = path_id(Thing.PERSON)
+UNKNOWN_IN_QUERY = "; an unknown one is answered 422 unknown_reference"
+"""Ends the description of a query parameter that names a thing."""
 
 
 class ApiError(Exception):
@@ -132,6 +189,11 @@ def install_middleware(app: FastAPI) -> None:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        if isinstance(exc, Missing) and exc.thing is not None:
+            message = f"{exc.message}; {FIND[exc.thing]}"
+            if names_in_path(request, exc):
+                return error_response(404, NotFound.code, message)
+            return error_response(422, "unknown_reference", message)
         status = next((s for cls, s in STATUS_BY_ERROR if isinstance(exc, cls)), 422)
         return error_response(status, exc.code, exc.message)
 
@@ -196,6 +258,24 @@ def allowed_methods(request: Request) -> list[str]:
         if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] is not Match.NONE:
             methods |= route.methods
     return sorted(methods)
+
+
+def names_in_path(request: Request, missing: Missing) -> bool:
+    """Whether a path parameter of the request's route, typed with the missing thing, holds its id."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return False
+    dependants = [route.dependant]
+    while dependants:
+        dependant = dependants.pop()
+        dependants.extend(dependant.dependencies)
+        for field in dependant.path_params:
+            if not any(m is missing.thing for m in field.field_info.metadata):
+                continue
+            value, errors = field.validate(request.path_params.get(field.name), loc=("path", field.name))
+            if not errors and str(value) == missing.ref:
+                return True
+    return False
 
 
 def actor_dependency(tokens: Tokens) -> Callable[..., Actor]:

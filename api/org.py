@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from api.common import ERRORS, IdempotencyKey, actor_dependency, answer, command_context
+from api.common import ERRORS, CadreId, IdempotencyKey, actor_dependency, answer, command_context
 from api.schemas import Accepted, CadreIn, CategoryIn, DepartmentIn, OrgTree, SecondmentIn, UnitIn
 from api.tokens import Tokens
 from infra.bootstrap import Baton
@@ -102,7 +102,7 @@ def org_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Second a department cadre part-time to a community (admin)",
     )
     def second_cadre(
-        cadre_id: str,
+        cadre_id: CadreId,
         body: SecondmentIn,
         request: Request,
         response: Response,

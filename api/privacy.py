@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from api.common import ERRORS, IdempotencyKey, actor_dependency, answer, command_context
+from api.common import ERRORS, IdempotencyKey, PersonId, actor_dependency, answer, command_context
 from api.schemas import EraseIn, PersonOut
 from api.tokens import Tokens
 from infra.bootstrap import Baton
@@ -18,7 +18,7 @@ def privacy_router(baton: Baton, tokens: Tokens) -> APIRouter:
     actor_dep = Depends(actor_dependency(tokens))
 
     @router.get("/{person_id}", response_model=PersonOut, summary="Whether a person's data is held or erased")
-    def person(person_id: str, actor: Actor = actor_dep) -> dict[str, Any]:
+    def person(person_id: PersonId, actor: Actor = actor_dep) -> dict[str, Any]:
         return baton.privacy.person(actor, person_id)
 
     @router.post(
@@ -27,7 +27,7 @@ def privacy_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Erase a resident's personal data: their key is destroyed, the history stays verifiable",
     )
     def erase(
-        person_id: str,
+        person_id: PersonId,
         body: EraseIn,
         request: Request,
         response: Response,

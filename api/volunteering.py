@@ -7,7 +7,18 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from api.common import ERRORS, IdempotencyKey, actor_dependency, answer, command_context
+from api.common import (
+    ERRORS,
+    UNKNOWN_IN_QUERY,
+    ActivityId,
+    CommunityId,
+    IdempotencyKey,
+    RewardId,
+    VolunteerId,
+    actor_dependency,
+    answer,
+    command_context,
+)
 from api.schemas import (
     Accepted,
     ActivityDetail,
@@ -31,11 +42,13 @@ from api.schemas import (
     VolunteerIn,
 )
 from api.tokens import Tokens
-from domain.errors import NotFound, OutOfScope
+from domain.errors import NotFound, OutOfScope, Thing
 from infra.bootstrap import Baton
 from services.access import SEE_EVERYTHING, UNIT_ROLES, Actor, Role, sees_personal_data
 
 Year = Annotated[int | None, Query(ge=2000, le=2100, description="Default: this year.")]
+Community = Annotated[str, Query(description=f"A community's unit id{UNKNOWN_IN_QUERY}.")]
+CommunityFilter = Annotated[str | None, Query(description=f"Only this community (a unit id){UNKNOWN_IN_QUERY}.")]
 
 
 def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
@@ -92,7 +105,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Redeem points for a reward (the volunteer themself)",
     )
     def redeem(
-        volunteer_id: str,
+        volunteer_id: VolunteerId,
         body: RedemptionIn,
         request: Request,
         response: Response,
@@ -109,7 +122,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="承诺 An in-service party member pledges service for a year",
     )
     def pledge(
-        volunteer_id: str,
+        volunteer_id: VolunteerId,
         body: PledgeIn,
         request: Request,
         response: Response,
@@ -134,7 +147,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         "/activities/{activity_id}/signups", status_code=201, response_model=Accepted, summary="Sign a volunteer up"
     )
     def sign_up(
-        activity_id: str,
+        activity_id: ActivityId,
         body: SignupIn,
         request: Request,
         response: Response,
@@ -151,7 +164,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Confirm a volunteer's hours; only confirmed hours earn points, once per activity",
     )
     def attendance(
-        activity_id: str,
+        activity_id: ActivityId,
         body: AttendanceIn,
         request: Request,
         response: Response,
@@ -169,7 +182,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="A complaint voids the activity's credit (reversing entries)",
     )
     def void(
-        activity_id: str,
+        activity_id: ActivityId,
         body: VoidIn,
         request: Request,
         response: Response,
@@ -192,7 +205,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
 
     @router.post("/rewards/{reward_id}/restock", response_model=Accepted, summary="Restock a gift")
     def restock(
-        reward_id: str,
+        reward_id: RewardId,
         body: RestockIn,
         request: Request,
         response: Response,
@@ -208,7 +221,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Set how the community's points lapse (applies to points earned from now on)",
     )
     def points_policy(
-        community_id: str,
+        community_id: CommunityId,
         body: PointsPolicyIn,
         request: Request,
         response: Response,
@@ -225,10 +238,11 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         response_model=VolunteerDetail,
         summary="A volunteer's balance and ledger (entries sum to the balance)",
     )
-    def volunteer(volunteer_id: str, actor: Actor = actor_dep) -> dict[str, Any]:
+    def volunteer(volunteer_id: VolunteerId, actor: Actor = actor_dep) -> dict[str, Any]:
         row = view.volunteer(volunteer_id)
         if row is None:
-            raise NotFound(f"volunteer {volunteer_id} does not exist (or is not in the read model yet)")
+            missing = f"volunteer {volunteer_id} does not exist (or is not in the read model yet)"
+            raise NotFound(missing, Thing.VOLUNTEER, volunteer_id)
         if not (actor.role is Role.VOLUNTEER and actor.id == volunteer_id):
             if actor.role is Role.VOLUNTEER:
                 raise OutOfScope("a volunteer reads their own points only")
@@ -242,7 +256,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Volunteers ranked by points earned",
     )
     def leaderboard(
-        community_id: str, actor: Actor = actor_dep, limit: Annotated[int, Query(ge=1, le=200)] = 20
+        community_id: CommunityId, actor: Actor = actor_dep, limit: Annotated[int, Query(ge=1, le=200)] = 20
     ) -> list[dict[str, Any]]:
         check_reads_community(actor, community_id)
         return personal(actor, view.leaderboard(community_id, limit))
@@ -252,7 +266,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         response_model=Participation,
         summary="Volunteers with confirmed service in a year per 1,000 residents",
     )
-    def participation(community_id: str, actor: Actor = actor_dep, year: Year = None) -> dict[str, Any]:
+    def participation(community_id: CommunityId, actor: Actor = actor_dep, year: Year = None) -> dict[str, Any]:
         check_reads_community(actor, community_id)
         rows = view.participation(this_year(year), community_id)
         if not rows:
@@ -271,26 +285,27 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         return [r for r in view.participation(this_year(year), None) if within is None or r["community_id"] in within]
 
     @router.get("/activities", response_model=list[ActivitySummary], summary="A community's activities")
-    def activities(community: str, actor: Actor = actor_dep) -> list[dict[str, Any]]:
+    def activities(community: Community, actor: Actor = actor_dep) -> list[dict[str, Any]]:
         check_reads_community(actor, community)
         return view.activities(community)
 
     @router.get("/activities/{activity_id}", response_model=ActivityDetail, summary="An activity and its roster")
-    def activity(activity_id: str, actor: Actor = actor_dep) -> dict[str, Any]:
+    def activity(activity_id: ActivityId, actor: Actor = actor_dep) -> dict[str, Any]:
         row = view.activity(activity_id)
         if row is None:
-            raise NotFound(f"activity {activity_id} does not exist (or is not in the read model yet)")
+            missing = f"activity {activity_id} does not exist (or is not in the read model yet)"
+            raise NotFound(missing, Thing.ACTIVITY, activity_id)
         check_reads_community(actor, row["community_id"])
         return personal(actor, row)
 
     @router.get("/rewards", response_model=list[RewardOut], summary="A community's catalogue, with stock")
-    def rewards(community: str, actor: Actor = actor_dep) -> list[dict[str, Any]]:
+    def rewards(community: Community, actor: Actor = actor_dep) -> list[dict[str, Any]]:
         check_reads_community(actor, community)
         return view.catalogue(community)
 
     @router.get("/redemptions", response_model=list[RedemptionOut], summary="Redemptions, newest first")
     def redemptions(
-        actor: Actor = actor_dep, community: str | None = None, volunteer: str | None = None
+        actor: Actor = actor_dep, community: CommunityFilter = None, volunteer: str | None = None
     ) -> list[dict[str, Any]]:
         if actor.role is Role.VOLUNTEER:
             if volunteer != actor.id:
@@ -307,7 +322,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="In-service party members' pledges and confirmed service hours, per branch or community",
     )
     def party_service(
-        actor: Actor = actor_dep, year: Year = None, community: str | None = None, branch: str | None = None
+        actor: Actor = actor_dep, year: Year = None, community: CommunityFilter = None, branch: str | None = None
     ) -> list[dict[str, Any]]:
         if community:
             check_reads_community(actor, community)
@@ -322,7 +337,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="In-service party members' service summed per branch",
     )
     def branch_service(
-        actor: Actor = actor_dep, year: Year = None, community: str | None = None
+        actor: Actor = actor_dep, year: Year = None, community: CommunityFilter = None
     ) -> list[dict[str, Any]]:
         if community:
             check_reads_community(actor, community)

@@ -8,10 +8,19 @@ from uuid import UUID
 import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from api.common import ERRORS, IdempotencyKey, MinPosition, actor_dependency, answer, command_context
+from api.common import (
+    ERRORS,
+    DepartmentCode,
+    IdempotencyKey,
+    MinPosition,
+    WhistleId,
+    actor_dependency,
+    answer,
+    command_context,
+)
 from api.schemas import Scorecard, StepAccepted, WhistleCreated, WhistleDetail, WhistlePage
 from api.tokens import Tokens
-from domain.errors import NotFound, OutOfScope
+from domain.errors import NotFound, OutOfScope, Thing
 from infra.bootstrap import Baton
 from projections.scorecard import empty_scorecard
 from projections.whistle_board import BoardQuery
@@ -39,7 +48,7 @@ def whistle_router(baton: Baton, tokens: Tokens) -> APIRouter:
 
     @router.post("/{whistle_id}/report-in", response_model=StepAccepted, summary="应哨 Report in (department)")
     def report_in(
-        whistle_id: str,
+        whistle_id: WhistleId,
         request: Request,
         response: Response,
         actor: Actor = actor_dep,
@@ -49,7 +58,7 @@ def whistle_router(baton: Baton, tokens: Tokens) -> APIRouter:
 
     @router.post("/{whistle_id}/dispatch", response_model=StepAccepted, summary="派单 Dispatch a work order")
     def dispatch(
-        whistle_id: str,
+        whistle_id: WhistleId,
         body: Dispatch,
         request: Request,
         response: Response,
@@ -72,7 +81,7 @@ def whistle_router(baton: Baton, tokens: Tokens) -> APIRouter:
 
     @router.post("/{whistle_id}/decline", response_model=StepAccepted, summary="Decline the work order (department)")
     def decline(
-        whistle_id: str,
+        whistle_id: WhistleId,
         body: Decline,
         request: Request,
         response: Response,
@@ -84,7 +93,7 @@ def whistle_router(baton: Baton, tokens: Tokens) -> APIRouter:
 
     @router.post("/{whistle_id}/progress", response_model=StepAccepted, summary="办理 Record progress")
     def progress(
-        whistle_id: str,
+        whistle_id: WhistleId,
         body: Progress,
         request: Request,
         response: Response,
@@ -96,7 +105,7 @@ def whistle_router(baton: Baton, tokens: Tokens) -> APIRouter:
 
     @router.post("/{whistle_id}/complete", response_model=StepAccepted, summary="办理 Complete the handling")
     def complete(
-        whistle_id: str,
+        whistle_id: WhistleId,
         body: Complete,
         request: Request,
         response: Response,
@@ -108,7 +117,7 @@ def whistle_router(baton: Baton, tokens: Tokens) -> APIRouter:
 
     @router.post("/{whistle_id}/feedback", response_model=StepAccepted, summary="反馈 Report the result back")
     def feedback(
-        whistle_id: str,
+        whistle_id: WhistleId,
         body: Feedback,
         request: Request,
         response: Response,
@@ -120,7 +129,7 @@ def whistle_router(baton: Baton, tokens: Tokens) -> APIRouter:
 
     @router.post("/{whistle_id}/evaluate", response_model=StepAccepted, summary="评价 Evaluate the handling")
     def evaluate(
-        whistle_id: str,
+        whistle_id: WhistleId,
         body: Evaluate,
         request: Request,
         response: Response,
@@ -160,14 +169,15 @@ def whistle_router(baton: Baton, tokens: Tokens) -> APIRouter:
 
     @router.get("/{whistle_id}", response_model=WhistleDetail, summary="A whistle, with its timeline oldest first")
     def detail(
-        whistle_id: str,
+        whistle_id: WhistleId,
         actor: Actor = actor_dep,
         min_position: MinPosition = None,
     ) -> dict[str, Any]:
         _wait_for(baton, min_position)
         row = baton.board.view.get(whistle_id)
         if row is None:
-            raise NotFound(f"whistle {whistle_id} does not exist (or is not on the board yet)")
+            missing = f"whistle {whistle_id} does not exist (or is not on the board yet)"
+            raise NotFound(missing, Thing.WHISTLE, whistle_id)
         departments = baton.board.view.departments_of(whistle_id)
         if not can_read_whistle(baton.org.current(), actor, row["community_id"], departments):
             raise OutOfScope("this whistle is outside your scope")
@@ -234,11 +244,11 @@ def scorecard_router(baton: Baton, tokens: Tokens) -> APIRouter:
         return cards(actor, None)
 
     @router.get("/{code}", response_model=Scorecard, summary="One department's scorecard")
-    def one_scorecard(code: str, actor: Actor = actor_dep) -> dict[str, Any]:
+    def one_scorecard(code: DepartmentCode, actor: Actor = actor_dep) -> dict[str, Any]:
         found = cards(actor, code)
         if not found:
             if code not in baton.org.current().departments:
-                raise NotFound(f"department {code} does not exist")
+                raise NotFound(f"department {code} does not exist", Thing.DEPARTMENT, code)
             return empty_scorecard(code)
         return found[0]
 

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from eventsourcing.domain import Aggregate, event
 
 from domain.common import LOCAL_TIMEZONE, Meta, check_text
-from domain.errors import Conflict, DuplicateEntry, InvalidCommand, NotFound
+from domain.errors import Conflict, DuplicateEntry, InvalidCommand, NotFound, Thing
 
 CENT = Decimal("0.01")
 STANDARD_ID: UUID = uuid5(NAMESPACE_URL, "baton:branch-standard")
@@ -624,7 +624,9 @@ class Branch(Aggregate):
         try:
             return self.rectifications[rectification_id]
         except KeyError:
-            raise NotFound(f"rectification {rectification_id} does not exist on this branch") from None
+            raise NotFound(
+                f"rectification {rectification_id} does not exist on this branch", Thing.RECTIFICATION, rectification_id
+            ) from None
 
     def complete_rectification(
         self, rectification_id: str, evidence: str, *, timestamp: datetime, meta: Meta, today: date

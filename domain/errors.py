@@ -3,6 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from enum import StrEnum
+
+
+class Thing(StrEnum):
+    """The kinds of things a command or a query names by id."""
+
+    UNIT = "unit"
+    COMMUNITY = "community"
+    DEPARTMENT = "department"
+    CATEGORY = "category"
+    CADRE = "cadre"
+    WHISTLE = "whistle"
+    VOLUNTEER = "volunteer"
+    ACTIVITY = "activity"
+    REWARD = "reward"
+    BRANCH = "branch"
+    RECTIFICATION = "rectification"
+    STANDARD_VERSION = "standard version"
+    PERSON = "person"
+    YEAR = "year"
+    TREE_SIZE = "tree size"
+    POSITION = "position"
 
 
 class DomainError(Exception):
@@ -33,7 +55,15 @@ class OutOfScope(DomainError):
     code = "out_of_scope"
 
 
-class NotFound(DomainError):
+class Missing(DomainError):
+    """Something named by id does not exist; thing and ref say what, so an adapter can tell where it was named."""
+
+    def __init__(self, message: str, thing: Thing | None = None, ref: object = None) -> None:
+        super().__init__(message)
+        self.thing, self.ref = thing, None if ref is None else str(ref)
+
+
+class NotFound(Missing):
     """The thing the command names does not exist."""
 
     code = "not_found"
@@ -83,7 +113,7 @@ class DuplicateEntry(Conflict):
     code = "duplicate"
 
 
-class UnknownReference(InvalidCommand):
+class UnknownReference(InvalidCommand, Missing):
     """The command names a unit, department or category that does not exist."""
 
     code = "unknown_reference"

@@ -17,7 +17,7 @@ from domain.common import (
     check_identifier,
     check_text,
 )
-from domain.errors import DuplicateEntry, InvalidCommand, NotFound, UnknownReference
+from domain.errors import DuplicateEntry, InvalidCommand, NotFound, Thing, UnknownReference
 
 ORGANISATION_ID: UUID = uuid5(NAMESPACE_URL, "baton:organisation")
 
@@ -177,7 +177,7 @@ class Organisation(Aggregate):
             raise InvalidCommand(f"a {kind.value} needs a parent {expected.value}")
         parent = self.units.get(parent_id)
         if parent is None:
-            raise UnknownReference(f"parent unit {parent_id!r} does not exist; add it first")
+            raise UnknownReference(f"parent unit {parent_id!r} does not exist; add it first", Thing.UNIT, parent_id)
         if expected is None or parent["kind"] != expected.value:
             want = expected.value if expected else "no parent"
             raise InvalidCommand(f"a {kind.value} must sit under a {want}, but {parent_id!r} is a {parent['kind']}")
@@ -187,7 +187,7 @@ class Organisation(Aggregate):
         try:
             return self.units[unit_id]
         except KeyError:
-            raise NotFound(f"unit {unit_id!r} does not exist") from None
+            raise NotFound(f"unit {unit_id!r} does not exist", Thing.UNIT, unit_id) from None
 
     def ancestors(self, unit_id: str) -> list[str]:
         """Return the ids above unit_id, nearest first."""
@@ -206,7 +206,7 @@ class Organisation(Aggregate):
         """Return the community unit, or raise UnknownReference when unit_id is not one."""
         unit = self.units.get(unit_id)
         if unit is None or unit["kind"] != UnitKind.COMMUNITY:
-            raise UnknownReference(f"{unit_id!r} is not a community")
+            raise UnknownReference(f"{unit_id!r} is not a community", Thing.COMMUNITY, unit_id)
         return unit
 
     # Departments -----------------------------------------------------------
@@ -230,7 +230,7 @@ class Organisation(Aggregate):
     def check_departments_exist(self, codes: list[str]) -> None:
         unknown = [c for c in codes if c not in self.departments]
         if unknown:
-            raise UnknownReference(f"unknown department code(s): {', '.join(unknown)}")
+            raise UnknownReference(f"unknown department code(s): {', '.join(unknown)}", Thing.DEPARTMENT, unknown[0])
 
     # Categories ------------------------------------------------------------
 
@@ -300,7 +300,7 @@ class Organisation(Aggregate):
         try:
             return self.categories[code]
         except KeyError:
-            raise UnknownReference(f"category {code!r} does not exist") from None
+            raise UnknownReference(f"category {code!r} does not exist", Thing.CATEGORY, code) from None
 
     # Cadres ----------------------------------------------------------------
 
@@ -324,7 +324,7 @@ class Organisation(Aggregate):
         if department is not None:
             self.check_departments_exist([department])
         if unit_id is not None and unit_id not in self.units:
-            raise UnknownReference(f"unit {unit_id!r} does not exist")
+            raise UnknownReference(f"unit {unit_id!r} does not exist", Thing.UNIT, unit_id)
         self._cadre_registered(
             cadre_id=cadre_id,
             name=check_text("name", name, 200),
@@ -360,7 +360,7 @@ class Organisation(Aggregate):
         """Second a department cadre part-time to a community (兼职干部到社区报到)."""
         cadre = self.cadres.get(cadre_id)
         if cadre is None:
-            raise NotFound(f"cadre {cadre_id!r} does not exist")
+            raise NotFound(f"cadre {cadre_id!r} does not exist", Thing.CADRE, cadre_id)
         self.community(community_id)
         if cadre["department"] is None:
             raise InvalidCommand(

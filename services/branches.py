@@ -10,7 +10,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 
 from domain.branches import STANDARD_ID, Branch, BranchStandard, ParentKind, Standard
-from domain.errors import Conflict, InvalidCommand, NotFound, OutOfScope
+from domain.errors import Conflict, InvalidCommand, NotFound, OutOfScope, Thing
 from domain.organisation import Organisation
 from infra.clock import Clock
 from infra.store import Store
@@ -30,9 +30,9 @@ class BranchApp(BatonApplication):
         try:
             found = self.repository.get(UUID(str(branch_id)))
         except (AggregateNotFoundError, ValueError):
-            raise NotFound(f"branch {branch_id} does not exist") from None
+            raise NotFound(f"branch {branch_id} does not exist", Thing.BRANCH, branch_id) from None
         if not isinstance(found, Branch):
-            raise NotFound(f"branch {branch_id} does not exist")
+            raise NotFound(f"branch {branch_id} does not exist", Thing.BRANCH, branch_id)
         return found
 
     def standards(self) -> BranchStandard | None:

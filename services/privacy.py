@@ -8,7 +8,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 
-from domain.errors import NotFound
+from domain.errors import NotFound, Thing
 from domain.privacy import AlreadyErased, PersonalData
 from infra.clock import Clock
 from infra.privacy import KeyRow
@@ -28,13 +28,16 @@ class PrivacyApp(BatonApplication):
         self.org = org
 
     def _row(self, person_id: UUID | str) -> tuple[UUID, KeyRow]:
+        unknown = NotFound(
+            f"person {person_id} is not known: Baton holds no personal data under that id", Thing.PERSON, person_id
+        )
         try:
             pid = UUID(str(person_id))
         except ValueError:
-            raise NotFound(f"person {person_id} is not known: Baton holds no personal data under that id") from None
+            raise unknown from None
         row = self.store.vault.person(pid)
         if row is None:
-            raise NotFound(f"person {person_id} is not known: Baton holds no personal data under that id")
+            raise unknown
         return pid, row
 
     def erasure(self, person_id: UUID) -> PersonalData | None:

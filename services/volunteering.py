@@ -12,7 +12,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 
 from domain.common import check_text
-from domain.errors import NotFound, OutOfScope
+from domain.errors import NotFound, OutOfScope, Thing
 from domain.volunteering import Activity, PointsPolicy, Reward, Volunteer, policy_id, redeem
 from infra.clock import Clock
 from infra.store import Store
@@ -33,23 +33,23 @@ class VolunteeringApp(BatonApplication):
         super().__init__(store, clock)
         self.org = org
 
-    def _get(self, kind: type[T], label: str, aggregate_id: UUID | str) -> T:
+    def _get(self, kind: type[T], thing: Thing, aggregate_id: UUID | str) -> T:
         try:
             found = self.repository.get(UUID(str(aggregate_id)))
         except (AggregateNotFoundError, ValueError):
-            raise NotFound(f"{label} {aggregate_id} does not exist") from None
+            found = None
         if not isinstance(found, kind):
-            raise NotFound(f"{label} {aggregate_id} does not exist")
+            raise NotFound(f"{thing} {aggregate_id} does not exist", thing, aggregate_id)
         return found
 
     def volunteer(self, volunteer_id: UUID | str) -> Volunteer:
-        return self._get(Volunteer, "volunteer", volunteer_id)
+        return self._get(Volunteer, Thing.VOLUNTEER, volunteer_id)
 
     def activity(self, activity_id: UUID | str) -> Activity:
-        return self._get(Activity, "activity", activity_id)
+        return self._get(Activity, Thing.ACTIVITY, activity_id)
 
     def reward(self, reward_id: UUID | str) -> Reward:
-        return self._get(Reward, "reward", reward_id)
+        return self._get(Reward, Thing.REWARD, reward_id)
 
     def policy(self, community_id: str) -> PointsPolicy | None:
         try:

@@ -9,7 +9,7 @@ from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError
 
-from domain.errors import InvalidCommand, NotFound, OutOfScope, UnknownReference
+from domain.errors import InvalidCommand, NotFound, OutOfScope, Thing, UnknownReference
 from domain.organisation import Organisation, UnitKind
 from domain.privacy import PersonErased
 from domain.whistle import Reporter, Source, Whistle
@@ -41,7 +41,7 @@ class WhistleApp(BatonApplication):
         try:
             return self.load(UUID(str(whistle_id)))
         except (AggregateNotFoundError, ValueError):
-            raise NotFound(f"whistle {whistle_id} does not exist") from None
+            raise NotFound(f"whistle {whistle_id} does not exist", Thing.WHISTLE, whistle_id) from None
 
     # 吹哨 ---------------------------------------------------------------------
 
@@ -81,7 +81,7 @@ class WhistleApp(BatonApplication):
         if grid_id is not None:
             grid = org.units.get(grid_id)
             if grid is None or grid["kind"] != UnitKind.GRID or grid["parent"] != community_id:
-                raise UnknownReference(f"{grid_id!r} is not a grid of community {community_id!r}")
+                raise UnknownReference(f"{grid_id!r} is not a grid of community {community_id!r}", Thing.UNIT, grid_id)
         cat = org.category(category)
         summoned = list(summoned_departments or [])
         org.check_departments_exist(summoned)
@@ -131,7 +131,9 @@ class WhistleApp(BatonApplication):
         row = self.store.vault.person(person_id)
         if row is None:
             raise UnknownReference(
-                f"reporter.person_id {person_id} is not a person Baton holds data of; omit it for a new reporter"
+                f"reporter.person_id {person_id} is not a person Baton holds data of; omit it for a new reporter",
+                Thing.PERSON,
+                person_id,
             )
         if row.erased:
             raise PersonErased(

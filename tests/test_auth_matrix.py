@@ -21,6 +21,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
+from api.common import FIND
 from api.tokens import ISSUABLE, Tokens
 from infra.bootstrap import Baton
 from services.access import Role
@@ -663,10 +664,16 @@ def names_what_is_wrong(message: str, actor: Actor) -> bool:
 
 
 @pytest.fixture
-async def matrix_client(baton: Baton, tokens: Tokens) -> AsyncIterator[httpx.AsyncClient]:
-    """The real app without its rate limit (one token sends dozens of requests a second here), over ASGI."""
-    app = create_app(baton, tokens, rate_limit=0)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://baton.test") as client:
+def matrix_app(baton: Baton, tokens: Tokens) -> FastAPI:
+    """The real app without its rate limit (one token sends dozens of requests a second here)."""
+    return create_app(baton, tokens, rate_limit=0)
+
+
+@pytest.fixture
+async def matrix_client(matrix_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The matrix app over ASGI."""
+    transport = httpx.ASGITransport(app=matrix_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://baton.test") as client:
         yield client
 
 
@@ -773,6 +780,62 @@ async def test_every_route_every_role_every_scope(
 
     summarise(records, unauthenticated, time.monotonic() - started)
     assert not problems, f"{len(problems)} authorization problem(s):\n" + "\n".join(problems)
+
+
+UNKNOWN_ID = "00000000-0000-4000-8000-000000000404"
+
+
+def renamed(value: Any, known: str, unknown: str) -> Any:
+    """The value with every string equal to known replaced by unknown."""
+    if isinstance(value, str):
+        return unknown if value == known else value
+    if isinstance(value, dict):
+        return {k: renamed(v, known, unknown) for k, v in value.items()}
+    if isinstance(value, list):
+        return [renamed(v, known, unknown) for v in value]
+    return value
+
+
+async def test_an_unknown_id_in_the_path_is_404_for_every_route(
+    matrix_app: FastAPI, matrix_client: httpx.AsyncClient, tokens: Tokens, auth: Auth, baton: Baton
+) -> None:
+    """Each path parameter of each route, given an id nothing has (everything else as in POLICY, tokens of that
+    id included), is answered 404 not_found naming the id and where valid ones are listed, to every role POLICY
+    lets use the route."""
+    world = await build_world(matrix_client, auth, baton)
+    everyone = actors(tokens, world)
+    documented = matrix_app.openapi()["paths"]
+    problems: list[str] = []
+    sent = 0
+    for route in sorted(r for r in app_routes(matrix_app) - DOCS if "{" in r):
+        method, template = route.split(" ", 1)
+        req = POLICY[route][0].req
+        parameters = {p["name"]: p["schema"] for p in documented[template][method.lower()]["parameters"]}
+        segments = template.split("/")
+        for index, segment in enumerate(segments):
+            name = segment.strip("{}")
+            if segment == name:
+                continue
+            known = world.fill(req.path.split("/")[index])
+            unknown = str(parameters[name]["maximum"]) if parameters[name]["type"] == "integer" else UNKNOWN_ID
+            path = "/".join(unknown if i == index else world.fill(s) for i, s in enumerate(req.path.split("/")))
+            for actor in everyone:
+                if expectation(POLICY[route][0], actor) == "deny":
+                    continue
+                unit, actor_id = renamed(actor.unit, known, unknown), renamed(actor.actor_id, known, unknown)
+                headers = {"Authorization": f"Bearer {tokens.issue(actor.role.value, unit, actor_id)}"}
+                body = renamed(world.fill(req.by_role.get(actor.role, req.body)), known, unknown)
+                query = {k: renamed(world.fill(v), known, unknown) for k, v in req.query.items()}
+                r = await matrix_client.request(method, path, params=query, json=body, headers=headers)
+                sent += 1
+                error = error_of(r.text)
+                where = f"{method} {path} ({name} unknown) as {actor.role.value}/{actor.scope}"
+                if r.status_code != 404 or error is None or error["code"] != "not_found":
+                    problems.append(f"{where}: {r.status_code} {r.text[:200]}; want 404 not_found")
+                elif unknown not in error["message"] or not any(hint in error["message"] for hint in FIND.values()):
+                    problems.append(f"{where}: the message does not name {unknown} and where ids are listed")
+    print(f"\nunknown ids in the path: {sent} requests, {len(problems)} problems")
+    assert sent and not problems, f"{len(problems)} route(s) not answering 404:\n" + "\n".join(problems)
 
 
 def check(rec: Record, succeeded: set[tuple[str, str]]) -> list[str]:

@@ -66,7 +66,7 @@ async def test_invalid_input_is_422_with_a_message_naming_the_field(client: http
     )
     assert r.status_code == 422 and error(r) == {
         "code": "unknown_reference",
-        "message": "category 'potholes' does not exist",
+        "message": "category 'potholes' does not exist; GET /v1/org lists the categories",
     }
     r = await client.post(
         "/v1/org/units",
@@ -106,6 +106,40 @@ async def test_unknown_whistle_is_404_and_a_step_out_of_order_is_409(client: htt
         "code": "step_out_of_order",
         "message": "cannot complete: the whistle is 'blown'; steps allowed next: report_in",
     }
+
+
+async def test_an_unknown_id_is_404_in_the_path_and_422_in_the_body_or_query(
+    client: httpx.AsyncClient, auth: Auth
+) -> None:
+    await seed_county(client, auth)
+    admin = auth("admin", None, "root")
+    cadre = {"id": "cadre-1", "name": "李强", "department": "HOUSING"}
+    assert (await client.post("/v1/org/cadres", json=cadre, headers=admin)).status_code == 201
+    r = await client.post("/v1/org/cadres/cadre-9/secondment", json={"community_id": "tishu"}, headers=admin)
+    assert r.status_code == 404
+    assert error(r) == {"code": "not_found", "message": "cadre 'cadre-9' does not exist; GET /v1/org lists the cadres"}
+    r = await client.post("/v1/org/cadres/cadre-1/secondment", json={"community_id": "nowhere"}, headers=admin)
+    assert r.status_code == 422 and error(r)["code"] == "unknown_reference"
+    assert error(r)["message"].startswith("'nowhere' is not a community; GET /v1/org lists the units")
+    r = await client.get("/v1/activities", params={"community": "nowhere"}, headers=admin)
+    assert r.status_code == 422 and error(r)["code"] == "unknown_reference"
+    r = await client.get("/v1/communities/nowhere/leaderboard", headers=admin)
+    assert r.status_code == 404 and error(r)["code"] == "not_found"
+
+    organiser = auth("organiser", "tishu", "zhao")
+    r = await client.post("/v1/volunteers", json={"community_id": "tishu", "name": "李敏"}, headers=organiser)
+    volunteer = r.json()["volunteer_id"]
+    unknown = "00000000-0000-4000-8000-000000000404"
+    r = await client.post(
+        f"/v1/volunteers/{volunteer}/redemptions",
+        json={"reward_id": unknown},
+        headers=auth("volunteer", "tishu", volunteer),
+    )
+    assert r.status_code == 422 and error(r)["code"] == "unknown_reference"
+    assert f"reward {unknown} does not exist; GET /v1/rewards?community=ID lists" in error(r)["message"]
+    stranger = auth("volunteer", "tishu", unknown)
+    r = await client.post(f"/v1/volunteers/{unknown}/redemptions", json={"reward_id": unknown}, headers=stranger)
+    assert r.status_code == 404 and error(r)["message"].startswith(f"volunteer {unknown} does not exist")
 
 
 async def test_the_same_idempotency_key_and_body_apply_once(client: httpx.AsyncClient, auth: Auth, baton) -> None:
