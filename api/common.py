@@ -10,10 +10,11 @@ from typing import Annotated, Any
 
 import structlog
 from eventsourcing.persistence import PersistenceError
-from fastapi import FastAPI, Header, Path, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
@@ -34,7 +35,11 @@ STATUS_BY_ERROR: list[tuple[type[DomainError], int]] = [
     (InvalidCommand, 422),
 ]
 ERRORS = {
-    401: {"model": ErrorBody, "description": "No token, or a bad one."},
+    401: {
+        "model": ErrorBody,
+        "description": "No token, or a bad one.",
+        "headers": {"WWW-Authenticate": {"description": "Always `Bearer`.", "schema": {"type": "string"}}},
+    },
     403: {"model": ErrorBody, "description": "Outside the actor's scope."},
     404: {
         "model": ErrorBody,
@@ -278,14 +283,19 @@ def names_in_path(request: Request, missing: Missing) -> bool:
     return False
 
 
+BEARER = HTTPBearer(
+    auto_error=False, description="A token from `baton token issue`; a missing, bad or expired one is answered 401."
+)
+
+
 def actor_dependency(tokens: Tokens) -> Callable[..., Actor]:
-    def actor(authorization: Annotated[str | None, Header()] = None) -> Actor:
-        if not authorization or not authorization.lower().startswith("bearer "):
+    def actor(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> Actor:
+        if credentials is None:
             raise ApiError(
                 401, "unauthenticated", "send Authorization: Bearer <token>; get one with `baton token issue`"
             )
         try:
-            return tokens.verify(authorization.split(" ", 1)[1].strip())
+            return tokens.verify(credentials.credentials)
         except InvalidToken as exc:
             raise ApiError(401, "unauthenticated", str(exc)) from None
 
