@@ -19,7 +19,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, DivisionByZero, InvalidOperation
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from eventsourcing.domain import Aggregate, event
 
@@ -227,7 +227,12 @@ class Scheme:
         grades = tuple((g["grade"], g["name"], _number(g["at_least"], f"grade {g['grade']}")) for g in d["grades"])
         if [g[2] for g in grades] != sorted((g[2] for g in grades), reverse=True):
             raise InvalidCommand("grades are listed highest first")
-        ZoneInfo(d.get("timezone", LOCAL_TIMEZONE))
+        try:
+            ZoneInfo(d.get("timezone", LOCAL_TIMEZONE))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise InvalidCommand(
+                f"timezone {d.get('timezone')!r} is unknown; use an IANA name such as Asia/Shanghai"
+            ) from None
         return cls(
             version=check_text("version", d["version"], 40),
             name=d["name"],

@@ -62,6 +62,12 @@ def test_weights_add_up_to_100_per_unit_type() -> None:
         Scheme.parse(document)
 
 
+@pytest.mark.parametrize("timezone", ["", "../etc", "/UTC", "Nowhere/City"])
+def test_an_unknown_timezone_is_refused_by_name(timezone: str) -> None:
+    with pytest.raises(InvalidCommand, match=f"timezone {timezone!r} is unknown"):
+        Scheme.parse({**SCHEME, "timezone": timezone})
+
+
 def history() -> list[dict]:
     """Two departments, one community; PSB answers on time and is rated well, HOUSING is late and declines."""
     return [
