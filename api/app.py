@@ -10,7 +10,7 @@ from fastapi import APIRouter, FastAPI, Response
 
 from api.assessment import assessment_router
 from api.branches import branch_router
-from api.common import install_error_handlers, install_middleware
+from api.common import install_error_handlers, install_middleware, install_openapi
 from api.credentials import credentials_router
 from api.limits import RateLimit, RequestGuard
 from api.org import org_router
@@ -67,6 +67,7 @@ def create_app(
     )
     install_middleware(app)
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(_health_router(runtime))
     app.include_router(org_router(baton, tokens))
     app.include_router(whistle_router(baton, tokens))

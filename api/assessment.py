@@ -18,6 +18,7 @@ from api.common import (
     actor_dependency,
     answer,
     command_context,
+    document,
     path_id,
 )
 from api.schemas import Accepted
@@ -42,7 +43,7 @@ AUDIT_READERS = {Role.ADMIN, Role.DISTRICT, Role.INSPECTOR, Role.AUDITOR}
 class EvaluationIn(Strict):
     year: int = Field(ge=2000, le=2100)
     ratee: str = Field(max_length=63, description="A department code (rated by a community) or a community id.")
-    rating: str = Field(description="excellent, good, fair, poor or bad (5 to 1).")
+    rating: Literal["excellent", "good", "fair", "poor", "bad"] = Field(description="5 to 1.")
     comment: str | None = Field(None, max_length=2000)
 
 
@@ -133,6 +134,13 @@ Year = Annotated[int, Depends(known_year)]
 SIGNED_SIZE = f"A tree size with a signed checkpoint{UNKNOWN_IN_QUERY}."
 
 
+SchemeDocument = document(
+    "assessment_scheme",
+    ["version", "name", "unit_types", "grades", "below_grades", "branch_grade_points"],
+    "An assessment scheme, as standards/assessment-scheme-2026.1.json; each unit type's weights add up to 100.",
+)
+
+
 def b64(value: bytes) -> str:
     return base64.b64encode(value).decode()
 
@@ -158,7 +166,7 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
     def publish(
         request: Request,
         response: Response,
-        document: dict[str, Any] = Body(...),
+        document: SchemeDocument,
         actor: Actor = actor_dep,
         idempotency_key: IdempotencyKey = None,
     ) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from api.common import (
     ERRORS,
@@ -15,6 +15,7 @@ from api.common import (
     actor_dependency,
     answer,
     command_context,
+    document,
 )
 from api.schemas import (
     Accepted,
@@ -33,6 +34,12 @@ from api.tokens import Tokens
 from domain.errors import NotFound, OutOfScope, Thing
 from infra.bootstrap import Baton
 from services.access import SEE_EVERYTHING, UNIT_ROLES, Actor, Role, article
+
+StandardDocument = document(
+    "branch_standard",
+    ["version", "name", "window", "cadence", "grades", "below_grades", "aspects"],
+    "A branch standard, as standards/branch-standard-2026.1.json; aspect weights add up to 100.",
+)
 
 
 def branch_router(baton: Baton, tokens: Tokens) -> APIRouter:
@@ -69,7 +76,7 @@ def branch_router(baton: Baton, tokens: Tokens) -> APIRouter:
     def publish(
         request: Request,
         response: Response,
-        document: dict[str, Any] = Body(...),
+        document: StandardDocument,
         actor: Actor = actor_dep,
         idempotency_key: IdempotencyKey = None,
     ) -> dict[str, Any]:

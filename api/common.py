@@ -10,11 +10,12 @@ from typing import Annotated, Any
 
 import structlog
 from eventsourcing.persistence import PersistenceError
-from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
@@ -108,6 +109,75 @@ StandardVersionId = path_id(Thing.STANDARD_VERSION)
 PersonId = path_id(Thing.PERSON)
 UNKNOWN_IN_QUERY = "; an unknown one is answered 422 unknown_reference"
 """Ends the description of a query parameter that names a thing."""
+
+
+NO_NUL = "^[^\\u0000]*$"
+"""Text holds no NUL character: PostgreSQL cannot store one, so the request guard refuses any (422)."""
+JSON_VALUE = "JsonValue"
+JSON_VALUE_SCHEMA: dict[str, Any] = {
+    "description": "Any JSON value whose text holds no NUL character.",
+    "anyOf": [
+        {"type": "string"},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "array", "items": {"$ref": f"#/components/schemas/{JSON_VALUE}"}},
+        {"type": "object", "additionalProperties": {"$ref": f"#/components/schemas/{JSON_VALUE}"}},
+    ],
+}
+
+
+def document(kind: str, required: list[str], description: str) -> Any:
+    """The type of a JSON document body of this kind (the domain checks what JSON Schema cannot say)."""
+    return Annotated[
+        dict[str, Any],
+        Body(),
+        WithJsonSchema(
+            {
+                "type": "object",
+                "description": description,
+                "required": ["kind", *required],
+                "properties": {
+                    "kind": {"const": kind},
+                    "version": {"type": "string", "minLength": 1, "maxLength": 40},
+                    "name": {"type": "string"},
+                    "timezone": {"type": "string", "description": "An IANA time zone; default Asia/Shanghai."},
+                },
+                "additionalProperties": {"$ref": f"#/components/schemas/{JSON_VALUE}"},
+            }
+        ),
+    ]
+
+
+def without_nul(node: Any) -> None:
+    """Say in every string schema and every open object's property names that text holds no NUL character."""
+    if isinstance(node, list):
+        for item in node:
+            without_nul(item)
+        return
+    if not isinstance(node, dict):
+        return
+    if node.get("type") == "string" and not node.keys() & {"pattern", "format", "enum", "const"}:
+        node["pattern"] = NO_NUL
+    if node.get("type") == "object" and node.get("additionalProperties", True) is not False:
+        node.setdefault("propertyNames", {"pattern": NO_NUL})
+    for value in node.values():
+        without_nul(value)
+
+
+def install_openapi(app: FastAPI) -> None:
+    """The generated document, plus the rules FastAPI cannot derive: no NUL in text, the JSON value type."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schema.setdefault("components", {}).setdefault("schemas", {})[JSON_VALUE] = JSON_VALUE_SCHEMA
+            without_nul(schema)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class ApiError(Exception):

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from datetime import date
-from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from services.schemas import Strict
+from domain.common import CATEGORY_CODE, DEPARTMENT_CODE, UNIT_ID
+from services.schemas import Strict, decimal, identifier
 
+Points = decimal(8)
+Hours = decimal(6)
+UnitId = identifier("unit id", UNIT_ID, "use 1-63 lower-case letters, digits or '-'", "tishu")
+CadreId = identifier("cadre id", UNIT_ID, "use 1-63 lower-case letters, digits or '-'", "cadre-001")
+DepartmentCode = identifier(
+    "department code", DEPARTMENT_CODE, "use 2-32 upper-case letters, digits or '_', starting with a letter", "PSB"
+)
+CategoryCode = identifier(
+    "category code", CATEGORY_CODE, "use 2-41 lower-case letters, digits or '_', starting with a letter", "drainage"
+)
+ABSENT: dict[str, Any] = {"json_schema_extra": lambda schema: schema.pop("default")}
+"""For an optional field whose default (None) is no value it may be given: the document shows no default."""
 PERSONAL = "Personal data: null once the person's data is erased (and always for auditors and inspectors)."
 
 
@@ -46,7 +58,7 @@ class Accepted(BaseModel):
 
 
 class UnitIn(Strict):
-    id: str = Field(max_length=63, description="Lower-case id, e.g. tishu-community.")
+    id: UnitId
     kind: Literal["city", "district", "street", "community", "grid"]
     parent: str | None = Field(None, max_length=63)
     name: str = Field(min_length=1, max_length=200)
@@ -54,12 +66,12 @@ class UnitIn(Strict):
 
 
 class DepartmentIn(Strict):
-    code: str = Field(max_length=32, description="Upper-case code, e.g. PSB; used in NATS subjects.")
+    code: DepartmentCode = Field(description="Used in NATS subjects.")
     name: str = Field(min_length=1, max_length=200)
 
 
 class CategoryIn(Strict):
-    code: str = Field(max_length=41)
+    code: CategoryCode
     name: str = Field(min_length=1, max_length=200)
     duty: Literal["community", "department"] = Field(
         description="community: 社区职责; department: 部门职责 (admission list: not pushed onto communities unfunded)."
@@ -73,10 +85,15 @@ class CategoryIn(Strict):
 
 
 class CadreIn(Strict):
-    id: str = Field(max_length=63)
+    """A cadre belongs to exactly one of: a department, a unit."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["department"]}, {"required": ["unit"]}]})
+
+    id: CadreId
     name: str = Field(min_length=1, max_length=200)
-    department: str | None = None
-    unit: str | None = None
+    # Optional but not nullable: one named is one present, as the oneOf above says.
+    department: str = Field(None, max_length=32, description="A department code.", **ABSENT)
+    unit: str = Field(None, max_length=63, description="A unit id.", **ABSENT)
     title: str | None = Field(None, max_length=200)
 
 
@@ -248,8 +265,8 @@ class ActivityIn(Strict):
     ends_at: AwareDatetime
     place: str = Field(min_length=1, max_length=300)
     capacity: int = Field(gt=0, le=10_000)
-    points_per_hour: Decimal = Field(gt=0, max_digits=8, decimal_places=2)
-    max_hours_per_person: Decimal = Field(gt=0, max_digits=6, decimal_places=2, description="Cap on credited hours.")
+    points_per_hour: Points
+    max_hours_per_person: decimal(6, description="Cap on credited hours.")
 
 
 class SignupIn(Strict):
@@ -258,7 +275,7 @@ class SignupIn(Strict):
 
 class AttendanceIn(Strict):
     volunteer_id: str
-    hours: Decimal = Field(gt=0, max_digits=6, decimal_places=2)
+    hours: Hours
 
 
 class VoidIn(Strict):
@@ -268,7 +285,7 @@ class VoidIn(Strict):
 class RewardIn(Strict):
     community_id: str = Field(max_length=63)
     name: str = Field(min_length=1, max_length=200)
-    cost: Decimal = Field(gt=0, max_digits=10, decimal_places=2, description="Points per item.")
+    cost: decimal(10, description="Points per item.")
     stock: int = Field(ge=0, le=1_000_000)
 
 
@@ -282,7 +299,7 @@ class RedemptionIn(Strict):
 
 class PledgeIn(Strict):
     year: int = Field(ge=2000, le=2100)
-    hours: Decimal | None = Field(None, gt=0, max_digits=6, decimal_places=2)
+    hours: Hours | None = None
     service: str | None = Field(None, max_length=500)
 
 
@@ -445,8 +462,10 @@ class MeetingIn(Strict):
 
 
 class DuesIn(Strict):
-    period: str = Field(pattern=r"^\d{4}-\d{2}$", description="The month the dues are for, e.g. 2026-03.")
-    amount_yuan: Decimal = Field(gt=0, max_digits=12, decimal_places=2)
+    period: str = Field(
+        pattern=r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])$", description="The month the dues are for, e.g. 2026-03."
+    )
+    amount_yuan: decimal(12)
     members_paid: int = Field(gt=0, le=10_000)
     collected_on: date
 
@@ -458,7 +477,9 @@ class FindingIn(Strict):
 
 
 class AuditIn(Strict):
-    scores: dict[str, Decimal] = Field(description="A score for every auditor criterion of the standard in force.")
+    scores: dict[str, decimal(8, positive=False)] = Field(
+        description="A score for every auditor criterion of the standard in force."
+    )
     findings: list[FindingIn] = Field(default_factory=list, max_length=100)
 
 
@@ -575,8 +596,11 @@ class PersonOut(BaseModel):
 class RevocationIn(Strict):
     """Name exactly one of token (that token stops working) or actor (every token issued to it so far)."""
 
-    token: str | None = Field(None, min_length=1, max_length=4096, description="The bearer token to revoke.")
-    actor: str | None = Field(None, min_length=1, max_length=200, description="An actor id (the token's sub).")
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["token"]}, {"required": ["actor"]}]})
+
+    # Optional but not nullable: one named is one present, as the oneOf above says.
+    token: str = Field(None, min_length=1, max_length=4096, description="The bearer token to revoke.", **ABSENT)
+    actor: str = Field(None, min_length=1, max_length=200, description="An actor id (the token's sub).", **ABSENT)
     reason: str = Field(min_length=1, max_length=500)
 
     @model_validator(mode="after")

@@ -22,7 +22,7 @@ CATEGORY_CODE = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
 
 def check_identifier(kind: str, value: str, pattern: re.Pattern[str], hint: str) -> None:
     """Raise InvalidCommand unless value matches pattern."""
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise InvalidCommand(f"{kind} {value!r} is not valid: {hint}")
 
 

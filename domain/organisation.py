@@ -178,9 +178,12 @@ class Organisation(Aggregate):
         parent = self.units.get(parent_id)
         if parent is None:
             raise UnknownReference(f"parent unit {parent_id!r} does not exist; add it first", Thing.UNIT, parent_id)
-        if expected is None or parent["kind"] != expected.value:
-            want = expected.value if expected else "no parent"
-            raise InvalidCommand(f"a {kind.value} must sit under a {want}, but {parent_id!r} is a {parent['kind']}")
+        if expected is None:
+            raise InvalidCommand(f"a {kind.value} sits under no other unit; leave parent out")
+        if parent["kind"] != expected.value:
+            raise InvalidCommand(
+                f"a {kind.value} must sit under a {expected.value}, but {parent_id!r} is a {parent['kind']}"
+            )
 
     def unit(self, unit_id: str) -> dict[str, Any]:
         """Return the unit, or raise NotFound."""

@@ -2,17 +2,67 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 
 class Strict(BaseModel):
     """Unknown fields are an error, so a typo is reported rather than ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def decimal(max_digits: int, *, positive: bool = True, description: str | None = None) -> Any:
+    """A decimal with at most max_digits digits, two after the point, as a JSON string ("12.5") or whole number.
+
+    A fractional JSON number is refused: its binary value is rarely the decimal written (0.35 arrives as
+    0.35000000000000003), and points and money must come out to the hundredth as sent.
+    """
+    whole = max_digits - 2
+    if positive:
+        text = rf"^0*[1-9][0-9]{{0,{whole - 1}}}(\.[0-9]{{1,2}})?$|^0\.([0-9][1-9]|[1-9][0-9]?)$"
+        rule = "a decimal above zero"
+    else:
+        text = rf"^[0-9]{{1,{whole}}}(\.[0-9]{{1,2}})?$"
+        rule = "a decimal of zero or more"
+    pattern = re.compile(text)
+    hint = f'use {rule} with at most {whole} digits before the point and 2 after, as a string such as "12.5"'
+
+    def check(value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON Schema counts 630.0 as an integer
+        if isinstance(value, bool) or not isinstance(value, int | str) or not pattern.fullmatch(str(value)):
+            raise ValueError(f"{value!r} is not valid: {hint}")
+        return value
+
+    documented = {
+        "anyOf": [
+            {"type": "string", "pattern": text},
+            {"type": "integer", "minimum": 1 if positive else 0, "maximum": 10**whole - 1},
+        ],
+        "description": f"{description} ({hint})" if description else hint[0].upper() + hint[1:] + ".",
+    }
+    return Annotated[Decimal, BeforeValidator(check), WithJsonSchema(documented)]
+
+
+Yuan = decimal(14)
+
+
+def identifier(what: str, pattern: re.Pattern[str], hint: str, example: str) -> Any:
+    """The id of something new: a string of the pattern the domain requires, documented and checked up front."""
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"{what} {value!r} is not valid: {hint}")
+        return value
+
+    described = f"{hint[0].upper()}{hint[1:]}, e.g. {example}."
+    documented = {"type": "string", "pattern": pattern.pattern, "description": described}
+    return Annotated[str, AfterValidator(check), WithJsonSchema(documented)]
 
 
 class ReporterDetails(Strict):
@@ -50,7 +100,7 @@ class BlowWhistle(Strict):
 class Funding(Strict):
     """Funds that come with a department-duty matter handed to a community (费随事走)."""
 
-    amount_yuan: Decimal = Field(gt=0, max_digits=14, decimal_places=2)
+    amount_yuan: Yuan
     from_department: str = Field(max_length=32)
     note: str | None = Field(None, max_length=500)
 
