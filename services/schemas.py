@@ -16,12 +16,10 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# A fractional JSON number is refused: its binary value is rarely the decimal written (0.35 arrives as
+# 0.35000000000000003), and points and money must come out to the hundredth as sent.
 def decimal(max_digits: int, *, positive: bool = True, description: str | None = None) -> Any:
-    """A decimal with at most max_digits digits, two after the point, as a JSON string ("12.5") or whole number.
-
-    A fractional JSON number is refused: its binary value is rarely the decimal written (0.35 arrives as
-    0.35000000000000003), and points and money must come out to the hundredth as sent.
-    """
+    """A decimal of at most max_digits digits, two after the point, as a JSON string ("12.5") or whole number."""
     whole = max_digits - 2
     if positive:
         text = rf"^0*[1-9][0-9]{{0,{whole - 1}}}(\.[0-9]{{1,2}})?$|^0\.([0-9][1-9]|[1-9][0-9]?)$"

@@ -799,9 +799,9 @@ def renamed(value: Any, known: str, unknown: str) -> Any:
 async def test_an_unknown_id_in_the_path_is_404_for_every_route(
     matrix_app: FastAPI, matrix_client: httpx.AsyncClient, tokens: Tokens, auth: Auth, baton: Baton
 ) -> None:
-    """Each path parameter of each route, given an id nothing has (everything else as in POLICY, tokens of that
-    id included), is answered 404 not_found naming the id and where valid ones are listed, to every role POLICY
-    lets use the route."""
+    """An id nothing has in any path parameter is 404 not_found, naming it and where ids are listed, for every role."""
+    # Everything else is POLICY's request, so the id in the path is the only thing wrong; a token scoped to the
+    # replaced id (a secretary's branch, a volunteer's own id, a community) is scoped to the unknown one instead.
     world = await build_world(matrix_client, auth, baton)
     everyone = actors(tokens, world)
     documented = matrix_app.openapi()["paths"]
