@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -24,8 +24,9 @@ from api.app import create_app
 from api.common import FIND
 from api.tokens import ISSUABLE, Tokens
 from infra.bootstrap import Baton
+from infra.clock import ManualClock
 from services.access import Role
-from tests.conftest import Auth, seed_county
+from tests.conftest import START, Auth, seed_county
 from tests.test_baton import SCHEME
 from tests.test_branches_domain import AUDITOR_FULL, DOCUMENT
 
@@ -363,7 +364,7 @@ POLICY: dict[str, tuple[Case, ...]] = {
     ),
     # The baton: admins publish the scheme; communities and departments rate each other (as themselves);
     # scores are league tables; the district above the assessed units (or an admin) finalises a year that is
-    # over (2025: the clock is in 2026), and voids a finalisation with a reason.
+    # over (2025, whose end the world's history spans), and voids a finalisation with a reason.
     "POST /v1/assessment-schemes": (Case(post("/v1/assessment-schemes", {**SCHEME, "version": "2026.9"}), ADMIN),),
     "POST /v1/evaluations": (
         Case(
@@ -476,7 +477,8 @@ async def build_world(client: httpx.AsyncClient, auth: Auth, baton: Baton) -> Wo
 
     admin, community = auth("admin", None, "root"), auth("community", "tishu", "wang")
     housing, organiser = auth("department", "HOUSING", "housing"), auth("organiser", "tishu", "zhao")
-    await seed_county(client, auth)
+    await seed_county(client, auth)  # in December 2025 (the clock fixture below), so 2025 is over and finalisable
+    baton.clock.set(START)  # type: ignore[attr-defined]
     for unit in (
         {"id": "bowang", "kind": "district", "parent": "maanshan", "name": "博望区"},
         {"id": "taibai-g1", "kind": "grid", "parent": "taibai", "name": "太白一网格"},
@@ -661,6 +663,12 @@ def names_what_is_wrong(message: str, actor: Actor) -> bool:
     words = [*(r.value for r in ROLES), *(w for w in (actor.unit, actor.actor_id) if w)]
     words += ["scope", "only", "own", "themself", "not summoned", "not handling", "no work order"]
     return any(w.lower() in message.lower() for w in words)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """The organisation is recorded at the end of 2025, the rest in 2026: 2025 is a year whose assessment is due."""
+    return ManualClock(datetime(2025, 12, 20, 2, tzinfo=UTC))
 
 
 @pytest.fixture
