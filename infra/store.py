@@ -8,11 +8,10 @@ batch of commands saved together writes one row per command, each with its own e
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +33,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 from eventsourcing.utils import Environment, get_topic
 from psycopg.sql import SQL, Identifier
 
+from infra.ddl import ddl_session, serialise_ddl
 from infra.privacy import KeyRow, SealedAsToken, Vault, load_master_key
 from infra.settings import Settings
 from infra.sqlite import BatonSQLiteDatastore, BatonSQLiteFactory
@@ -247,6 +247,10 @@ class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
             ).format(self.keys_table)
         )
 
+    def create_table(self) -> None:
+        with self.datastore.get_connection() as conn, ddl_session(conn, self.datastore.schema):
+            super().create_table()
+
     def _fetch_ids_after_insert_events(
         self, curs: psycopg.Cursor[Any], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
@@ -339,9 +343,10 @@ class Store:
         self.backend = "postgresql" if settings.is_postgres else "sqlite"
         env = self._environment(settings)
         self.env = Environment("Baton", env)
-        with _one_at_a_time(env) if settings.is_postgres else contextlib.nullcontext():
-            self.factory = InfrastructureFactory.construct(self.env)
-            self.recorder: BatonSQLiteRecorder | BatonPostgresRecorder = self.factory.application_recorder()  # type: ignore[assignment]
+        if settings.is_postgres:
+            _ensure_schema(env)
+        self.factory = InfrastructureFactory.construct(self.env)
+        self.recorder: BatonSQLiteRecorder | BatonPostgresRecorder = self.factory.application_recorder()  # type: ignore[assignment]
         transcoder = self.factory.transcoder()
         if isinstance(transcoder, JSONTranscoder):
             for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO(), SealedAsToken()):
@@ -454,32 +459,22 @@ class Store:
         self.factory.close()
 
 
-DDL_LOCK = 0x6261746F6E  # "baton"
-"""The advisory lock every Baton instance takes on PostgreSQL before it creates tables, types or schemas."""
-
-
-@contextlib.contextmanager
-def _one_at_a_time(env: dict[str, str]) -> Iterator[None]:
-    """Create the schema, then hold the DDL lock while the block creates tables: instances may start at once.
-
-    PostgreSQL's CREATE ... IF NOT EXISTS is not safe when two sessions run it together (one fails on the
-    catalog's unique index, e.g. pg_type_typname_nsp_index), so instances take turns.
-    """
-    with psycopg.connect(
-        dbname=env["POSTGRES_DBNAME"],
-        host=env["POSTGRES_HOST"],
-        port=env["POSTGRES_PORT"],
-        user=env["POSTGRES_USER"],
-        password=env["POSTGRES_PASSWORD"],
-        connect_timeout=int(float(env["POSTGRES_CONNECT_TIMEOUT"])),
-        autocommit=True,
-    ) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (DDL_LOCK,))
-        try:
-            conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {0}").format(Identifier(env["POSTGRES_SCHEMA"])))
-            yield
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (DDL_LOCK,))
+def _ensure_schema(env: dict[str, str]) -> None:
+    schema = env["POSTGRES_SCHEMA"]
+    with (
+        psycopg.connect(
+            dbname=env["POSTGRES_DBNAME"],
+            host=env["POSTGRES_HOST"],
+            port=env["POSTGRES_PORT"],
+            user=env["POSTGRES_USER"],
+            password=env["POSTGRES_PASSWORD"],
+            connect_timeout=int(float(env["POSTGRES_CONNECT_TIMEOUT"])),
+            autocommit=True,
+        ) as conn,
+        conn.transaction(),
+    ):
+        serialise_ddl(conn, schema)  # instances starting at once would both find it missing
+        conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {0}").format(Identifier(schema)))
 
 
 __all__ = ["CommandLog", "CommandRecord", "Commands", "IntegrityError", "Store", "command_rows"]

@@ -13,8 +13,8 @@ from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteDatastore
 
+from infra.ddl import serialise_ddl
 from infra.envelope import Envelope
-from infra.store import DDL_LOCK
 
 _TABLE = re.compile(r"\{(\w+)\}")
 
@@ -74,8 +74,8 @@ class Sql:
         pg_type's unique index), so every instance's DDL takes the same transaction-scoped advisory lock.
         """
         with self.transaction() as tx:
-            if self.postgres:
-                tx.execute("SELECT pg_advisory_xact_lock(%s)", (DDL_LOCK,))
+            if self.schema is not None:
+                serialise_ddl(tx, self.schema)
             for statement in statements:
                 tx.execute(self.sql(statement))
 
