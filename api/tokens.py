@@ -17,6 +17,7 @@ import jwt
 
 from domain.credentials import Credentials
 from infra.keys import write_private
+from infra.secrets import LocalCopy, SecretChanged, SecretName, SecretStore
 from services.access import Actor, Role
 
 ISSUER = "baton"
@@ -39,73 +40,179 @@ class InvalidToken(Exception):
     """The bearer token is missing, malformed, forged, expired, revoked or signed with a retired key."""
 
 
+Doc = dict[str, Any]
+"""A keyring as kept: {"signing": kid, "keys": {kid: secret}}."""
+
+
+class KeyringFile:
+    """The keyring of one instance, DATA_DIR/keys/token-keys.json (0600); a change shows in its mtime."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> tuple[Doc, object]:
+        """The keyring (made on first use from the legacy single secret, if any) and its change marker."""
+        if not self.path.exists():
+            legacy = self.path.with_name("token-secret")
+            secret = legacy.read_text().strip() if legacy.exists() else secrets.token_urlsafe(48)
+            write_private(self.path, json.dumps(_new_doc(secret)))
+        return json.loads(self.path.read_text()), self.marker()
+
+    def marker(self) -> object:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return None
+
+    def changed(self, marker: object) -> bool:
+        return self.marker() != marker
+
+    def save(self, doc: Doc, marker: object) -> object:
+        """Write the keyring (the last writer wins, as one instance's CLI is the only writer)."""
+        write_private(self.path, json.dumps(doc))
+        return self.marker()
+
+
+class KeyringInDatabase:
+    """The installation's keyring, kept in the database and shared by every instance; changes show in its version."""
+
+    CHECK_SECONDS = 0.25
+
+    def __init__(self, kept: SecretStore, data_dir: Path) -> None:
+        self.kept = kept
+        self.data_dir = data_dir
+        self._loaded = False
+        self._checked = 0.0
+
+    def load(self) -> tuple[Doc, object]:
+        """The kept keyring; made once, from the data dir's if it has one (its tokens keep working)."""
+        secret = self.kept.get(SecretName.TOKEN_KEYRING) if self._loaded else None
+        if secret is None:
+            secret = self.kept.get_or_create(
+                SecretName.TOKEN_KEYRING,
+                lambda: _encode(_new_doc(secrets.token_urlsafe(48))),
+                local_keyring(self.data_dir),
+            )
+        self._loaded, self._checked = True, time.monotonic()
+        return json.loads(secret.value), secret.version
+
+    def changed(self, marker: object) -> bool:
+        now = time.monotonic()
+        if now - self._checked < self.CHECK_SECONDS:
+            return False
+        self._checked = now
+        return self.kept.version(SecretName.TOKEN_KEYRING) != marker
+
+    def save(self, doc: Doc, marker: object) -> object:
+        """Replace the keyring read at marker; SecretChanged if another instance changed it meanwhile."""
+        assert isinstance(marker, int)
+        return self.kept.put(SecretName.TOKEN_KEYRING, _encode(doc), marker).version
+
+
+KeyringSource = KeyringFile | KeyringInDatabase
+
+
+def _new_doc(secret: str) -> Doc:
+    return {"signing": "k1", "keys": {"k1": secret}}
+
+
+def _encode(doc: Doc) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def local_keyring(data_dir: Path) -> LocalCopy:
+    """The data dir's own keyring (or its legacy single secret), as the value the database would keep."""
+    path = data_dir / "keys" / "token-keys.json"
+    legacy = path.with_name("token-secret")
+    if not path.exists() and legacy.exists():
+        return LocalCopy(legacy, lambda p: _encode(_new_doc(p.read_text().strip())))
+    return LocalCopy(path, lambda p: _encode(json.loads(p.read_text())))
+
+
 class Keyring:
     """HS256 signing keys by key id; the newest signs, every key on the ring verifies."""
 
-    def __init__(self, keys: dict[str, bytes], signing: str, path: Path | None = None) -> None:
+    ATTEMPTS = 5
+
+    def __init__(self, keys: dict[str, bytes], signing: str, source: KeyringSource | None = None) -> None:
         if signing not in keys:
             raise ValueError(f"signing key {signing} is not on the ring")
-        self.keys, self.signing, self.path = dict(keys), signing, path
-        self._mtime = self._stat()
+        self.keys, self.signing, self.source = dict(keys), signing, source
+        self._marker: object = None
 
     @classmethod
     def single(cls, secret: bytes, kid: str = "k1") -> Keyring:
         return cls({kid: secret}, kid)
 
     @classmethod
-    def load(cls, data_dir: Path, configured: str | None = None) -> Keyring:
-        """BATON_TOKEN_SECRET as the one key if set, else DATA_DIR/keys/token-keys.json (created on first use)."""
+    def load(cls, data_dir: Path, configured: str | None = None, kept: SecretStore | None = None) -> Keyring:
+        """BATON_TOKEN_SECRET if set; else the keyring in the database (BATON_MASTER_KEY); else DATA_DIR/keys's."""
         if configured:
             return cls.single(configured.encode(), "configured")
-        path = data_dir / "keys" / "token-keys.json"
-        if not path.exists():
-            legacy = data_dir / "keys" / "token-secret"
-            secret = legacy.read_text().strip() if legacy.exists() else secrets.token_urlsafe(48)
-            _write_private(path, {"signing": "k1", "keys": {"k1": secret}})
-        return cls._read(path)
+        source: KeyringSource
+        if kept is not None:
+            source = KeyringInDatabase(kept, data_dir)
+        else:
+            source = KeyringFile(data_dir / "keys" / "token-keys.json")
+        doc, marker = source.load()
+        ring = cls._of(doc, source)
+        ring._marker = marker
+        return ring
 
     @classmethod
-    def _read(cls, path: Path) -> Keyring:
-        doc = json.loads(path.read_text())
-        return cls({k: v.encode() for k, v in doc["keys"].items()}, doc["signing"], path)
+    def _of(cls, doc: Doc, source: KeyringSource | None) -> Keyring:
+        return cls({k: v.encode() for k, v in doc["keys"].items()}, doc["signing"], source)
 
-    def _stat(self) -> float | None:
-        try:
-            return self.path.stat().st_mtime if self.path else None
-        except OSError:
-            return None
+    def _doc(self) -> Doc:
+        return {"signing": self.signing, "keys": {k: v.decode() for k, v in self.keys.items()}}
+
+    def _reload(self) -> None:
+        assert self.source is not None
+        doc, self._marker = self.source.load()
+        fresh = self._of(doc, self.source)
+        self.keys, self.signing = fresh.keys, fresh.signing
 
     def reload_if_changed(self) -> None:
-        """Pick up a key added or removed by `baton token rotate` / `retire` in another process."""
-        if self.path is not None and self._stat() != self._mtime:
-            fresh = self._read(self.path)
-            self.keys, self.signing, self._mtime = fresh.keys, fresh.signing, fresh._mtime
+        """Pick up a key added or removed by `baton token rotate` / `retire` in another process or instance."""
+        if self.source is not None and self.source.changed(self._marker):
+            self._reload()
 
     def rotate(self) -> str:
         """Add a new signing key; the others keep verifying. Returns the new key id."""
-        if self.path is None:
+        if self.source is None:
             raise ValueError(
-                "a configured BATON_TOKEN_SECRET cannot rotate; unset it to use the keyring in the data dir"
+                "a configured BATON_TOKEN_SECRET cannot rotate; unset it to use Baton's keyring (in the data dir, "
+                "or in the database with BATON_MASTER_KEY)"
             )
         kid = f"k{int(time.time())}-{secrets.token_hex(3)}"
-        keys = {**self.keys, kid: secrets.token_urlsafe(48).encode()}
-        _write_private(self.path, {"signing": kid, "keys": {k: v.decode() for k, v in keys.items()}})
-        self.keys, self.signing, self._mtime = keys, kid, self._stat()
+        self._change(lambda doc: {"signing": kid, "keys": {**doc["keys"], kid: secrets.token_urlsafe(48)}})
         return kid
 
     def remove(self, kid: str) -> None:
         """Forget a retired key's secret (its tokens are refused by the credentials log already)."""
-        if self.path is None or kid not in self.keys:
+        if self.source is None:
+            return
+        self._reload()
+        if kid not in self.keys:
             return
         if kid == self.signing:
             raise ValueError(f"key {kid} still signs new tokens; rotate to a new key first")
-        keys = {k: v for k, v in self.keys.items() if k != kid}
-        _write_private(self.path, {"signing": self.signing, "keys": {k: v.decode() for k, v in keys.items()}})
-        self.keys, self._mtime = keys, self._stat()
+        self._change(lambda doc: {**doc, "keys": {k: v for k, v in doc["keys"].items() if k != kid}})
 
-
-def _write_private(path: Path, doc: dict[str, Any]) -> None:
-    write_private(path, json.dumps(doc))
+    def _change(self, change: Callable[[Doc], Doc]) -> None:
+        """Apply change to the kept keyring as it is now; again if another instance changed it meanwhile."""
+        assert self.source is not None
+        for _ in range(self.ATTEMPTS):
+            self._reload()
+            doc = change(self._doc())
+            try:
+                marker = self.source.save(doc, self._marker)
+            except SecretChanged:
+                continue
+            fresh = self._of(doc, self.source)
+            self.keys, self.signing, self._marker = fresh.keys, fresh.signing, marker
+            return
+        raise SecretChanged("the keyring kept changing under this change; run the command again")
 
 
 class Tokens:

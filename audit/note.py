@@ -103,10 +103,28 @@ class Signer:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(pem)
+        return cls(name, Ed25519PrivateKey.from_private_bytes(read_private_key(path)))
+
+    @classmethod
+    def from_private_bytes(cls, name: str, raw: bytes) -> Signer:
+        """A signer from the 32 raw bytes of an Ed25519 private key."""
+        return cls(name, Ed25519PrivateKey.from_private_bytes(raw))
+
+    @staticmethod
+    def generate_private_bytes() -> bytes:
+        """The 32 raw bytes of a new Ed25519 private key."""
+        return Ed25519PrivateKey.generate().private_bytes_raw()
+
+
+def read_private_key(path: Path) -> bytes:
+    """The 32 raw bytes of the Ed25519 private key kept at path (PEM, PKCS#8)."""
+    try:
         private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(private, Ed25519PrivateKey):
-            raise NoteError(f"{path} does not hold an Ed25519 key")
-        return cls(name, private)
+    except ValueError:
+        raise NoteError(f"{path} does not hold a PEM private key") from None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise NoteError(f"{path} does not hold an Ed25519 key")
+    return private.private_bytes_raw()
 
 
 def split_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:

@@ -424,7 +424,8 @@ async def _play(
     baton: Baton, clock: ManualClock, settings: Settings, console: Console, days: int, start: datetime
 ) -> int:
     runtime = Runtime(baton, watch=False)
-    tokens = Tokens(Keyring.load(settings.data_dir, settings.token_secret), timedelta(days=settings.token_ttl_days))
+    keyring = Keyring.load(settings.data_dir, settings.token_secret, baton.store.secrets)
+    tokens = Tokens(keyring, timedelta(days=settings.token_ttl_days))
     await runtime.start()
     try:
         app = create_app(baton, tokens, rate_limit=0)  # weeks played in a minute: no per-token rate limit

@@ -14,7 +14,6 @@ from faststream.nats import NatsBroker
 from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client
 
-from audit.note import Signer
 from consumers.inbox import inbox_router
 from consumers.intake import Intake, OutcomeQueue, intake_router
 from consumers.projections import projection_router
@@ -30,7 +29,7 @@ from infra.jetstream import (
 from infra.lease import ROLES, Fence, Leases, Role, Roles, default_instance, holder_name
 from infra.nats_auth import NatsAuth
 from infra.nats_server import EmbeddedNats
-from infra.notary import MerkleView, Notary
+from infra.notary import MerkleView, Notary, load_signer
 from infra.projector import ProjectorProcess
 from infra.relay import Relay, last_published
 from infra.settings import Settings
@@ -107,7 +106,7 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> B
     credentials = CredentialsApp(store, SystemClock())  # tokens expire in wall-clock time, whatever the domain's
     views = Sql(store.views_datastore())
     origin = settings.log_origin or f"baton/{store.identity}"
-    signer = Signer.load_or_create(settings.data_dir / "keys" / "checkpoint.ed25519", origin)
+    signer = load_signer(settings.data_dir, origin, store.secrets)
     notary = Notary(
         store,
         codec,
@@ -210,7 +209,7 @@ class Runtime:
         if self.nats_url is None and self.part == PROJECTOR:
             raise ValueError("a projector runs beside a `baton serve`: give it BATON_NATS_URL")
         if self.nats_url is None:
-            auth = NatsAuth.load(settings.data_dir, settings.nats_secret)
+            auth = NatsAuth.load(settings.data_dir, settings.nats_secret, self.baton.store.secrets)
             self.embedded = EmbeddedNats(settings.data_dir, settings.nats_port, auth=auth, departments=self.departments)
             await self.embedded.start()
             self.nats_url = self.embedded.url

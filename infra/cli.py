@@ -56,6 +56,7 @@ def _settings() -> Settings:
 @app.command()
 def serve() -> None:
     """Run everything in one process: HTTP API, NATS consumers, the relay, and (unless BATON_NATS_URL) nats-server."""
+    import structlog
     import uvicorn
 
     from api.app import create_app
@@ -65,7 +66,12 @@ def serve() -> None:
     settings = _settings()
     with _exclusive(settings, "serve"):
         baton = bootstrap(settings)
-        tokens = Tokens(Keyring.load(settings.data_dir, settings.token_secret), timedelta(days=settings.token_ttl_days))
+        if settings.is_postgres and baton.store.secrets is None:
+            structlog.get_logger("baton.cli").info(
+                "keys_kept_in_data_dir", keys=str(settings.data_dir / "keys"), instances="one per store"
+            )
+        keyring = Keyring.load(settings.data_dir, settings.token_secret, baton.store.secrets)
+        tokens = Tokens(keyring, timedelta(days=settings.token_ttl_days))
         runtime = Runtime(baton, part=COMMANDS if settings.projector_process else ALL)
         asgi = create_app(baton, tokens, runtime)
         try:
@@ -106,9 +112,12 @@ def token_issue(
 ) -> None:
     """Print a bearer token for that actor."""
     from api.tokens import Keyring, Tokens
+    from infra.store import open_secrets
 
     settings = _settings()
-    tokens = Tokens(Keyring.load(settings.data_dir, settings.token_secret), timedelta(days=settings.token_ttl_days))
+    with open_secrets(settings) as kept:
+        keyring = Keyring.load(settings.data_dir, settings.token_secret, kept)
+    tokens = Tokens(keyring, timedelta(days=settings.token_ttl_days))
     try:
         typer.echo(tokens.issue(role, unit, actor))
     except ValueError as exc:
@@ -129,14 +138,14 @@ def token_rotate() -> None:
     from infra.bootstrap import bootstrap
 
     settings = _settings()
-    keyring = Keyring.load(settings.data_dir, settings.token_secret)
-    try:
-        kid = keyring.rotate()
-    except ValueError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
     baton = bootstrap(settings)
     try:
+        keyring = Keyring.load(settings.data_dir, settings.token_secret, baton.store.secrets)
+        try:
+            kid = keyring.rotate()
+        except ValueError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
         receipt = baton.credentials.put_key_in_service(_cli_context("rotate"), kid)
     finally:
         baton.close()
@@ -153,19 +162,19 @@ def token_retire(kid: Annotated[str, typer.Argument(help="The key id to retire (
     from infra.bootstrap import bootstrap
 
     settings = _settings()
-    keyring = Keyring.load(settings.data_dir, settings.token_secret)
-    if kid == keyring.signing:
-        err.print(f"[red]key {kid} still signs new tokens; run `baton token rotate` first[/red]")
-        raise typer.Exit(2)
     baton = bootstrap(settings)
     try:
+        keyring = Keyring.load(settings.data_dir, settings.token_secret, baton.store.secrets)
+        if kid == keyring.signing:
+            err.print(f"[red]key {kid} still signs new tokens; run `baton token rotate` first[/red]")
+            raise typer.Exit(2)
         receipt = baton.credentials.retire_key(_cli_context("retire"), kid)
+        keyring.remove(kid)
     except DomainError as exc:
         err.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(2) from None
     finally:
         baton.close()
-    keyring.remove(kid)
     typer.echo(f"key {kid} retired at position {receipt.position}; its tokens are refused from now on")
 
 
@@ -186,9 +195,9 @@ def token_revoke(
         err.print("[red]name exactly one of --token or --actor[/red]")
         raise typer.Exit(2)
     settings = _settings()
-    tokens = Tokens(Keyring.load(settings.data_dir, settings.token_secret))
     baton = bootstrap(settings)
     try:
+        tokens = Tokens(Keyring.load(settings.data_dir, settings.token_secret, baton.store.secrets))
         if token is not None:
             claims = tokens.claims(token, verify_exp=False)
             expires = datetime.fromtimestamp(float(claims["exp"]), UTC)
@@ -240,8 +249,11 @@ def nats_creds_issue(
     if (department is None) == (not auditor):
         err.print("[red]name exactly one of --department CODE or --auditor[/red]")
         raise typer.Exit(2)
+    from infra.store import open_secrets
+
     settings = _settings()
-    auth = NatsAuth.load(settings.data_dir, settings.nats_secret)
+    with open_secrets(settings) as kept:
+        auth = NatsAuth.load(settings.data_dir, settings.nats_secret, kept)
     doc: dict[str, object]
     if department is not None:
         known = _known_departments(settings)
@@ -279,9 +291,11 @@ def nats_creds_issue(
 def nats_creds_config() -> None:
     """Print the `accounts` block for an external nats-server: Baton's service account, the auditor, each department."""
     from infra.nats_auth import NatsAuth
+    from infra.store import open_secrets
 
     settings = _settings()
-    auth = NatsAuth.load(settings.data_dir, settings.nats_secret)
+    with open_secrets(settings) as kept:
+        auth = NatsAuth.load(settings.data_dir, settings.nats_secret, kept)
     typer.echo(auth.server_config(_known_departments(settings)), nl=False)
     service = auth.service()
     err.print(
@@ -479,7 +493,13 @@ def openapi() -> None:
 
 
 def main() -> None:
-    app()
+    from infra.secrets import KeysInDatabase, WrongMasterKey
+
+    try:
+        app()
+    except (KeysInDatabase, WrongMasterKey) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from infra.jetstream import (
     department_filter,
 )
 from infra.keys import kept_secret, write_private
+from infra.secrets import LocalCopy, SecretName, SecretStore
 
 log = structlog.get_logger("baton.nats_auth")
 
@@ -74,13 +75,21 @@ def check_department_code(code: str) -> str:
     return code
 
 
-def load_nats_secret(data_dir: Path, configured: str | None) -> bytes:
-    """BATON_NATS_SECRET if set, else a secret kept in the data dir (created on first use, 0600)."""
+def load_nats_secret(data_dir: Path, configured: str | None, kept: SecretStore | None = None) -> bytes:
+    """BATON_NATS_SECRET if set; else the installation's (BATON_MASTER_KEY); else the data dir's (0600)."""
     if configured:
         if len(configured) < MIN_SECRET_LENGTH:
             raise ValueError(f"BATON_NATS_SECRET must be at least {MIN_SECRET_LENGTH} characters")
         return configured.encode()
-    return kept_secret(data_dir / "keys" / "nats-secret", lambda: secrets.token_urlsafe(48)).encode()
+    local = local_nats_secret(data_dir)
+    if kept is not None:
+        return kept.get_or_create(SecretName.NATS_SECRET, lambda: secrets.token_urlsafe(48).encode(), local).value
+    return kept_secret(local.path, lambda: secrets.token_urlsafe(48)).encode()
+
+
+def local_nats_secret(data_dir: Path) -> LocalCopy:
+    """The data dir's own NATS secret (as kept without BATON_MASTER_KEY)."""
+    return LocalCopy(data_dir / "keys" / "nats-secret", lambda path: path.read_text().strip().encode())
 
 
 def _service_import(subject: str, to: str | None = None) -> dict[str, Any]:
@@ -198,9 +207,9 @@ class NatsAuth:
         self._hashes: dict[str, str] = self._load_hashes()
 
     @classmethod
-    def load(cls, data_dir: Path, configured: str | None = None) -> NatsAuth:
-        """The NATS secret of this data dir (or BATON_NATS_SECRET), with its bcrypt cache in DATA_DIR/keys."""
-        return cls(load_nats_secret(data_dir, configured), data_dir / "keys" / "nats-hashes.json")
+    def load(cls, data_dir: Path, configured: str | None = None, kept: SecretStore | None = None) -> NatsAuth:
+        """The NATS secret (see load_nats_secret), with its bcrypt cache in DATA_DIR/keys."""
+        return cls(load_nats_secret(data_dir, configured, kept), data_dir / "keys" / "nats-hashes.json")
 
     def password(self, principal: str) -> str:
         digest = hmac.new(self.secret, principal.encode(), hashlib.sha256).digest()
@@ -320,4 +329,5 @@ __all__ = [
     "department_filter",
     "department_ready",
     "load_nats_secret",
+    "local_nats_secret",
 ]

@@ -13,6 +13,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import rfc8785
@@ -20,12 +21,27 @@ import structlog
 from eventsourcing.persistence import IntegrityError
 
 from audit.merkle import EMPTY_ROOT, consistency_proof, inclusion_proof, leaf_hash, node_hash, split
-from audit.note import Checkpoint, Signer
+from audit.note import Checkpoint, Signer, read_private_key
 from infra.envelope import Envelope, EnvelopeCodec
+from infra.secrets import LocalCopy, SecretName, SecretStore
 from infra.store import Store
 from projections.base import Fenced, PositionMoved, Sql, Tx, View
 
 log = structlog.get_logger("baton.notary")
+
+
+def load_signer(data_dir: Path, origin: str, kept: SecretStore | None = None) -> Signer:
+    """The checkpoint signing key: the installation's (BATON_MASTER_KEY), else the data dir's own."""
+    local = local_signing_key(data_dir)
+    if kept is None:
+        return Signer.load_or_create(local.path, origin)
+    secret = kept.get_or_create(SecretName.CHECKPOINT_KEY, Signer.generate_private_bytes, local)
+    return Signer.from_private_bytes(origin, secret.value)
+
+
+def local_signing_key(data_dir: Path) -> LocalCopy:
+    """The data dir's own checkpoint signing key (as kept without BATON_MASTER_KEY)."""
+    return LocalCopy(data_dir / "keys" / "checkpoint.ed25519", read_private_key)
 
 
 def canonical(envelope: Envelope) -> bytes:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from uuid import UUID
 
+import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import StoredEvent, Transcoding
@@ -29,6 +30,9 @@ from eventsourcing.utils import get_topic
 
 from domain.privacy import SEALED_PREFIX, PersonalData, PersonErased, Sealed
 from infra.keys import kept_secret
+from infra.secrets import LocalCopy, SecretName, SecretStore
+
+log = structlog.get_logger("baton.privacy")
 
 ERASED_TOPIC = get_topic(PersonalData.Erased)
 _PERSON_IN_STATE = re.compile(rb"pii1\.([0-9a-f]{32})\.")
@@ -54,18 +58,38 @@ class KeyTable(Protocol):
     def select_person_keys(self, person_ids: Sequence[str]) -> dict[str, KeyRow]: ...
 
 
-def load_master_key(data_dir: Path, configured: str | None) -> bytes:
-    """BATON_PII_KEY (base64 of 32 bytes) if set, else a key kept in the data dir (created on first use)."""
+def load_master_key(data_dir: Path, configured: str | None, kept: SecretStore | None = None) -> bytes:
+    """BATON_PII_KEY if set; else the installation's key (BATON_MASTER_KEY); else one kept in the data dir."""
     if configured:
-        try:
-            key = base64.b64decode(configured, validate=True)
-        except (binascii.Error, ValueError):
-            key = b""
-        if len(key) != 32:
+        key = _decode_key(configured)
+        if key is None:
             raise ValueError("BATON_PII_KEY must be 32 random bytes in base64, e.g. `openssl rand -base64 32`")
         return key
-    made = kept_secret(data_dir / "keys" / "pii-master", lambda: base64.b64encode(secrets.token_bytes(32)).decode())
+    local = local_master_key(data_dir)
+    if kept is not None:
+        return kept.get_or_create(SecretName.PII_MASTER, lambda: secrets.token_bytes(32), local).value
+    made = kept_secret(local.path, lambda: base64.b64encode(secrets.token_bytes(32)).decode())
     return base64.b64decode(made)
+
+
+def local_master_key(data_dir: Path) -> LocalCopy:
+    """The data dir's own personal-data master key (as kept without BATON_MASTER_KEY)."""
+    return LocalCopy(data_dir / "keys" / "pii-master", _read_key)
+
+
+def _decode_key(text: str) -> bytes | None:
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return key if len(key) == 32 else None
+
+
+def _read_key(path: Path) -> bytes:
+    key = _decode_key(path.read_text())
+    if key is None:
+        raise ValueError(f"{path} does not hold a personal-data master key (base64 of 32 bytes)")
+    return key
 
 
 def _b64(data: bytes) -> str:

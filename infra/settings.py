@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -34,7 +36,9 @@ class Settings(BaseSettings):
     token_secret: str | None = None
     token_ttl_days: int = 30
     pii_key: str | None = None
-    """Master key wrapping every person's key (base64 of 32 bytes); unset: kept in DATA_DIR/keys."""
+    """Master key wrapping every person's key (base64 of 32 bytes); unset: kept in DATA_DIR/keys (or the database)."""
+    master_key: str | None = None
+    """Base64 of 32 bytes shared by every instance: Baton's own keys are then kept in the database, wrapped under it."""
     watch_interval: float = 10.0
     log_level: str = "info"
     log_format: str = "json"
@@ -56,6 +60,27 @@ class Settings(BaseSettings):
         if value == "sqlite" or value.startswith(("postgresql://", "postgres://")):
             return value
         raise ValueError("BATON_STORE must be 'sqlite' or a postgresql:// URL")
+
+    @field_validator("master_key")
+    @classmethod
+    def _check_master_key(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            raw = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise ValueError(
+                "BATON_MASTER_KEY must be 32 random bytes in base64 (make one with `openssl rand -base64 32`) "
+                "and be the same on every instance"
+            )
+        return value.strip()
+
+    @property
+    def master_key_bytes(self) -> bytes | None:
+        """BATON_MASTER_KEY's 32 bytes, or None when keys are kept in the data dir."""
+        return base64.b64decode(self.master_key) if self.master_key else None
 
     @property
     def is_postgres(self) -> bool:

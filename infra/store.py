@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +36,10 @@ from psycopg.sql import SQL, Identifier
 
 from infra.ddl import ddl_session, serialise_ddl
 from infra.privacy import KeyRow, SealedAsToken, Vault, load_master_key
+from infra.secrets import SecretStore, SecretTable, refuse_without_master_key
 from infra.settings import Settings
 from infra.sqlite import BatonSQLiteDatastore, BatonSQLiteFactory
+from projections.base import Sql
 
 
 @dataclass(frozen=True)
@@ -353,7 +356,9 @@ class Store:
                 transcoder.register(transcoding)
         self.mapper: Mapper[Any] = self.factory.mapper(transcoder=transcoder)
         self.identity = self.recorder.identity()
-        self.vault = Vault(self.recorder, load_master_key(settings.data_dir, settings.pii_key))
+        self.secrets = secret_store(settings, Sql(self.recorder.datastore))
+        """The installation's keys in the database (BATON_MASTER_KEY), or None: each data dir keeps its own."""
+        self.vault = Vault(self.recorder, load_master_key(settings.data_dir, settings.pii_key, self.secrets))
         self.recorder.vault = self.vault
         self._listeners: list[Callable[[int], None]] = []
         self._lock = threading.Lock()
@@ -438,18 +443,7 @@ class Store:
     def views_datastore(self) -> BatonSQLiteDatastore | PostgresDatastore:
         """Where read models live: a second SQLite file, or the same PostgreSQL schema."""
         if self.settings.is_postgres:
-            pg = self.settings.postgres_env()
-            return PostgresDatastore(
-                dbname=pg["POSTGRES_DBNAME"],
-                host=pg["POSTGRES_HOST"],
-                port=pg["POSTGRES_PORT"],
-                user=pg["POSTGRES_USER"],
-                password=pg["POSTGRES_PASSWORD"],
-                schema=pg["POSTGRES_SCHEMA"],
-                connect_timeout=float(pg["POSTGRES_CONNECT_TIMEOUT"]),
-                pool_size=4,
-                max_overflow=8,
-            )
+            return postgres_datastore(self.settings, pool_size=4, max_overflow=8)
         return BatonSQLiteDatastore(
             str(self.settings.data_dir / "views.sqlite"), lock_timeout=self.settings.sqlite_busy_timeout, pool_size=6
         )
@@ -457,6 +451,52 @@ class Store:
     def close(self) -> None:
         self._closing.set()
         self.factory.close()
+
+
+def postgres_datastore(settings: Settings, *, pool_size: int, max_overflow: int) -> PostgresDatastore:
+    """A PostgresDatastore on BATON_STORE's schema (beside the event store's own)."""
+    pg = settings.postgres_env()
+    return PostgresDatastore(
+        dbname=pg["POSTGRES_DBNAME"],
+        host=pg["POSTGRES_HOST"],
+        port=pg["POSTGRES_PORT"],
+        user=pg["POSTGRES_USER"],
+        password=pg["POSTGRES_PASSWORD"],
+        schema=pg["POSTGRES_SCHEMA"],
+        connect_timeout=float(pg["POSTGRES_CONNECT_TIMEOUT"]),
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+    )
+
+
+def secret_store(settings: Settings, sql: Sql) -> SecretStore | None:
+    """The installation's keys (BATON_MASTER_KEY), or None: keys per data dir, if the database keeps none."""
+    table = SecretTable(sql)
+    master = settings.master_key_bytes
+    if master is None:
+        refuse_without_master_key(table)
+        return None
+    return SecretStore(table, master)
+
+
+@contextmanager
+def open_secrets(settings: Settings) -> Iterator[SecretStore | None]:
+    """The installation's keys for a command that opens no Store (`baton token issue`); None without a master key."""
+    if settings.master_key_bytes is None:
+        yield None
+        return
+    if settings.is_postgres:
+        _ensure_schema(settings.postgres_env())
+        datastore: BatonSQLiteDatastore | PostgresDatastore = postgres_datastore(settings, pool_size=1, max_overflow=1)
+    else:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        datastore = BatonSQLiteDatastore(
+            str(settings.data_dir / "events.sqlite"), lock_timeout=settings.sqlite_busy_timeout, pool_size=1
+        )
+    try:
+        yield secret_store(settings, Sql(datastore))
+    finally:
+        datastore.close()
 
 
 def _ensure_schema(env: dict[str, str]) -> None:
@@ -477,4 +517,4 @@ def _ensure_schema(env: dict[str, str]) -> None:
         conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {0}").format(Identifier(schema)))
 
 
-__all__ = ["CommandLog", "CommandRecord", "Commands", "IntegrityError", "Store", "command_rows"]
+__all__ = ["CommandLog", "CommandRecord", "Commands", "IntegrityError", "Store", "command_rows", "open_secrets"]
