@@ -5,6 +5,12 @@ and destroyed in the same transaction as their `PersonalData.Erased` event; noth
 one. Keys live beside the events (table `baton_person_keys`) but are mutable, unlike the events: an
 erased person's ciphertext stays in the store, on BATON_EVENTS and in exported bundles, so every
 Merkle leaf and finalised score still verifies, while no one can read it any more.
+
+Two writers (two instances) sealing the same new person at once each make a key. Each inserts its key row in
+its events' transaction; the first to commit keeps its key, and the other's save finds the row taken and fails
+with PersonKeyConflict (an IntegrityError) unless its data opens under the stored key, so the command is
+decided again and seals under the key that is stored. A key derived from the person's id and the master key
+would need no such check, but erasure would then destroy nothing: the derivation could be redone.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from uuid import UUID
 import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from eventsourcing.persistence import StoredEvent, Transcoding
+from eventsourcing.persistence import IntegrityError, StoredEvent, Transcoding
 from eventsourcing.utils import get_topic
 
 from domain.privacy import SEALED_PREFIX, PersonalData, PersonErased, Sealed
@@ -35,7 +41,7 @@ from infra.secrets import LocalCopy, SecretName, SecretStore
 log = structlog.get_logger("baton.privacy")
 
 ERASED_TOPIC = get_topic(PersonalData.Erased)
-_PERSON_IN_STATE = re.compile(rb"pii1\.([0-9a-f]{32})\.")
+_SEALED_IN_STATE = re.compile(rb"pii1\.([0-9a-f]{32})\.([A-Za-z0-9_-]+)")
 _FRESH_KEYS_KEPT = 20_000
 
 
@@ -50,6 +56,19 @@ class KeyRow:
     @property
     def erased(self) -> bool:
         return self.wrapped is None
+
+
+@dataclass(frozen=True, slots=True)
+class FreshKey:
+    """A key this process made for a person, and the sealed data of theirs that a save carries."""
+
+    row: KeyRow
+    sealed: tuple[bytes, ...]
+    """The ciphertexts (nonce + ciphertext) of this person in the events being saved."""
+
+
+class PersonKeyConflict(IntegrityError):
+    """Another writer stored a key for this new person first: decide the command again, sealing under that key."""
 
 
 class KeyTable(Protocol):
@@ -151,19 +170,38 @@ class Vault:
 
     # Hooks the recorder calls inside the events' transaction -----------------------------------
 
-    def keys_to_insert(self, stored_events: Sequence[StoredEvent]) -> list[KeyRow]:
-        """Rows for the fresh keys whose sealed data these events carry."""
-        rows: dict[str, KeyRow] = {}
+    def keys_to_insert(self, stored_events: Sequence[StoredEvent]) -> list[FreshKey]:
+        """The fresh keys whose sealed data these events carry, by person id (the order every writer locks in)."""
+        sealed: dict[str, list[bytes]] = {}
+        for stored in stored_events:
+            if b"pii1." not in stored.state:
+                continue
+            for match in _SEALED_IN_STATE.finditer(stored.state):
+                sealed.setdefault(match.group(1).decode(), []).append(match.group(2))
+        fresh: list[FreshKey] = []
         with self._lock:
-            for stored in stored_events:
-                if b"pii1." not in stored.state:
-                    continue
-                for match in _PERSON_IN_STATE.finditer(stored.state):
-                    pid = match.group(1).decode()
-                    fresh = self._fresh.get(pid)
-                    if fresh is not None:
-                        rows[pid] = fresh[1]
-        return list(rows.values())
+            for pid in sorted(sealed):
+                made = self._fresh.get(pid)
+                if made is not None:
+                    fresh.append(FreshKey(made[1], tuple(_unb64(t.decode()) for t in sealed[pid])))
+        return fresh
+
+    def check_stored(self, fresh: FreshKey, stored: KeyRow | None) -> None:
+        """PersonKeyConflict unless this save's data of the person opens under the key stored for them."""
+        if stored is not None and stored.wrapped == fresh.row.wrapped:
+            return
+        person = UUID(hex=fresh.row.person_id)
+        if stored is not None and stored.wrapped is not None:
+            cipher = AESGCM(self._unwrap(stored))
+            try:
+                for raw in fresh.sealed:
+                    cipher.decrypt(raw[:12], raw[12:], person.bytes)
+            except (InvalidTag, ValueError):
+                pass
+            else:
+                return
+        log.info("person_key_conflict", person_id=str(person))
+        raise PersonKeyConflict(f"another writer stored a key for person {person} first; decide the command again")
 
     def keys_to_destroy(self, stored_events: Sequence[StoredEvent]) -> list[str]:
         """Person ids (hex) erased by these events."""
@@ -252,4 +290,13 @@ class SealedAsToken(Transcoding):
         return Sealed(data)
 
 
-__all__ = ["ERASED_TOPIC", "KeyRow", "SealedAsToken", "Vault", "load_master_key"]
+__all__ = [
+    "ERASED_TOPIC",
+    "FreshKey",
+    "KeyRow",
+    "PersonKeyConflict",
+    "SealedAsToken",
+    "Vault",
+    "load_master_key",
+    "local_master_key",
+]

@@ -90,6 +90,18 @@ def command_rows(
     return [record.row([positions[str(a), v] for a, v in record.events]) for record in command]
 
 
+def store_person_keys(
+    vault: Vault,
+    stored_events: Sequence[StoredEvent],
+    insert: Callable[[KeyRow], bool],
+    select: Callable[[str], KeyRow | None],
+) -> None:
+    """Insert a save's fresh person keys; where one was stored first, check the save's data opens under that one."""
+    for fresh in vault.keys_to_insert(stored_events):
+        if not insert(fresh.row):
+            vault.check_stored(fresh, select(fresh.row.person_id))
+
+
 class CommandLog:
     """Reads and writes the command log (the half of it not written alongside events)."""
 
@@ -145,11 +157,20 @@ class BatonSQLiteRecorder(SQLiteApplicationRecorder, CommandLog):
         if rows:
             c.executemany(f"INSERT INTO {COMMANDS_TABLE} VALUES (?,?,?,?)", rows)
         if self.vault is not None:
-            for row in self.vault.keys_to_insert(stored_events):
+
+            def insert(row: KeyRow) -> bool:
                 c.execute(
                     f"INSERT INTO {KEYS_TABLE} VALUES (?,?,?) ON CONFLICT (person_id) DO NOTHING",
                     (row.person_id, row.community_id, row.wrapped),
                 )
+                return bool(c.sqlite_cursor.rowcount == 1)
+
+            def select(person_id: str) -> KeyRow | None:
+                c.execute(f"SELECT * FROM {KEYS_TABLE} WHERE person_id = ?", (person_id,))
+                r = c.fetchone()
+                return KeyRow(r["person_id"], r["community_id"], r["wrapped"]) if r else None
+
+            store_person_keys(self.vault, stored_events, insert, select)
             for person_id in self.vault.keys_to_destroy(stored_events):
                 c.execute(f"UPDATE {KEYS_TABLE} SET wrapped = NULL WHERE person_id = ?", (person_id,))
         return ids
@@ -254,6 +275,30 @@ class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
         with self.datastore.get_connection() as conn, ddl_session(conn, self.datastore.schema):
             super().create_table()
 
+    def _insert_events(self, curs: psycopg.Cursor[Any], stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        # Fresh person keys go in before the events: a conflict found here raises while the transaction is
+        # still open, so it rolls back (an error raised after the events' insert would be re-raised by
+        # eventsourcing only once its transaction block had committed).
+        super()._insert_events(curs, stored_events, **kwargs)
+        if self.vault is None:
+            return
+
+        def insert(row: KeyRow) -> bool:
+            curs.execute(
+                SQL(
+                    "INSERT INTO {0} VALUES (%s, %s, %s) ON CONFLICT (person_id) DO NOTHING RETURNING person_id"
+                ).format(self.keys_table),
+                (row.person_id, row.community_id, row.wrapped),
+            )
+            return curs.fetchone() is not None
+
+        def select(person_id: str) -> KeyRow | None:
+            curs.execute(SQL("SELECT * FROM {0} WHERE person_id = %s").format(self.keys_table), (person_id,))
+            r = curs.fetchone()
+            return KeyRow(r["person_id"], r["community_id"], r["wrapped"]) if r else None
+
+        store_person_keys(self.vault, stored_events, insert, select)
+
     def _fetch_ids_after_insert_events(
         self, curs: psycopg.Cursor[Any], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
@@ -262,13 +307,6 @@ class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
         if rows:
             curs.executemany(self.insert_command_statement, rows)
         if self.vault is not None:
-            for row in self.vault.keys_to_insert(stored_events):
-                curs.execute(
-                    SQL("INSERT INTO {0} VALUES (%s, %s, %s) ON CONFLICT (person_id) DO NOTHING").format(
-                        self.keys_table
-                    ),
-                    (row.person_id, row.community_id, row.wrapped),
-                )
             for person_id in self.vault.keys_to_destroy(stored_events):
                 curs.execute(
                     SQL("UPDATE {0} SET wrapped = NULL WHERE person_id = %s").format(self.keys_table), (person_id,)

@@ -276,6 +276,51 @@ def test_instances_starting_at_once_make_one_key_each(
         assert {v for v, _ in kept_rows(store).values()} == {1}
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+def test_two_writers_sealing_one_new_person_at_once_leave_no_unreadable_data(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = f"{PG_URL}?schema={request.getfixturevalue('pg_schema')}" if backend == "postgres" else "sqlite"
+    master = new_master_key()
+    data = [tmp_path / "a", tmp_path / "b"] if backend == "postgres" else [tmp_path, tmp_path]
+    person = uuid.uuid4()
+    with opened(instance(data[0], store, master), instance(data[1], store, master)) as (a, b):
+        seed_county_direct(a)
+        made_key = threading.Barrier(2)
+        for baton in (a, b):
+            # Both writers use the same new person (as two instances recording one resident at once would) and
+            # both make its key before either saves: the race, every time.
+            monkeypatch.setattr(baton.whistles, "_reporter_id", lambda reporter: person)
+            key_for, first = baton.store.vault._key_for, [True]
+
+            def racing(pid: uuid.UUID, community: str, key_for: Any = key_for, first: list[bool] = first) -> bytes:
+                key = key_for(pid, community)
+                if first[0]:
+                    first[0] = False
+                    made_key.wait(timeout=30)
+                return key
+
+            monkeypatch.setattr(baton.store.vault, "_key_for", racing)
+        results: list[Any] = [None, None]
+
+        def blow(i: int, baton: Baton) -> None:
+            try:
+                results[i] = blow_with_reporter(baton)
+            except BaseException as exc:
+                results[i] = exc
+
+        threads = [threading.Thread(target=blow, args=(i, x)) for i, x in enumerate((a, b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(isinstance(r, BaseException) for r in results), results
+        whistles = [r[0] for r in results]
+        assert {r[1] for r in results} == {str(person)}
+        for baton in (a, b):
+            assert [reporter_name(baton, w) for w in whistles] == [NAME, NAME]
+
+
 # An existing data dir ---------------------------------------------------------------------------------------
 
 
