@@ -19,6 +19,7 @@ from infra.logging import configure_logging
 from infra.settings import Settings
 
 if TYPE_CHECKING:
+    from infra.secrets import LocalCopy, SecretName
     from services.access import Context
 
 app = typer.Typer(help="Baton: the event-sourced backbone of community governance.", no_args_is_help=True)
@@ -30,6 +31,8 @@ scheme_app = typer.Typer(help="The assessment scheme (考核指挥棒), kept as 
 app.add_typer(scheme_app, name="scheme")
 nats_creds_app = typer.Typer(help="NATS logins for department systems and auditors.", no_args_is_help=True)
 app.add_typer(nats_creds_app, name="nats-creds")
+keys_app = typer.Typer(help="Baton's own keys: where they are kept, and moving a data dir's into the database.")
+app.add_typer(keys_app, name="keys", no_args_is_help=True)
 STANDARDS_DIR = Path(__file__).resolve().parent.parent / "standards"
 err = Console(stderr=True, soft_wrap=True)
 
@@ -245,12 +248,11 @@ def nats_creds_issue(
     """Print, as JSON, what a department system (or the auditor) needs to connect to Baton's NATS."""
     from infra.jetstream import AUDIT_STREAM, AUDITOR_DURABLE, DEPT_STREAM, EVENTS_STREAM, department_durable
     from infra.nats_auth import JS_API_PREFIX, NatsAuth
+    from infra.store import open_secrets
 
     if (department is None) == (not auditor):
         err.print("[red]name exactly one of --department CODE or --auditor[/red]")
         raise typer.Exit(2)
-    from infra.store import open_secrets
-
     settings = _settings()
     with open_secrets(settings) as kept:
         auth = NatsAuth.load(settings.data_dir, settings.nats_secret, kept)
@@ -302,6 +304,110 @@ def nats_creds_config() -> None:
         f"Baton logs in with BATON_NATS_USER={service.user} BATON_NATS_PASSWORD={service.password}; "
         "enable JetStream on the server; rerun after adding a department, then reload the server."
     )
+
+
+def _key_sources(settings: Settings) -> list[tuple[SecretName, LocalCopy, str | None]]:
+    """Each kept secret, the data dir's own copy of it, and the setting that overrides both (if set)."""
+    from api.tokens import local_keyring
+    from infra.nats_auth import local_nats_secret
+    from infra.notary import local_signing_key
+    from infra.privacy import local_master_key
+    from infra.secrets import SecretName
+
+    data_dir = settings.data_dir
+    return [
+        (SecretName.TOKEN_KEYRING, local_keyring(data_dir), "BATON_TOKEN_SECRET" if settings.token_secret else None),
+        (SecretName.CHECKPOINT_KEY, local_signing_key(data_dir), None),
+        (SecretName.PII_MASTER, local_master_key(data_dir), "BATON_PII_KEY" if settings.pii_key else None),
+        (SecretName.NATS_SECRET, local_nats_secret(data_dir), "BATON_NATS_SECRET" if settings.nats_secret else None),
+    ]
+
+
+@keys_app.command("status")
+def keys_status() -> None:
+    """Say where each key comes from: the database (BATON_MASTER_KEY), a setting, or the data dir."""
+    from infra.secrets import SecretName
+    from infra.store import open_secrets
+
+    settings = _settings()
+    with open_secrets(settings) as kept:
+        if kept is None:
+            typer.echo(
+                f"keys: kept in {settings.data_dir / 'keys'} (no BATON_MASTER_KEY); "
+                + ("one instance per store" if settings.is_postgres else "this instance's own")
+            )
+        else:
+            typer.echo(
+                f"keys: kept in the database ({'postgresql' if settings.is_postgres else 'events.sqlite'}) under "
+                "BATON_MASTER_KEY, the same on every instance"
+            )
+        for name, local, setting in _key_sources(settings):
+            copy = "none" if not local.path.exists() else "present"
+            if setting is not None:
+                where = f"{setting} (the setting wins)"
+            elif kept is None:
+                where = str(local.path) if local.path.exists() else f"{local.path} (made on first start)"
+                copy = "in use"
+            elif (secret := kept.get(name)) is None:
+                where = "database: not yet (made, or imported from the data dir, on first start)"
+            else:
+                where = f"database: version {secret.version}, changed {secret.updated_at}"
+                if local.path.exists():
+                    copy = "same" if local.load() == secret.value else "differs, not used"
+                    if copy != "same" and name is SecretName.PII_MASTER:
+                        copy += " (`baton keys import` re-wraps persons sealed under it)"
+            typer.echo(f"{name.value:15} {where}; data dir copy: {copy}")
+
+
+@keys_app.command("import")
+def keys_import() -> None:
+    """Move this data dir's keys into the database; re-wrap persons sealed under its own personal-data key."""
+    from infra.privacy import local_master_key
+    from infra.secrets import SecretChanged, SecretName
+    from infra.store import Store, open_secrets
+
+    settings = _settings()
+    if settings.master_key_bytes is None:
+        err.print(
+            "[red]set BATON_MASTER_KEY first, the same on every instance (`openssl rand -base64 32` makes one)[/red]"
+        )
+        raise typer.Exit(2)
+    old_master: bytes | None = None
+    with open_secrets(settings) as kept:
+        assert kept is not None
+        for name, local, setting in _key_sources(settings):
+            value = local.load()
+            secret = kept.get(name)
+            if setting is not None:
+                typer.echo(f"{name.value}: {setting} is set and wins; nothing to import")
+            elif value is None:
+                state = f"version {secret.version}" if secret else "made on first start"
+                typer.echo(f"{name.value}: the data dir has none; database: {state}")
+            elif secret is None:
+                try:
+                    kept.put(name, value, 0)
+                    typer.echo(f"{name.value}: imported from {local.path}")
+                except SecretChanged:
+                    typer.echo(f"{name.value}: another instance kept one meanwhile; run again to compare")
+            elif secret.value == value:
+                typer.echo(f"{name.value}: already in the database (version {secret.version})")
+            elif name is SecretName.PII_MASTER:
+                old_master = value
+            else:
+                typer.echo(
+                    f"{name.value}: the database keeps another (version {secret.version}); "
+                    f"{local.path} is not used and can go"
+                )
+    if old_master is not None:
+        store = Store(settings)
+        try:
+            rewrapped, unreadable = store.vault.rewrap(old_master)
+        finally:
+            store.close()
+        typer.echo(
+            f"pii-master: the database keeps another; re-wrapped {rewrapped} persons' keys made under "
+            f"{local_master_key(settings.data_dir).path} ({unreadable} opened by neither key)"
+        )
 
 
 @standard_app.command("publish")

@@ -76,6 +76,14 @@ class KeyTable(Protocol):
 
     def select_person_keys(self, person_ids: Sequence[str]) -> dict[str, KeyRow]: ...
 
+    def person_key_rows(self, after: str, limit: int) -> list[KeyRow]:
+        """Up to limit rows of people not erased, by person id, after the one given."""
+        ...
+
+    def replace_wrapped(self, person_id: str, old: str, new: str) -> bool:
+        """Replace a person's wrapped key if it is still old; whether it was."""
+        ...
+
 
 def load_master_key(data_dir: Path, configured: str | None, kept: SecretStore | None = None) -> bytes:
     """BATON_PII_KEY if set; else the installation's key (BATON_MASTER_KEY); else one kept in the data dir."""
@@ -155,18 +163,44 @@ class Vault:
             fresh = self._fresh.get(pid)
             if fresh is None:
                 key = AESGCM.generate_key(bit_length=256)
-                nonce = secrets.token_bytes(12)
-                wrapped = _b64(nonce + self._master.encrypt(nonce, key, b"baton-person-key:" + person_id.bytes))
-                fresh = (key, KeyRow(pid, community_id, wrapped))
+                fresh = (key, KeyRow(pid, community_id, self._wrap(person_id, key)))
                 self._fresh[pid] = fresh
                 while len(self._fresh) > _FRESH_KEYS_KEPT:
                     self._fresh.popitem(last=False)
             return fresh[0]
 
-    def _unwrap(self, row: KeyRow) -> bytes:
+    def _wrap(self, person_id: UUID, key: bytes) -> str:
+        nonce = secrets.token_bytes(12)
+        return _b64(nonce + self._master.encrypt(nonce, key, b"baton-person-key:" + person_id.bytes))
+
+    def _unwrap(self, row: KeyRow, master: AESGCM | None = None) -> bytes:
         assert row.wrapped is not None
         raw = _unb64(row.wrapped)
-        return self._master.decrypt(raw[:12], raw[12:], b"baton-person-key:" + UUID(hex=row.person_id).bytes)
+        person = UUID(hex=row.person_id)
+        return (master or self._master).decrypt(raw[:12], raw[12:], b"baton-person-key:" + person.bytes)
+
+    def rewrap(self, old_master: bytes, batch: int = 1000) -> tuple[int, int]:
+        """Re-wrap under this master key each person's key only old_master opens: (re-wrapped, opened by neither)."""
+        old = AESGCM(old_master)
+        rewrapped = unreadable = 0
+        after = ""
+        while rows := self.keys.person_key_rows(after, batch):
+            for row in rows:
+                assert row.wrapped is not None
+                try:
+                    self._unwrap(row)
+                    continue
+                except InvalidTag:
+                    pass
+                try:
+                    key = self._unwrap(row, old)
+                except InvalidTag:
+                    unreadable += 1
+                    continue
+                if self.keys.replace_wrapped(row.person_id, row.wrapped, self._wrap(UUID(hex=row.person_id), key)):
+                    rewrapped += 1
+            after = rows[-1].person_id
+        return rewrapped, unreadable
 
     # Hooks the recorder calls inside the events' transaction -----------------------------------
 
@@ -232,7 +266,16 @@ class Vault:
         keys: dict[str, AESGCM | None] = {}
         for pid in person_ids:
             row = rows.get(pid)
-            keys[pid] = AESGCM(self._unwrap(row)) if row is not None and row.wrapped is not None else None
+            keys[pid] = None
+            if row is not None and row.wrapped is not None:
+                try:
+                    keys[pid] = AESGCM(self._unwrap(row))
+                except InvalidTag:  # wrapped under another master key: shown as unreadable, not a failed request
+                    log.error(
+                        "person_key_wrapped_under_another_master_key",
+                        person_id=str(UUID(hex=pid)),
+                        hint="run `baton keys import` on the instance whose data dir holds that key",
+                    )
         out: dict[str, str | None] = {}
         for token in tokens:
             _, pid, data = token.split(".", 2)

@@ -205,6 +205,19 @@ class BatonSQLiteRecorder(SQLiteApplicationRecorder, CommandLog):
             c.execute(f"SELECT * FROM {KEYS_TABLE} WHERE person_id IN ({marks})", tuple(person_ids))
             return {r["person_id"]: KeyRow(r["person_id"], r["community_id"], r["wrapped"]) for r in c.fetchall()}
 
+    def person_key_rows(self, after: str, limit: int) -> list[KeyRow]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT * FROM {KEYS_TABLE} WHERE person_id > ? AND wrapped IS NOT NULL ORDER BY person_id LIMIT ?",
+                (after, limit),
+            )
+            return [KeyRow(r["person_id"], r["community_id"], r["wrapped"]) for r in c.fetchall()]
+
+    def replace_wrapped(self, person_id: str, old: str, new: str) -> bool:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(f"UPDATE {KEYS_TABLE} SET wrapped = ? WHERE person_id = ? AND wrapped = ?", (new, person_id, old))
+            return bool(c.sqlite_cursor.rowcount == 1)
+
     def get(self, key: str) -> CommandRecord | None:
         with self.datastore.transaction(commit=False) as c:
             c.execute(f"SELECT * FROM {COMMANDS_TABLE} WHERE key=?", (key,))
@@ -340,6 +353,24 @@ class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
                 SQL("SELECT * FROM {0} WHERE person_id = ANY(%s)").format(self.keys_table), (list(person_ids),)
             )
             return {r["person_id"]: KeyRow(r["person_id"], r["community_id"], r["wrapped"]) for r in curs.fetchall()}
+
+    def person_key_rows(self, after: str, limit: int) -> list[KeyRow]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL(
+                    "SELECT * FROM {0} WHERE person_id > %s AND wrapped IS NOT NULL ORDER BY person_id LIMIT %s"
+                ).format(self.keys_table),
+                (after, limit),
+            )
+            return [KeyRow(r["person_id"], r["community_id"], r["wrapped"]) for r in curs.fetchall()]
+
+    def replace_wrapped(self, person_id: str, old: str, new: str) -> bool:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                SQL("UPDATE {0} SET wrapped = %s WHERE person_id = %s AND wrapped = %s").format(self.keys_table),
+                (new, person_id, old),
+            )
+            return curs.rowcount == 1
 
     def get(self, key: str) -> CommandRecord | None:
         with self.datastore.transaction(commit=False) as curs:

@@ -21,11 +21,13 @@ import pytest
 from psycopg import sql
 from pydantic import ValidationError
 from structlog.testing import capture_logs
+from typer.testing import CliRunner
 
 from api.app import create_app
 from api.tokens import InvalidToken, Keyring, Tokens
 from domain.privacy import Sealed
 from infra.bootstrap import Baton, bootstrap
+from infra.cli import app as cli
 from infra.clock import ManualClock
 from infra.nats_auth import NatsAuth
 from infra.secrets import SECRETS_TABLE, KeysInDatabase, SecretName, WrongMasterKey
@@ -379,3 +381,40 @@ def test_an_existing_data_dir_moves_into_the_database_keeping_its_keys(
         bootstrap(before)
     with pytest.raises(WrongMasterKey, match="does not open the secret"):
         bootstrap(instance(old_dir, store, new_master_key()))
+
+
+def test_keys_import_rewraps_people_sealed_under_another_instances_own_key(
+    tmp_path: Path, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two instances that ran with a key each (before BATON_MASTER_KEY): the second's people become readable."""
+    store = f"{PG_URL}?schema={pg_schema}"
+    with opened(instance(tmp_path / "a", store, None), instance(tmp_path / "b", store, None)) as (a, b):
+        seed_county_direct(a)
+        on_a, _ = blow_with_reporter(a)
+        on_b, _ = blow_with_reporter(b)
+        assert reporter_name(b, on_b) == NAME
+    master = new_master_key()
+    with opened(instance(tmp_path / "a", store, master)) as (a,):  # A starts first: its keys are the installation's
+        assert reporter_name(a, on_a) == NAME
+        assert reporter_name(a, on_b) is None
+    monkeypatch.setenv("BATON_DATA_DIR", str(tmp_path / "b"))
+    monkeypatch.setenv("BATON_STORE", store)
+    monkeypatch.setenv("BATON_MASTER_KEY", master)
+    status = CliRunner().invoke(cli, ["keys", "status"])
+    assert status.exit_code == 0, status.output
+    assert "kept in the database" in status.output
+    assert "pii-master" in status.output and "differs, not used" in status.output
+    result = CliRunner().invoke(cli, ["keys", "import"])
+    assert result.exit_code == 0, result.output
+    assert "re-wrapped 1 persons' keys" in result.output and "(0 opened by neither key)" in result.output
+    with opened(instance(tmp_path / "b", store, master), instance(tmp_path / "a", store, master)) as (b, a):
+        for baton in (a, b):
+            assert [reporter_name(baton, w) for w in (on_a, on_b)] == [NAME, NAME]
+
+
+def test_keys_import_without_a_master_key_says_what_to_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATON_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(cli, ["keys", "import"])
+    assert result.exit_code == 2 and "set BATON_MASTER_KEY" in result.output
+    status = CliRunner().invoke(cli, ["keys", "status"])
+    assert status.exit_code == 0 and "no BATON_MASTER_KEY" in status.output
