@@ -16,6 +16,7 @@ prepared each again on every event (a rebuild ran at half speed).
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -127,13 +128,27 @@ class BatonSQLiteConnectionPool(SQLiteConnectionPool):
         except (sqlite3.Error, TypeError) as e:
             raise InterfaceError(e) from e
         if not self.is_sqlite_memory_mode and not self.is_journal_mode_wal:
-            if c.execute("PRAGMA journal_mode;").fetchone()[0].lower() != "wal":
-                c.execute("PRAGMA journal_mode=WAL;")
-                self.journal_mode_was_changed_to_wal = True
+            self._use_wal(c)
             self.is_journal_mode_wal = True
         c.row_factory = sqlite3.Row
         name = self.db_name.rsplit("/", 1)[-1]
         return BatonSQLiteConnection(c, self.max_age, name, self.busy_timeout)
+
+    def _use_wal(self, c: sqlite3.Connection) -> None:
+        """Put a new database file in WAL mode, waiting for other processes that have it open."""
+        # SQLite may refuse the switch at once, without its busy wait, while another process starting on the same
+        # fresh data dir has the file open.
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                if c.execute("PRAGMA journal_mode;").fetchone()[0].lower() != "wal":
+                    c.execute("PRAGMA journal_mode=WAL;")
+                    self.journal_mode_was_changed_to_wal = True
+                return
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
 
 class BatonSQLiteDatastore(SQLiteDatastore):
