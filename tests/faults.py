@@ -36,12 +36,16 @@ SECRET = "fault-tests-secret-that-is-long-enough-for-hs256"
 class Served:
     """`baton serve` on a data dir and fixed ports, so a restart comes back at the same addresses."""
 
-    def __init__(self, data_dir: Path, store: str) -> None:
+    def __init__(
+        self, data_dir: Path, store: str, *, token_secret: str | None = SECRET, env: dict[str, str] | None = None
+    ) -> None:
         self.data_dir, self.store = data_dir, store
         self.http_port, self.nats_port = free_port(), free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "serve.log"
-        self.tokens = Tokens(Keyring.single(SECRET.encode(), "configured"))
+        self.token_secret = token_secret
+        self.extra_env = dict(env or {})
+        self.tokens = Tokens(Keyring.single(token_secret.encode(), "configured")) if token_secret else None
         self.starts = 0
 
     @property
@@ -50,20 +54,30 @@ class Served:
 
     @property
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             **os.environ,
             "BATON_DATA_DIR": str(self.data_dir),
             "BATON_STORE": self.store,
             "BATON_HTTP_PORT": str(self.http_port),
             "BATON_NATS_PORT": str(self.nats_port),
-            "BATON_TOKEN_SECRET": SECRET,
             "BATON_WATCH_INTERVAL": "3600",
             "BATON_RATE_LIMIT": "0",
             "BATON_LOG_LEVEL": "warning",
+            **self.extra_env,
         }
+        if self.token_secret is not None:
+            env["BATON_TOKEN_SECRET"] = self.token_secret
+        return env
 
     def settings(self) -> Settings:
-        return Settings(data_dir=self.data_dir, store=self.store, token_secret=SECRET)
+        return Settings(data_dir=self.data_dir, store=self.store, token_secret=self.token_secret)
+
+    def cli(self, *args: str) -> str:
+        """Run `baton ARGS` with this instance's environment; its output, or an error saying what it printed."""
+        done = subprocess.run([BATON, *args], env=self.env, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"baton {' '.join(args)} exited {done.returncode}: {done.stdout}{done.stderr}")
+        return done.stdout
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +132,7 @@ class Served:
         raise AssertionError(f"serve did not admit departments {sorted(codes)} in {timeout}s")
 
     def auth(self, role: str, unit: str | None = None, actor: str | None = None) -> dict[str, str]:
+        assert self.tokens is not None, "no BATON_TOKEN_SECRET here: issue tokens with `baton token issue` (cli)"
         return {"Authorization": f"Bearer {self.tokens.issue(role, unit, actor)}"}
 
     async def nats(self) -> Client:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import threading
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import psycopg
 import pytest
 from psycopg import sql
@@ -34,7 +36,8 @@ from infra.secrets import SECRETS_TABLE, KeysInDatabase, SecretName, WrongMaster
 from infra.settings import Settings
 from projections.base import catch_up_together
 from services.access import Actor, Context, Role
-from tests.conftest import ADMIN, PG_URL, START, seed_county_direct
+from tests.conftest import ADMIN, CATEGORIES, DEPARTMENTS, PG_URL, START, UNITS, seed_county_direct
+from tests.faults import Served
 
 NAME, PHONE, ADDRESS = "王秀英", "13700001111", "青山社区5栋1单元302"
 CLI_CTX = Context(actor=ADMIN, correlation_id="test")
@@ -418,3 +421,101 @@ def test_keys_import_without_a_master_key_says_what_to_set(tmp_path: Path, monke
     assert result.exit_code == 2 and "set BATON_MASTER_KEY" in result.output
     status = CliRunner().invoke(cli, ["keys", "status"])
     assert status.exit_code == 0 and "no BATON_MASTER_KEY" in status.output
+
+
+# Two `baton serve` processes ----------------------------------------------------------------------------------
+
+
+async def test_two_served_instances_started_at_once_share_every_key(tmp_path: Path, pg_schema: str) -> None:
+    """Two `baton serve`s (own data dirs, ports, NATS) started at once on one empty schema and one master key."""
+    store = f"{PG_URL}?schema={pg_schema}&pool_size=2&max_overflow=4"  # 4 processes and each CLI run on one server
+    shared = {"BATON_MASTER_KEY": new_master_key()}
+    a = Served(tmp_path / "a", store, token_secret=None, env=shared)
+    b = Served(tmp_path / "b", store, token_secret=None, env=shared)
+    try:
+        await asyncio.gather(a.start(), b.start())
+        old = (await asyncio.to_thread(a.cli, "token", "issue", "--role", "admin", "--actor", "root")).strip()
+        async with httpx.AsyncClient(timeout=10) as http:
+
+            async def get(served: Served, path: str, token: str) -> httpx.Response:
+                return await http.get(served.url + path, headers={"Authorization": f"Bearer {token}"})
+
+            key_a, key_b = await get(a, "/v1/audit/key", old), await get(b, "/v1/audit/key", old)
+            assert key_a.status_code == key_b.status_code == 200, key_b.text  # A's token is good on B
+            assert key_a.json() == key_b.json()
+
+            admin = {"Authorization": f"Bearer {old}"}
+            for path, payload in (
+                [("/v1/org/units", u) for u in UNITS]
+                + [("/v1/org/departments", {"code": c, "name": n}) for c, n in DEPARTMENTS]
+                + [("/v1/org/categories", c) for c in CATEGORIES]
+            ):
+                r = await http.post(a.url + path, json=payload, headers=admin)
+                assert r.status_code == 201, r.text
+            r = await http.post(
+                a.url + "/v1/whistles",
+                json={
+                    "community_id": "tishu",
+                    "category": "drainage",
+                    "title": "Sewage in the courtyard",
+                    "description": "Reported at the e-station.",
+                    "reporter": {"name": NAME, "phone": PHONE, "address": ADDRESS},
+                },
+                headers=admin,
+            )
+            assert r.status_code == 201, r.text
+            whistle, reporter = r.json()["whistle_id"], r.json()["reporter_id"]
+
+            async def reporter_on(served: Served, token: str) -> dict[str, Any] | None:
+                r = await get(served, f"/v1/whistles/{whistle}", token)
+                return r.json()["reporter"] if r.status_code == 200 else None
+
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while (seen := await reporter_on(b, old)) is None and loop.time() < deadline:
+                await asyncio.sleep(0.1)  # B's read model follows the store
+            assert seen is not None and (seen["name"], seen["phone"], seen["address"]) == (NAME, PHONE, ADDRESS)
+
+            rotated = await asyncio.to_thread(a.cli, "token", "rotate")
+            kid = rotated.split()[1]
+            new = (await asyncio.to_thread(a.cli, "token", "issue", "--role", "admin", "--actor", "root")).strip()
+            began = loop.time()
+            while (await get(b, "/v1/org", new)).status_code != 200:
+                assert loop.time() - began < 10, "B never accepted a token of A's new key"
+                await asyncio.sleep(0.05)
+            new_accepted = loop.time() - began
+            await asyncio.to_thread(a.cli, "token", "retire", "k1")
+            began = loop.time()
+            while (refused := await get(b, "/v1/org", old)).status_code != 401:
+                assert loop.time() - began < 10, "B still accepts a token of the key A retired"
+                await asyncio.sleep(0.05)
+            old_refused = loop.time() - began
+            assert (
+                "retired" in refused.json()["error"]["message"]
+                or "no longer holds" in refused.json()["error"]["message"]
+            )
+            assert (await get(b, "/v1/org", new)).status_code == 200
+            print(
+                f"\nserved: {kid}'s token accepted on B {new_accepted:.3f} s after `baton token issue` returned on A; "
+                f"k1's refused on B {old_refused:.3f} s after `baton token retire` returned on A"
+            )
+
+            r = await http.post(
+                f"{b.url}/v1/people/{reporter}/erase",
+                json={"reason": "asked to"},
+                headers={"Authorization": f"Bearer {new}"},
+            )
+            assert r.status_code == 200, r.text
+            seen = await reporter_on(a, new)
+            assert seen is not None and (seen["name"], seen["phone"], seen["erased"]) == (None, None, True)
+
+        await b.departments_admitted({"PSB"})
+        login = json.loads(await asyncio.to_thread(a.cli, "nats-creds", "issue", "--department", "PSB"))
+        nc = await nats.connect(
+            f"nats://127.0.0.1:{b.nats_port}", user=login["user"], password=login["password"], allow_reconnect=False
+        )  # a department's login issued on A opens B's NATS
+        await nc.close()
+        assert local_keys(a.data_dir) == local_keys(b.data_dir) == ["nats-hashes.json"]
+    finally:
+        a.stop()
+        b.stop()
