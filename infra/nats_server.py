@@ -68,6 +68,71 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def write_server_config(
+    store_dir: Path, host: str, port: int, server_name: str, accounts: str = "", extra: str = ""
+) -> Path:
+    """Write STORE_DIR/nats-server.conf: JetStream on a file store fsynced on every write, clients on HOST:PORT.
+
+    `accounts` is NatsAuth.server_config's block (none: an open server); `extra` more of the config (a cluster).
+    """
+    store_dir.mkdir(parents=True, exist_ok=True)
+    config = store_dir / "nats-server.conf"
+    text = (
+        (
+            f'listen: "{host}:{port}"\n'
+            f'server_name: "{server_name}"\n'
+            "max_payload: 1MB\n"
+            f'pid_file: "{store_dir / "nats-server.pid"}"\n'
+            "jetstream {\n"
+            f'  store_dir: "{store_dir}"\n'
+            "  sync_interval: always\n"
+            "}\n"
+        )
+        + extra
+        + accounts
+    )
+    write_private(config, text)  # it holds password hashes
+    return config
+
+
+async def spawn_server(binary: Path, config: Path, log_file: Path) -> asyncio.subprocess.Process:
+    """Start nats-server on CONFIG in its own session, logging to LOG_FILE; it gets SIGTERM when this process dies."""
+    return await asyncio.create_subprocess_exec(
+        str(binary),
+        "-c",
+        str(config),
+        "-l",
+        str(log_file),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
+
+
+async def wait_ready(
+    process: asyncio.subprocess.Process, host: str, port: int, log_file: Path, timeout: float = 15.0
+) -> None:
+    """Return once the server on HOST:PORT greets a client with INFO; raise if it exits or stays silent."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if process.returncode is not None:
+            raise RuntimeError(f"nats-server exited with {process.returncode}; see {log_file}")
+        with contextlib.suppress(OSError, TimeoutError):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                async with asyncio.timeout(2):
+                    line = await reader.readline()
+            finally:
+                writer.close()
+            if line.startswith(b"INFO"):
+                return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"nats-server did not accept connections on {host}:{port} within {timeout}s; see {log_file}")
+
+
 class EmbeddedNats:
     """Runs nats-server with JetStream (file store, fsync on every write) on loopback; restarts it if it dies.
 
@@ -100,21 +165,8 @@ class EmbeddedNats:
         return f"nats://{self.host}:{self.port}"
 
     def write_config(self) -> Path:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        config = self.dir / "nats-server.conf"
         accounts = self.auth.server_config(self.departments) if self.auth is not None else ""
-        text = (
-            f'listen: "{self.host}:{self.port}"\n'
-            'server_name: "baton-embedded"\n'
-            "max_payload: 1MB\n"
-            f'pid_file: "{self.dir / "nats-server.pid"}"\n'
-            "jetstream {\n"
-            f'  store_dir: "{self.dir}"\n'
-            "  sync_interval: always\n"
-            "}\n"
-        ) + accounts
-        write_private(config, text)  # it holds password hashes
-        return config
+        return write_server_config(self.dir, self.host, self.port, "baton-embedded", accounts)
 
     async def admit(self, departments: Iterable[str]) -> list[str]:
         """Give departments added since start their NATS account; the new codes.
@@ -151,19 +203,8 @@ class EmbeddedNats:
     async def _spawn(self) -> None:
         await self._stop_stale()
         config = await asyncio.to_thread(self.write_config)
-        self.process = await asyncio.create_subprocess_exec(
-            str(self.binary),
-            "-c",
-            str(config),
-            "-l",
-            str(self.dir / "nats-server.log"),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
-        await self._wait_ready()
+        self.process = await spawn_server(self.binary, config, self.dir / "nats-server.log")
+        await wait_ready(self.process, self.host, self.port, self.dir / "nats-server.log")
         log.info("nats_server_started", url=self.url, pid=self.process.pid, version=self.version)
 
     async def _stop_stale(self) -> None:
@@ -185,25 +226,6 @@ class EmbeddedNats:
             await asyncio.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-    async def _wait_ready(self, timeout: float = 15.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            assert self.process is not None
-            if self.process.returncode is not None:
-                raise RuntimeError(
-                    f"nats-server exited with {self.process.returncode}; see {self.dir / 'nats-server.log'}"
-                )
-            with contextlib.suppress(OSError):
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-                async with asyncio.timeout(2):
-                    line = await reader.readline()
-                writer.close()
-                if line.startswith(b"INFO"):
-                    return
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"nats-server did not accept connections on {self.url} within {timeout}s")
 
     async def _supervise(self) -> None:
         while not self._stopping:
@@ -247,4 +269,4 @@ class EmbeddedNats:
         log.info("nats_server_stopped", url=self.url)
 
 
-__all__ = ["EmbeddedNats", "free_port", "nats_server_binary"]
+__all__ = ["EmbeddedNats", "free_port", "nats_server_binary", "spawn_server", "wait_ready", "write_server_config"]
