@@ -19,8 +19,9 @@ import nats
 async def main(creds_file: str, whistle_id: str) -> None:
     creds = json.loads(Path(creds_file).read_text())
     code = creds["user"].removeprefix("dept-")
+    # "servers" lists every node of a NATS cluster; the client moves to another if its server dies.
     nc = await nats.connect(
-        creds["url"], user=creds["user"], password=creds["password"], inbox_prefix=creds["inbox_prefix"]
+        creds["servers"], user=creds["user"], password=creds["password"], inbox_prefix=creds["inbox_prefix"]
     )
     for command_id, action, fields in [
         ("h-1", "report_in", {}),

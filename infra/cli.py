@@ -230,9 +230,12 @@ def _known_departments(settings: Settings) -> list[str]:
 
 
 def _nats_url(settings: Settings) -> str:
-    """BATON_NATS_URL, else the embedded server's address from its config (its port is picked at start)."""
+    """BATON_NATS_URL without Baton's own login, else the embedded server's address from its config (its port is
+    picked at start)."""
+    from infra.settings import without_password
+
     if settings.nats_url:
-        return settings.nats_url
+        return without_password(settings.nats_url)
     import re
 
     config = settings.data_dir / "nats" / "nats-server.conf"
@@ -274,10 +277,14 @@ def nats_creds_issue(
     else:
         creds = auth.auditor()
         doc = {"consumers": [{"stream": s, "durable": AUDITOR_DURABLE} for s in (EVENTS_STREAM, AUDIT_STREAM)]}
+    from infra.settings import nats_servers
+
+    url = _nats_url(settings)
     typer.echo(
         json.dumps(
             {
-                "url": _nats_url(settings),
+                "url": url,
+                "servers": nats_servers(url),
                 "user": creds.user,
                 "password": creds.password,
                 "inbox_prefix": creds.inbox_prefix,

@@ -5,10 +5,31 @@ from __future__ import annotations
 import base64
 import binascii
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse, urlunparse
 
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MAX_REPLICAS = 5
+"""JetStream's limit on a stream's replicas."""
+
+
+def nats_servers(url: str) -> list[str]:
+    """The server URLs in a BATON_NATS_URL: one, or a cluster's comma-separated (blanks and spaces ignored)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
+def without_password(url: str) -> str:
+    """A NATS URL (or comma-separated URLs) with any user and password taken out, fit to show or hand out."""
+    shown = []
+    for server in nats_servers(url):
+        parsed = urlparse(server if "://" in server else f"nats://{server}")
+        host = parsed.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parsed.port is not None:
+            netloc += f":{parsed.port}"
+        shown.append(urlunparse(parsed._replace(netloc=netloc)))
+    return ",".join(shown)
 
 
 class Settings(BaseSettings):
@@ -19,7 +40,11 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     store: str = "sqlite"
     nats_url: str | None = None
+    """An external NATS; a cluster's URLs comma-separated (nats://a:4222,nats://b:4222). Unset: Baton embeds one."""
     nats_port: int = 0
+    nats_replicas: int = 1
+    """Copies JetStream keeps of each Baton stream and consumer: 3 on a 3-node cluster, 1 on one server (1..5).
+    An existing stream or consumer with more replicas keeps them; one with fewer is raised to this."""
     nats_secret: str | None = None
     """Secret every embedded-NATS password derives from (32+ characters); unset: kept in DATA_DIR/keys."""
     nats_user: str | None = None
@@ -81,6 +106,28 @@ class Settings(BaseSettings):
     def master_key_bytes(self) -> bytes | None:
         """BATON_MASTER_KEY's 32 bytes, or None when keys are kept in the data dir."""
         return base64.b64decode(self.master_key) if self.master_key else None
+
+    @field_validator("nats_url")
+    @classmethod
+    def _check_nats_url(cls, value: str | None) -> str | None:
+        if value is not None and not nats_servers(value):
+            raise ValueError("BATON_NATS_URL names no server; give nats://host:port, or several comma-separated")
+        return value
+
+    @field_validator("nats_replicas")
+    @classmethod
+    def _check_nats_replicas(cls, value: int) -> int:
+        if not 1 <= value <= MAX_REPLICAS:
+            raise ValueError(
+                f"BATON_NATS_REPLICAS must be 1 to {MAX_REPLICAS} (JetStream keeps at most {MAX_REPLICAS} copies): "
+                "1 on a single nats-server, 3 on a 3-node cluster"
+            )
+        return value
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """BATON_NATS_URL as the list of server URLs nats-py and FastStream take."""
+        return nats_servers(self.nats_url) if self.nats_url else []
 
     @property
     def is_postgres(self) -> bool:
