@@ -29,6 +29,9 @@ from projections.base import Fenced, PositionMoved, Sql, Tx, View
 
 log = structlog.get_logger("baton.notary")
 
+RETRY_MIN, RETRY_MAX = 0.1, 1.0
+"""Seconds before the notary tries again after a failure (NATS or the store unavailable)."""
+
 
 def load_signer(data_dir: Path, origin: str, kept: SecretStore | None = None) -> Signer:
     """The checkpoint signing key: the installation's (BATON_MASTER_KEY), else the data dir's own."""
@@ -255,6 +258,8 @@ class Notary:
         self._loop = asyncio.get_running_loop()
         self.store.add_listener(self._on_saved)
         last_signed_at = time.monotonic()
+        failing_since: float | None = None
+        backoff = RETRY_MIN
         try:
             while True:
                 self._wake.clear()
@@ -268,11 +273,24 @@ class Notary:
                         await publish(checkpoint["note"], checkpoint["size"])
                         published = checkpoint["size"]
                     self.error = None
+                    if failing_since is not None:
+                        log.info("notary_recovered", stalled_s=round(time.monotonic() - failing_since, 2))
+                        failing_since, backoff = None, RETRY_MIN
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     self.error = f"{type(exc).__name__}: {exc}"
-                    log.warning("notary_failed", error=self.error)
+                    if failing_since is None:
+                        failing_since = time.monotonic()
+                        log.warning("notary_failed", error=self.error)
+                    else:
+                        log.info(
+                            "notary_retry_failed", error=self.error, for_s=round(time.monotonic() - failing_since, 2)
+                        )
+                    # Not woken by saves meanwhile: with NATS or the store down, that would retry at their rate.
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, RETRY_MAX)
+                    continue
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(self.interval, 1.0)):
                         await self._wake.wait()
