@@ -157,8 +157,8 @@ async def intake_rate(baton: Baton, intake: Any, tmp: Path, whistles: list[str],
             await warm.wait_idle(timeout=600)
             await warm.stop()
         else:
-            await ensure_streams(js)
-            await ensure_department_consumers(js, ["HOUSING"])
+            await ensure_streams(nc)
+            await ensure_department_consumers(nc, ["HOUSING"])
         acks = [await publisher.publish(SUBJECT, data) for data in commands(whistles, "nats")]
         last = max(ack.seq for ack in await asyncio.gather(*acks))
         before = await asyncio.to_thread(baton.store.max_position)

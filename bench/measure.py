@@ -507,7 +507,7 @@ class Bench:
             before = await bare_publish(server.url, payloads, f"{BARE_STREAM}_1", timeout=self.plan.drain_timeout)
             nc = await nats.connect(server.url, connect_timeout=5)
             try:
-                await ensure_streams(nc.jetstream())
+                await ensure_streams(nc)
                 publisher = JetStreamPublisher(nc)
                 await publisher.start()
                 relay = Relay(baton.store, baton.codec, nc, publisher)

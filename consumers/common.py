@@ -11,16 +11,21 @@ a fetched batch.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 import anyio
 import structlog
 from faststream import Context
 from faststream.message import StreamMessage
-from faststream.nats import JStream, PullSub
+from faststream.nats import JStream, NatsBroker, PullSub
 from faststream.nats.message import NatsBatchMessage
 from faststream.nats.subscriber.usecases.stream_pull_subscriber import BatchPullStreamSubscriber
+from nats.aio.client import Client
 from nats.errors import ConnectionClosedError
+from nats.js.api import ConsumerConfig
+
+from infra.jetstream import ensure_consumer
 
 log = structlog.get_logger("baton.consumers")
 
@@ -61,6 +66,28 @@ async def _consume_promptly(self: BatchPullStreamSubscriber) -> None:
             continue
         if messages and self.running:
             await self.consume(messages)
+
+
+def durables(broker: NatsBroker) -> list[tuple[str, ConsumerConfig]]:
+    """The stream and durable consumer of each batched pull subscriber: what Baton creates before FastStream binds.
+
+    The same configuration FastStream would create (nats-py's pull_subscribe only creates a consumer it cannot
+    find), without a replica count: JetStream then gives the consumer as many as its stream.
+    """
+    found = []
+    for sub in broker.subscribers:
+        if isinstance(sub, BatchPullStreamSubscriber) and sub.stream is not None and sub.config.durable_name:
+            config = dataclasses.replace(
+                sub.config, filter_subject=sub.subject.broker_address, filter_subjects=None, num_replicas=None
+            )
+            found.append((sub.stream.name, config))
+    return found
+
+
+async def ensure_durables(nc: Client, broker: NatsBroker, replicas: int) -> None:
+    """Create each subscriber's durable consumer, or raise its replicas to REPLICAS (never lowering them)."""
+    for stream_name, config in durables(broker):
+        await ensure_consumer(nc, stream_name, config, replicas)
 
 
 def install_prompt_batches() -> None:

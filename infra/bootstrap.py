@@ -14,6 +14,7 @@ from faststream.nats import NatsBroker
 from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client
 
+from consumers.common import ensure_durables
 from consumers.inbox import inbox_router
 from consumers.intake import Intake, OutcomeQueue, intake_router
 from consumers.projections import projection_router
@@ -25,6 +26,7 @@ from infra.jetstream import (
     JetStreamPublisher,
     ensure_department_consumers,
     ensure_streams,
+    patiently,
 )
 from infra.lease import ROLES, Fence, Leases, Role, Roles, default_instance, holder_name
 from infra.nats_auth import NatsAuth
@@ -32,7 +34,7 @@ from infra.nats_server import EmbeddedNats
 from infra.notary import MerkleView, Notary, load_signer
 from infra.projector import ProjectorProcess
 from infra.relay import Relay, last_published
-from infra.settings import Settings
+from infra.settings import Settings, nats_servers, without_password
 from infra.store import Store
 from infra.watcher import Watcher
 from projections.base import BatonProjection, Sql, catch_up_together
@@ -195,6 +197,11 @@ class Runtime:
         return self.nats_url
 
     @property
+    def servers(self) -> list[str]:
+        """The NATS server URLs to connect to (several for a cluster)."""
+        return nats_servers(self.url)
+
+    @property
     def runs_commands(self) -> bool:
         return self.part in (ALL, COMMANDS)
 
@@ -205,10 +212,16 @@ class Runtime:
     async def start(self) -> None:
         """Start NATS if embedded, declare streams, catch read models up, then relay and consume."""
         settings = self.baton.settings
+        replicas = settings.nats_replicas
         self.departments = self._department_codes()
         if self.nats_url is None and self.part == PROJECTOR:
             raise ValueError("a projector runs beside a `baton serve`: give it BATON_NATS_URL")
         if self.nats_url is None:
+            if replicas > 1:
+                raise ValueError(
+                    f"BATON_NATS_REPLICAS={replicas} needs a NATS cluster: set BATON_NATS_URL to its servers "
+                    "(comma-separated); the embedded nats-server is a single node"
+                )
             auth = NatsAuth.load(settings.data_dir, settings.nats_secret, self.baton.store.secrets)
             self.embedded = EmbeddedNats(settings.data_dir, settings.nats_port, auth=auth, departments=self.departments)
             await self.embedded.start()
@@ -217,8 +230,13 @@ class Runtime:
             self._login = {"user": service.user, "password": service.password}
         elif settings.nats_user is not None:
             self._login = {"user": settings.nats_user, "password": settings.nats_password or ""}
+        elif settings.nats_secret is not None or self.baton.store.secrets is not None:
+            # An external NATS configured from `baton nats-creds config` with the same secret (BATON_NATS_SECRET,
+            # or the installation's, kept in the database under BATON_MASTER_KEY).
+            service = NatsAuth.load(settings.data_dir, settings.nats_secret, self.baton.store.secrets).service()
+            self._login = {"user": service.user, "password": service.password}
         self.nc = await nats.connect(
-            self.url,
+            self.servers,
             **self._login,
             disconnected_cb=self._on_disconnect,
             reconnected_cb=self._on_reconnect,
@@ -228,9 +246,11 @@ class Runtime:
             allow_reconnect=True,
             connect_timeout=5,
         )
-        await ensure_streams(self.nc.jetstream())
+        nc = self.nc
+        await patiently("streams", lambda: ensure_streams(nc, replicas))
         if self.runs_commands:
-            await ensure_department_consumers(self.nc.jetstream(), sorted(self.departments))
+            codes = sorted(self.departments)
+            await patiently("department consumers", lambda: ensure_department_consumers(nc, codes, replicas))
         self.publisher = JetStreamPublisher(self.nc)
         await self.publisher.start()
         self.roles = Roles(self.leases, self._roles())
@@ -242,7 +262,8 @@ class Runtime:
             await self.projector.start()
         log.info(
             "runtime_started",
-            nats=self.url,
+            nats=without_password(self.url),
+            replicas=self.baton.settings.nats_replicas,
             store=self.baton.store.backend,
             part=self.part,
             instance=self.instance,
@@ -310,7 +331,8 @@ class Runtime:
         notary = self.baton.notary
         notary.fence = fence
         try:
-            await notary.run(self._publish_checkpoint, await self._published_checkpoint())
+            published = await patiently("last checkpoint", self._published_checkpoint)
+            await notary.run(self._publish_checkpoint, published)
         finally:
             if notary.fence is fence:
                 notary.fence = None
@@ -318,7 +340,7 @@ class Runtime:
     async def _consume(self, name: str, router: Any) -> None:
         """Run a router's consumers on a connection of their own until cancelled."""
         broker = NatsBroker(
-            self.url,
+            self.servers,
             security=NatsUserPassword(self._login["user"], self._login["password"]) if self._login else None,
             logger=None,
             name=name,
@@ -326,6 +348,9 @@ class Runtime:
             reconnect_time_wait=0.5,
         )
         broker.include_router(router)
+        nc, replicas = self.nc, self.baton.settings.nats_replicas
+        assert nc is not None
+        await patiently("durable consumers", lambda: ensure_durables(nc, broker, replicas))
         await broker.start()
         try:
             await asyncio.Event().wait()
@@ -349,7 +374,7 @@ class Runtime:
                 if self.embedded is not None:
                     await self.embedded.admit(codes)
                 assert self.nc is not None
-                await ensure_department_consumers(self.nc.jetstream(), new)
+                await ensure_department_consumers(self.nc, new, self.baton.settings.nats_replicas)
                 self.departments |= set(new)
                 log.info("departments_connected", departments=new)
             except asyncio.CancelledError:
@@ -377,14 +402,18 @@ class Runtime:
         async with asyncio.timeout(15):
             await ack
 
-    async def _on_reconnect(self) -> None:
-        metrics.nats_events.labels("reconnected").inc()
-
     async def _on_disconnect(self) -> None:
         """Fail in-flight publishes at once; the relay resyncs from the stream when NATS is back."""
+        log.warning("nats_disconnected")
         metrics.nats_events.labels("disconnected").inc()
         if self.publisher is not None:
             self.publisher.fail_pending(ConnectionError("disconnected from NATS"))
+
+    async def _on_reconnect(self) -> None:
+        assert self.nc is not None
+        url = self.nc.connected_url
+        log.info("nats_reconnected", server=f"{url.hostname}:{url.port}" if url else None)
+        metrics.nats_events.labels("reconnected").inc()
 
     def _publisher(self) -> JetStreamPublisher:
         assert self.publisher is not None
@@ -511,7 +540,7 @@ class Runtime:
             "unheld": unheld,
             "store": store,
             "nats": {
-                "url": self.nats_url,
+                "url": without_password(self.nats_url) if self.nats_url else None,
                 "connected": connected,
                 "embedded": self.embedded is not None,
                 "departments": sorted(self.departments),

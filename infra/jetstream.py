@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
+from nats.errors import NoRespondersError
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -24,62 +25,71 @@ from nats.js.api import (
     DiscardPolicy,
     RetentionPolicy,
     StorageType,
-    StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError, ServerError, ServiceUnavailableError
 
 log = structlog.get_logger("baton.jetstream")
+T = TypeVar("T")
 
 EVENTS_STREAM = "BATON_EVENTS"
 AUDIT_STREAM = "BATON_AUDIT"
 INTAKE_STREAM = "BATON_INTAKE"
 DEPT_STREAM = "BATON_DEPT"
 
-STREAMS: tuple[StreamConfig, ...] = (
-    StreamConfig(
-        name=EVENTS_STREAM,
-        description="Every Baton domain event, in store order, once.",
-        subjects=["baton.evt.>"],
-        storage=StorageType.FILE,
-        retention=RetentionPolicy.LIMITS,
-        discard=DiscardPolicy.NEW,
-        deny_delete=True,
-        deny_purge=True,
-        duplicate_window=120.0,
-    ),
-    StreamConfig(
-        name=INTAKE_STREAM,
-        description="Every command a department system sent, accepted or not.",
-        subjects=["baton.dept.*.cmd.>"],
-        storage=StorageType.FILE,
-        retention=RetentionPolicy.LIMITS,
-        deny_delete=True,
-        deny_purge=True,
-        duplicate_window=120.0,
-    ),
-    StreamConfig(
-        name=AUDIT_STREAM,
-        description="Signed checkpoints of the Merkle tree over BATON_EVENTS (C2SP signed notes).",
-        subjects=["baton.audit.>"],
-        storage=StorageType.FILE,
-        retention=RetentionPolicy.LIMITS,
-        deny_delete=True,
-        deny_purge=True,
-        duplicate_window=600.0,
-    ),
-    StreamConfig(
-        name=DEPT_STREAM,
-        description="What each department must see (inbox events, command outcomes), kept until it reads it.",
-        subjects=["baton.dept.*.inbox.>", "baton.dept.*.outcome"],
-        storage=StorageType.FILE,
-        retention=RetentionPolicy.WORK_QUEUE,
-        duplicate_window=600.0,
-    ),
-)
+SECOND = 1_000_000_000
+"""JetStream's API counts durations in nanoseconds."""
+
+STREAMS: dict[str, dict[str, Any]] = {
+    EVENTS_STREAM: {
+        "description": "Every Baton domain event, in store order, once.",
+        "subjects": ["baton.evt.>"],
+        "storage": StorageType.FILE.value,
+        "retention": RetentionPolicy.LIMITS.value,
+        "discard": DiscardPolicy.NEW.value,
+        "deny_delete": True,
+        "deny_purge": True,
+        "duplicate_window": 120 * SECOND,
+    },
+    INTAKE_STREAM: {
+        "description": "Every command a department system sent, accepted or not.",
+        "subjects": ["baton.dept.*.cmd.>"],
+        "storage": StorageType.FILE.value,
+        "retention": RetentionPolicy.LIMITS.value,
+        "deny_delete": True,
+        "deny_purge": True,
+        "duplicate_window": 120 * SECOND,
+    },
+    AUDIT_STREAM: {
+        "description": "Signed checkpoints of the Merkle tree over BATON_EVENTS (C2SP signed notes).",
+        "subjects": ["baton.audit.>"],
+        "storage": StorageType.FILE.value,
+        "retention": RetentionPolicy.LIMITS.value,
+        "deny_delete": True,
+        "deny_purge": True,
+        "duplicate_window": 600 * SECOND,
+    },
+    DEPT_STREAM: {
+        "description": "What each department must see (inbox events, command outcomes), kept until it reads it.",
+        "subjects": ["baton.dept.*.inbox.>", "baton.dept.*.outcome"],
+        "storage": StorageType.FILE.value,
+        "retention": RetentionPolicy.WORK_QUEUE.value,
+        "duplicate_window": 600 * SECOND,
+    },
+}
+"""What Baton's contract fixes in each stream, as JetStream's API spells it. Everything else in a stream's
+configuration (limits, placement, compression, ...) is the operator's and is left as found."""
+COMPLETE_STREAMS = (EVENTS_STREAM, AUDIT_STREAM)
+"""Streams an auditor replays from the first message: a limit that drops old messages breaks that."""
 
 
 CONSUMER_NOT_UNIQUE = 10100
 """JetStream's err_code for a consumer whose filter overlaps another's on a work-queue stream."""
+CONSUMER_EXISTS = 10148
+"""JetStream's err_code for creating a consumer that another Baton instance created meanwhile."""
+REPLICAS_EXCEED_STREAM = 10126
+"""JetStream's err_code for a consumer with more replicas than its stream has yet (still scaling up)."""
+SCALE_WAIT = 60.0
+"""Seconds a start waits for a stream whose replicas it raised to reach them (about 10 s here)."""
 AUDITOR_DURABLE = "auditor"
 """The auditor's durable pull consumer on BATON_EVENTS and on BATON_AUDIT (created by Baton; auditors only bind)."""
 
@@ -116,20 +126,143 @@ def auditor_consumer(stream: str) -> ConsumerConfig:
     )
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create the contract's streams, or bring their configuration up to date; and the auditor's consumers."""
-    for config in STREAMS:
+UNAVAILABLE = (TimeoutError, NoRespondersError, ServiceUnavailableError)
+"""What JetStream answers (or fails to) while it has no leader for the call: during an election, or a node down.
+nats-py's TimeoutError is the builtin's subclass."""
+
+
+async def patiently(what: str, step: Callable[[], Awaitable[T]], timeout: float = 60.0) -> T:
+    """Run STEP, retried with backoff for up to TIMEOUT seconds while JetStream is unavailable."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    backoff, attempts = 0.2, 0
+    while True:
+        attempts += 1
         try:
-            await js.stream_info(config.name)
-        except NotFoundError:
-            await js.add_stream(config)
-        else:
-            await js.update_stream(config)
+            return await step()
+        except UNAVAILABLE as exc:
+            if loop.time() + backoff > deadline:
+                raise JetStreamSetupError(
+                    f"JetStream did not answer ({what}) within {timeout:.0f}s: {exc!r}; is a JetStream leader elected?"
+                ) from exc
+            log.warning("jetstream_unavailable", step=what, attempt=attempts, error=repr(exc), retry_in_s=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+
+class JetStreamSetupError(RuntimeError):
+    """A stream or consumer Baton needs could not be created as configured; the message says what to change."""
+
+
+async def jetstream_api(
+    nc: Client, call: str, body: dict[str, Any] | None = None, timeout: float = 5.0
+) -> dict[str, Any]:
+    """One request to Baton's account's JetStream API ($JS.API.CALL) with the raw JSON both ways.
+
+    Raw, because a configuration read and written back through nats-py's dataclasses loses every field they do
+    not model, which an update would then reset. An error reply is raised as nats-py's APIError subclass.
+    """
+    payload = json.dumps(body).encode() if body is not None else b""
+    reply = json.loads((await nc.request(f"$JS.API.{call}", payload, timeout=timeout)).data)
+    if "error" in reply:
+        APIError.from_error(reply["error"])  # raises
+    return dict(reply)
+
+
+def replicas_of(info: dict[str, Any]) -> int:
+    """How many copies a stream or consumer has now, from its info: its leader and the followers it lists (without
+    a leader yet, the list holds every peer); outside a cluster, one."""
+    cluster = info.get("cluster") or {}
+    peers = len(cluster.get("replicas") or [])
+    return peers + 1 if cluster.get("leader") else max(peers, 1)
+
+
+async def ensure_streams(nc: Client, replicas: int = 1) -> dict[str, int]:
+    """Create the contract's streams, or bring their contract fields up to date; and the auditor's consumers.
+
+    Returns each stream's replica count as configured now. Replicas and the dedupe window are never lowered: a
+    stream with more replicas (or a longer window) than configured keeps them; one with fewer is raised.
+    """
+    counts = {name: await ensure_stream(nc, name, contract, replicas) for name, contract in STREAMS.items()}
     for stream in (EVENTS_STREAM, AUDIT_STREAM):
-        await _ensure_consumer(js, stream, auditor_consumer(stream))
+        await ensure_consumer(nc, stream, auditor_consumer(stream), replicas)
+    return counts
 
 
-async def ensure_department_consumers(js: JetStreamContext, codes: list[str]) -> None:
+async def ensure_stream(nc: Client, name: str, contract: dict[str, Any], replicas: int) -> int:
+    """Create stream NAME with the contract and REPLICAS, or update the contract fields of the existing one."""
+    try:
+        info = await jetstream_api(nc, f"STREAM.INFO.{name}")
+    except NotFoundError:
+        try:
+            await jetstream_api(nc, f"STREAM.CREATE.{name}", {"name": name, **contract, "num_replicas": replicas})
+        except (BadRequestError, ServerError) as exc:
+            raise JetStreamSetupError(
+                f"cannot create stream {name} with {replicas} replicas: {exc.description}; BATON_NATS_REPLICAS "
+                "must not exceed the JetStream servers that can hold it (1 on a single nats-server)"
+            ) from exc
+        log.info("stream_created", stream=name, replicas=replicas)
+        return replicas
+    current: dict[str, Any] = info["config"]
+    wanted = {**current, **contract}
+    have = int(current.get("num_replicas") or 1)
+    wanted["num_replicas"] = max(have, replicas)
+    window = max(int(current.get("duplicate_window") or 0), contract["duplicate_window"])
+    if current.get("max_age"):  # JetStream refuses a dedupe window longer than the stream keeps messages
+        window = min(window, int(current["max_age"]))
+    wanted["duplicate_window"] = window
+    if have > replicas:
+        log.info("stream_replicas_kept", stream=name, replicas=have, configured=replicas)
+    if name in COMPLETE_STREAMS and any(
+        int(current.get(limit) or -1) > 0 for limit in ("max_age", "max_msgs", "max_bytes")
+    ):
+        log.warning(
+            "stream_limited",
+            stream=name,
+            max_age_s=int(current.get("max_age") or 0) / SECOND,
+            max_msgs=current.get("max_msgs"),
+            max_bytes=current.get("max_bytes"),
+            note="kept as the operator set it; an auditor replaying the stream will not find old messages",
+        )
+    changed = sorted(key for key, value in wanted.items() if current.get(key) != value)
+    if not changed:
+        return have
+    try:
+        await jetstream_api(nc, f"STREAM.UPDATE.{name}", wanted)
+    except (BadRequestError, ServerError) as exc:
+        if changed != ["num_replicas"]:
+            raise JetStreamSetupError(
+                f"cannot bring stream {name} up to date ({', '.join(changed)}): {exc.description}"
+            ) from exc
+        # A node down (or too few for the setting): the stream works on with the copies it has; next start retries.
+        log.error("stream_replicas_not_raised", stream=name, replicas=have, configured=replicas, error=exc.description)
+        return have
+    log.info("stream_updated", stream=name, fields=changed, replicas=wanted["num_replicas"], had_replicas=have)
+    if wanted["num_replicas"] > have:
+        await _scaled(nc, name, int(wanted["num_replicas"]))
+    return int(wanted["num_replicas"])
+
+
+async def _scaled(nc: Client, name: str, replicas: int, timeout: float = SCALE_WAIT) -> None:
+    """Wait while JetStream copies stream NAME to its new peers (seconds); its consumers follow only then."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    have = 0
+    while True:
+        try:
+            have = replicas_of(await jetstream_api(nc, f"STREAM.INFO.{name}", timeout=2.0))
+        except UNAVAILABLE:  # the stream moves to its new peer group and elects a leader there
+            pass
+        if have >= replicas:
+            break
+        if loop.time() > deadline:
+            log.warning("stream_still_scaling", stream=name, replicas=have, configured=replicas, waited_s=timeout)
+            return
+        await asyncio.sleep(0.25)
+    log.info("stream_scaled", stream=name, replicas=replicas)
+
+
+async def ensure_department_consumers(nc: Client, codes: list[str], replicas: int = 1) -> None:
     """A durable consumer on BATON_DEPT for each department, so department credentials never need to create one.
 
     A department system that made its own consumer on its subjects (before logins existed) keeps it: a work
@@ -137,19 +270,47 @@ async def ensure_department_consumers(js: JetStreamContext, codes: list[str]) ->
     """
     for code in codes:
         try:
-            await _ensure_consumer(js, DEPT_STREAM, department_consumer(code))
+            await ensure_consumer(nc, DEPT_STREAM, department_consumer(code), replicas)
         except BadRequestError as exc:
             if exc.err_code != CONSUMER_NOT_UNIQUE:
                 raise
             log.warning("department_consumer_taken", department=code, error=exc.description)
 
 
-async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
-    assert config.durable_name is not None
+async def ensure_consumer(nc: Client, stream: str, config: ConsumerConfig, replicas: int = 1) -> None:
+    """Create durable consumer CONFIG on STREAM if missing; raise its replicas if it has fewer than REPLICAS.
+
+    A new consumer gets no replica count of its own, which JetStream reads as 'as many as the stream' (and keeps
+    following when the stream is scaled); a work-queue stream admits no other count. One with an explicit count
+    below REPLICAS is set to follow its stream; one with REPLICAS or more keeps them.
+    """
+    durable = config.durable_name
+    assert durable is not None and config.num_replicas is None
     try:
-        await js.consumer_info(stream, config.durable_name)
+        info = await jetstream_api(nc, f"CONSUMER.INFO.{stream}.{durable}")
     except NotFoundError:
-        await js.add_consumer(stream, config)
+        body = {"stream_name": stream, "config": config.as_dict(), "action": "create"}
+        try:
+            await jetstream_api(nc, f"CONSUMER.CREATE.{stream}.{durable}", body)
+        except BadRequestError as exc:
+            if exc.err_code != CONSUMER_EXISTS:
+                raise
+        return
+    current: dict[str, Any] = info["config"]
+    explicit = int(current.get("num_replicas") or 0)
+    if explicit == 0 or explicit >= replicas:
+        if explicit > replicas:
+            log.info("consumer_replicas_kept", stream=stream, consumer=durable, replicas=explicit, configured=replicas)
+        return
+    body = {"stream_name": stream, "config": {**current, "num_replicas": 0}, "action": "update"}
+    try:
+        await jetstream_api(nc, f"CONSUMER.CREATE.{stream}.{durable}", body)
+    except BadRequestError as exc:
+        if exc.err_code != REPLICAS_EXCEED_STREAM:
+            raise
+        log.warning("consumer_replicas_not_raised", stream=stream, consumer=durable, error=exc.description)
+        return
+    log.info("consumer_replicas_raised", stream=stream, consumer=durable, had_replicas=explicit, replicas="stream's")
 
 
 class PublishRejected(Exception):

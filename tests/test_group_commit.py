@@ -407,7 +407,7 @@ async def test_a_backlog_over_nats_is_one_transaction_with_one_outcome_per_messa
     messages += [command("report_in", f"bulk-{i}", w) for i, w in enumerate(many)]
     expected += [(f"bulk-{i}", "accepted", "bulk") for i in range(len(many))]
     js = nc.jetstream()
-    await ensure_streams(js)
+    await ensure_streams(nc)
     for subject, data in messages:  # queued while Baton is down: the intake fetches them as one batch
         await js.publish(subject, data)
     before = baton.store.max_position()

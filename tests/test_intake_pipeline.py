@@ -43,8 +43,8 @@ class HeldPublisher:
 async def js_publisher(nats_server: EmbeddedNats) -> AsyncIterator[tuple[Any, JetStreamPublisher]]:
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
-    await ensure_streams(js)
-    await ensure_department_consumers(js, ["HOUSING"])
+    await ensure_streams(nc)
+    await ensure_department_consumers(nc, ["HOUSING"])
     publisher = JetStreamPublisher(nc)
     await publisher.start()
     yield js, publisher
