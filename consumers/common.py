@@ -12,6 +12,7 @@ a fetched batch.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Annotated, Any
 
 import anyio
@@ -34,6 +35,8 @@ BatchMessage = Annotated[NatsBatchMessage, Context("message")]
 
 FETCH_WAIT = 1.0
 """Seconds one pull request lingers on the server when nothing is there (not a delay: it returns on arrival)."""
+MIN_BACKOFF, MAX_BACKOFF = 0.1, 1.0
+"""Seconds between fetches while they fail: the first retry comes soon, an election (~5 s) is polled each second."""
 
 
 def pull(batch_size: int) -> PullSub[Any]:
@@ -51,8 +54,15 @@ async def raw_bodies(msg: StreamMessage[Any]) -> Any:
 
 
 async def _consume_promptly(self: BatchPullStreamSubscriber) -> None:
-    """Hand each fetch's messages to the handler at once; a fetched batch is never dropped."""
+    """Hand each fetch's messages to the handler at once; a fetched batch is never dropped.
+
+    While the consumer has no leader (its node died, an election runs: 'no responders', 503) fetches fail at
+    once; the loop backs off, logs the interruption once and, when messages flow again, how long it lasted.
+    """
     assert self.subscription, "You should call `create_subscription` at first."
+    durable = self.config.durable_name
+    failing_since: float | None = None
+    failures, backoff = 0, MIN_BACKOFF
     while self.running:
         try:
             messages = await self.subscription.fetch(batch=self.pull_sub.batch_size, timeout=self.pull_sub.timeout)
@@ -61,9 +71,19 @@ async def _consume_promptly(self: BatchPullStreamSubscriber) -> None:
         except ConnectionClosedError:
             return
         except Exception as exc:
-            log.debug("pull_failed", subject=self.subject.broker_address, error=repr(exc))
-            await anyio.sleep(0.2)
+            failures += 1
+            if failing_since is None:
+                failing_since = time.monotonic()
+                log.warning("pull_interrupted", consumer=durable, error=repr(exc))
+            else:
+                log.debug("pull_failed", consumer=durable, error=repr(exc), failures=failures)
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
             continue
+        if failing_since is not None and messages:
+            stalled = round(time.monotonic() - failing_since, 2)
+            log.warning("pull_recovered", consumer=durable, stalled_s=stalled, failed_fetches=failures)
+            failing_since, failures, backoff = None, 0, MIN_BACKOFF
         if messages and self.running:
             await self.consume(messages)
 

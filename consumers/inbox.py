@@ -12,9 +12,12 @@ from faststream.nats import NatsRouter
 
 from consumers.common import BatchMessage, pull, stream
 from domain.common import DEPARTMENT_CODE
-from infra.jetstream import EVENTS_STREAM, JetStreamPublisher
+from infra.jetstream import EVENTS_STREAM, JetStreamPublisher, Message, publish_all
 
 log = structlog.get_logger("baton.inbox")
+
+PATIENCE = 20.0
+"""Seconds a batch's copies are retried while BATON_DEPT has no leader, before the batch is nacked (ack wait: 30 s)."""
 
 ROUTES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "blown": lambda d: d["summoned_departments"],
@@ -33,6 +36,22 @@ def recipients(body: dict[str, Any]) -> list[str]:
     return [code for code in dict.fromkeys(route(body["data"])) if code and DEPARTMENT_CODE.match(code)]
 
 
+def copies(msg: BatchMessage, bodies: list[dict[str, Any]]) -> list[Message]:
+    """The inbox copies of a batch: one per event and department it concerns, deduped by event and department."""
+    out: list[Message] = []
+    for raw, body in zip(msg.raw_message, bodies, strict=True):
+        msg_id = (raw.headers or {}).get("Nats-Msg-Id", f"{body['aggregate_id']}:{body['version']}")
+        for code in recipients(body):
+            out.append(
+                (
+                    f"baton.dept.{code}.inbox.{body['aggregate']}.{body['type']}",
+                    raw.data,
+                    {"Nats-Msg-Id": f"inbox:{code}:{msg_id}", "Baton-Position": str(body["position"])},
+                )
+            )
+    return out
+
+
 def inbox_router(publisher: Callable[[], JetStreamPublisher], batch_size: int = 500) -> NatsRouter:
     """Copies whistle events into the inboxes of the departments they concern."""
     router = NatsRouter()
@@ -47,22 +66,8 @@ def inbox_router(publisher: Callable[[], JetStreamPublisher], batch_size: int = 
         include_in_schema=False,
     )
     async def route_to_inboxes(bodies: list[dict[str, Any]], msg: BatchMessage) -> None:
-        pub = publisher()
-        futures = []
         try:
-            for raw, body in zip(msg.raw_message, bodies, strict=True):
-                msg_id = (raw.headers or {}).get("Nats-Msg-Id", f"{body['aggregate_id']}:{body['version']}")
-                for code in recipients(body):
-                    futures.append(
-                        await pub.publish(
-                            f"baton.dept.{code}.inbox.{body['aggregate']}.{body['type']}",
-                            raw.data,
-                            {"Nats-Msg-Id": f"inbox:{code}:{msg_id}", "Baton-Position": str(body["position"])},
-                        )
-                    )
-            for result in await asyncio.gather(*futures, return_exceptions=True):
-                if isinstance(result, BaseException):
-                    raise result
+            await publish_all(publisher(), copies(msg, bodies), patience=PATIENCE)
         except Exception:
             log.exception("inbox_batch_failed", size=len(bodies))
             await asyncio.sleep(0.5)

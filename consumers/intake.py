@@ -30,7 +30,7 @@ from consumers.common import BatchMessage, pull, raw_bodies, stream
 from domain.errors import DomainError
 from domain.organisation import Organisation
 from infra import metrics
-from infra.jetstream import INTAKE_STREAM, JetStreamPublisher
+from infra.jetstream import INTAKE_STREAM, JetStreamPublisher, publish_all
 from infra.store import CommandLog, CommandRecord
 from services.access import Actor, Context, Role
 from services.base import BatchSpoiled, CommandBatch, PriorRejection, Receipt
@@ -41,6 +41,9 @@ from services.whistles import WhistleApp
 log = structlog.get_logger("baton.intake")
 
 MAX_BODY = 64 * 1024
+OUTCOME_PATIENCE = 20.0
+"""Seconds a batch's outcomes are retried while BATON_DEPT has no leader (an election takes ~5 s), before the batch
+is nacked: well inside the 30 s ack wait, so a nack lost with a dying consumer leader is not what redelivers it."""
 TRANSIENT = (PersistenceError, psycopg.OperationalError, sqlite3.OperationalError)
 """Errors that pass (the store is unreachable or busy): the message is decided again, not rejected."""
 
@@ -382,17 +385,18 @@ class OutcomeQueue:
     @staticmethod
     async def _answer(publisher: JetStreamPublisher, decided: list[Decided], msg: BatchMessage) -> None:
         try:
-            futures = [
-                await publisher.publish(
-                    f"baton.dept.{code}.outcome",
-                    outcome.model_dump_json(exclude_none=True).encode(),
-                    _outcome_headers(msg_id, outcome),
-                )
-                for code, outcome, msg_id in decided
-            ]
-            for result in await asyncio.gather(*futures, return_exceptions=True):
-                if isinstance(result, BaseException):
-                    raise result
+            await publish_all(
+                publisher,
+                [
+                    (
+                        f"baton.dept.{code}.outcome",
+                        outcome.model_dump_json(exclude_none=True).encode(),
+                        _outcome_headers(msg_id, outcome),
+                    )
+                    for code, outcome, msg_id in decided
+                ],
+                patience=OUTCOME_PATIENCE,
+            )
             await msg.ack()
         except Exception:
             log.exception("intake_outcomes_failed", size=len(decided))

@@ -27,6 +27,7 @@ from infra.jetstream import (
     ensure_department_consumers,
     ensure_streams,
     patiently,
+    publish_all,
 )
 from infra.lease import ROLES, Fence, Leases, Role, Roles, default_instance, holder_name
 from infra.nats_auth import NatsAuth
@@ -393,14 +394,8 @@ class Runtime:
         return int((last.headers or {}).get("Baton-Tree-Size", "0"))
 
     async def _publish_checkpoint(self, note: str, size: int) -> None:
-        publisher = self._publisher()
-        ack = await publisher.publish(
-            "baton.audit.checkpoint",
-            note.encode(),
-            {"Nats-Msg-Id": f"checkpoint:{self.baton.notary.origin}:{size}", "Baton-Tree-Size": str(size)},
-        )
-        async with asyncio.timeout(15):
-            await ack
+        headers = {"Nats-Msg-Id": f"checkpoint:{self.baton.notary.origin}:{size}", "Baton-Tree-Size": str(size)}
+        await publish_all(self._publisher(), [("baton.audit.checkpoint", note.encode(), headers)])
 
     async def _on_disconnect(self) -> None:
         """Fail in-flight publishes at once; the relay resyncs from the stream when NATS is back."""

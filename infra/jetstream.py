@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -313,6 +313,21 @@ async def ensure_consumer(nc: Client, stream: str, config: ConsumerConfig, repli
     log.info("consumer_replicas_raised", stream=stream, consumer=durable, had_replicas=explicit, replicas="stream's")
 
 
+Message = tuple[str, bytes, dict[str, str]]
+"""(subject, payload, headers) of one message to publish."""
+MIN_BACKOFF, MAX_BACKOFF = 0.1, 1.0
+"""Seconds between sends again of publishes refused for want of a stream leader."""
+ACK_IDLE = 3.0
+"""Seconds without any ack after which publishes still in flight are given up (acks normally take milliseconds)."""
+
+
+def _leaderless(error: BaseException) -> bool:
+    """Whether a publish failed for a reason that passes: no stream leader (an election), no answer, disconnected."""
+    if isinstance(error, PublishRejected):
+        return error.code == 503
+    return isinstance(error, (TimeoutError, ConnectionError))
+
+
 class PublishRejected(Exception):
     """JetStream answered a publish with an error."""
 
@@ -333,10 +348,15 @@ class PubAck:
 
 
 class JetStreamPublisher:
-    """Publishes to JetStream with many messages in flight; each returns a future of its PubAck."""
+    """Publishes to JetStream with many messages in flight; each returns a future of its PubAck.
 
-    def __init__(self, nc: Client, max_pending: int = 2000) -> None:
+    Every future resolves: with the ack, the server's refusal, or TimeoutError after ACK_TIMEOUT seconds (a
+    publish that reached a stream leader as its node died is never answered).
+    """
+
+    def __init__(self, nc: Client, max_pending: int = 2000, ack_timeout: float = 10.0) -> None:
         self._nc = nc
+        self.ack_timeout = ack_timeout
         self._prefix = f"_INBOX.baton.{uuid.uuid4().hex}"
         self._futures: dict[str, asyncio.Future[PubAck]] = {}
         self._counter = 0
@@ -359,8 +379,10 @@ class JetStreamPublisher:
         await self._window.acquire()
         self._counter += 1
         token = str(self._counter)
-        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(lambda _f: self._window.release())
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[PubAck] = loop.create_future()
+        expiry = loop.call_later(self.ack_timeout, self._expire, token)
+        future.add_done_callback(lambda _f: (self._window.release(), expiry.cancel()))
         self._futures[token] = future
         try:
             await self._nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
@@ -369,6 +391,11 @@ class JetStreamPublisher:
             if not future.done():
                 future.set_exception(exc)
         return future
+
+    def _expire(self, token: str) -> None:
+        future = self._futures.pop(token, None)
+        if future is not None and not future.done():
+            future.set_exception(TimeoutError(f"no ack within {self.ack_timeout}s"))
 
     def fail_pending(self, exc: BaseException) -> None:
         """Fail every future still waiting for its ack."""
@@ -383,7 +410,9 @@ class JetStreamPublisher:
         if future is None or future.done():
             return
         if msg.headers and msg.headers.get("Status") == "503":
-            future.set_exception(PublishRejected(503, None, "no stream listens on this subject"))
+            future.set_exception(
+                PublishRejected(503, None, "no responders: no stream on this subject, or its leader is being elected")
+            )
             return
         try:
             reply = json.loads(msg.data)
@@ -399,3 +428,72 @@ class JetStreamPublisher:
         future.set_result(
             PubAck(stream=reply.get("stream", ""), seq=int(reply.get("seq", 0)), duplicate=bool(reply.get("duplicate")))
         )
+
+
+async def settle(futures: Sequence[asyncio.Future[PubAck]], idle: float = ACK_IDLE, first_error: bool = False) -> bool:
+    """Wait for publish futures until all are done, IDLE seconds pass without any of them finishing, or (with
+    FIRST_ERROR) one fails; cancel those still waiting. True if all finished.
+
+    Progress, not a deadline: a busy server acking slowly is waited for; a stream leader that died with
+    publishes in flight never answers them, and they are given up after IDLE seconds.
+    """
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+
+    def progressed(_: asyncio.Future[PubAck]) -> None:
+        nonlocal last
+        last = loop.time()
+
+    pending = {future for future in futures if not future.done()}
+    for future in pending:
+        future.add_done_callback(progressed)
+    when = asyncio.FIRST_EXCEPTION if first_error else asyncio.ALL_COMPLETED
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=idle, return_when=when)
+            if first_error and any(f.exception() is not None for f in done if not f.cancelled()):
+                break
+            if pending and loop.time() - last >= idle:
+                break
+    finally:
+        for future in pending:
+            future.cancel()  # frees its place in the publisher's window
+    return not pending
+
+
+async def publish_all(publisher: JetStreamPublisher, messages: Sequence[Message], patience: float = 20.0) -> None:
+    """Publish MESSAGES and wait for every ack. Those refused for want of a stream leader, unanswered, or cut off
+    by a disconnection are sent again, in order, with backoff for up to PATIENCE seconds; then the error is
+    raised. Each message must carry a Nats-Msg-Id, so that JetStream drops a repeat of one it stored."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    started, backoff, todo, attempts = loop.time(), MIN_BACKOFF, list(messages), 0
+    while True:
+        attempts += 1
+        futures = [await publisher.publish(*message) for message in todo]
+        await settle(futures)
+        errors = [_error(future) for future in futures]
+        failed = [m for m, error in zip(todo, errors, strict=True) if error is not None]
+        if not failed:
+            if attempts > 1:
+                log.info(
+                    "publish_recovered",
+                    messages=len(messages),
+                    attempts=attempts,
+                    stalled_s=round(loop.time() - started, 2),
+                )
+            return
+        error = next(e for e in errors if e is not None)
+        if not _leaderless(error) or loop.time() + backoff > deadline:
+            raise error
+        (log.info if attempts == 1 else log.debug)(
+            "publish_retry", failed=len(failed), of=len(messages), error=repr(error), retry_in_s=backoff
+        )
+        await asyncio.sleep(backoff)
+        backoff, todo = min(backoff * 2, MAX_BACKOFF), failed
+
+
+def _error(future: asyncio.Future[PubAck]) -> BaseException | None:
+    if future.cancelled():
+        return TimeoutError(f"no ack within {ACK_IDLE}s of the last one")
+    return future.exception()

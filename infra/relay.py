@@ -5,6 +5,11 @@ start and after every failure, so a crash between publishing and recording canno
 repeat an event. Each message carries Nats-Expected-Last-Sequence: if any message of a pipelined
 batch is lost, every later one is refused by the server, and the relay re-reads the stream and
 resumes right after the last event it holds. Nats-Msg-Id dedupes a republish within the window.
+
+When the node leading BATON_EVENTS dies, publishes are answered 'no responders' (or, if they reached the
+dying leader, not at all) and the stream's API does not answer until the survivors elect a new leader (about
+5 s here). The relay gives up on a batch at its first refusal or after ACK_IDLE seconds without any ack, asks
+the stream with a short timeout, backs off up to half a second, and logs the interruption and its length once.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from nats.js import JetStreamContext
 
 from infra import metrics
 from infra.envelope import EnvelopeCodec
-from infra.jetstream import EVENTS_STREAM, JetStreamPublisher, PublishRejected
+from infra.jetstream import ACK_IDLE, EVENTS_STREAM, JetStreamPublisher, PubAck, PublishRejected, settle
 from infra.store import Store
 
 log = structlog.get_logger("baton.relay")
 
 STORE_HEADER = "Baton-Store"
+MIN_BACKOFF, MAX_BACKOFF = 0.1, 0.5
+"""Seconds before the next resync after a failure. During an election each attempt also waits out its 1 s request
+timeout, so the relay asks about every 1.5 s and resumes within that of the new leader's election."""
 
 
 class StreamMismatch(RuntimeError):
@@ -51,21 +59,23 @@ class Relay:
         publisher: JetStreamPublisher,
         batch_size: int = 500,
         poll_interval: float = 0.5,
-        ack_timeout: float = 15.0,
+        ack_idle: float = ACK_IDLE,
+        sync_timeout: float = 1.0,
     ) -> None:
         self.store = store
         self.codec = codec
         self.nc = nc
-        self.js: JetStreamContext = nc.jetstream()
+        self.js: JetStreamContext = nc.jetstream(timeout=sync_timeout)
         self.publisher = publisher
         self.batch_size = batch_size
         self.poll_interval = poll_interval
-        self.ack_timeout = ack_timeout
+        self.ack_idle = ack_idle
         self.published = 0
         self.stream_seq = 0
         self.synced = False
         self.error: str | None = None
         self.resyncs = 0
+        self.interrupted_at: float | None = None
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -77,12 +87,12 @@ class Relay:
         """Publish forever; on any failure, re-read the stream and carry on."""
         self._loop = asyncio.get_running_loop()
         self.store.add_listener(self._on_saved)
-        backoff = 0.1
+        backoff = MIN_BACKOFF
         try:
             while True:
                 try:
                     await self.sync()
-                    backoff = 0.1
+                    backoff = MIN_BACKOFF
                     await self._publish_forever()
                 except asyncio.CancelledError:
                     raise
@@ -91,16 +101,27 @@ class Relay:
                     log.error("relay_stream_mismatch", error=str(exc))
                     await asyncio.sleep(5.0)
                 except Exception as exc:
-                    self.synced = False
-                    self.resyncs += 1
-                    metrics.relay_resyncs.inc()
-                    self.error = f"{type(exc).__name__}: {exc}"
-                    self.publisher.fail_pending(exc)
-                    log.warning("relay_resync", error=self.error, published=self.published, backoff=backoff)
+                    self._interrupted(exc, backoff)
                     await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
         finally:
             self.store.remove_listener(self._on_saved)
+
+    def _interrupted(self, exc: Exception, backoff: float) -> None:
+        self.synced = False
+        self.resyncs += 1
+        metrics.relay_resyncs.inc()
+        self.error = f"{type(exc).__name__}: {exc}"
+        if self.interrupted_at is None:
+            self.interrupted_at = time.monotonic()
+            log.warning("relay_interrupted", error=self.error, published=self.published)
+        else:
+            log.info(
+                "relay_resync_failed",
+                error=self.error,
+                for_s=round(time.monotonic() - self.interrupted_at, 2),
+                retry_in_s=backoff,
+            )
 
     async def sync(self) -> None:
         """Learn from BATON_EVENTS which position it holds last."""
@@ -119,7 +140,12 @@ class Relay:
             await asyncio.to_thread(self._check_same_store, position, headers.get("Nats-Msg-Id"))
         self.published, self.stream_seq = position, last_seq
         self.synced, self.error = True, None
-        log.info("relay_synced", published=position, stream_seq=last_seq)
+        if self.interrupted_at is None:
+            log.info("relay_synced", published=position, stream_seq=last_seq)
+        else:
+            stalled = round(time.monotonic() - self.interrupted_at, 2)
+            self.interrupted_at = None
+            log.warning("relay_recovered", published=position, stream_seq=last_seq, stalled_s=stalled)
 
     def _check_same_store(self, position: int, msg_id: str | None) -> None:
         found = self.store.select(position - 1, 1, stop=position)
@@ -141,6 +167,18 @@ class Relay:
                 continue
             await self._publish(batch)
 
+    async def _acked(self, futures: list[asyncio.Future[PubAck]]) -> None:
+        """Wait for every ack; raise at the first refusal (every later publish expected it to succeed), or once
+        ACK_IDLE seconds pass without any ack (publishes that reached a leader as it died are never answered)."""
+        if not await settle(futures, self.ack_idle, first_error=True):
+            errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+            if errors:
+                raise errors[0]
+            raise ConnectionError(f"no ack within {self.ack_idle}s of the last one")
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]
+
     def _next_batch(self) -> list[tuple[int, str, bytes, dict[str, str]]]:
         notifications = self.store.select(self.published, self.batch_size)
         out = []
@@ -159,14 +197,9 @@ class Relay:
             headers["Nats-Expected-Last-Sequence"] = str(seq)
             futures.append(await self.publisher.publish(subject, payload, headers))
             seq += 1
-        try:
-            async with asyncio.timeout(self.ack_timeout):
-                acks = await asyncio.gather(*futures, return_exceptions=True)
-        except TimeoutError:
-            raise ConnectionError(f"no ack for {len(batch)} events within {self.ack_timeout}s") from None
-        for (position, _subject, _payload, _headers), ack in zip(batch, acks, strict=True):
-            if isinstance(ack, BaseException):
-                raise ack
+        await self._acked(futures)
+        for (position, _subject, _payload, _headers), future in zip(batch, futures, strict=True):
+            ack = future.result()
             if ack.duplicate:
                 raise PublishRejected(409, None, f"position {position} was already in the stream")
             self.published, self.stream_seq = position, ack.seq
