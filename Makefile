@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DATA_DIR ?= $(or $(BATON_DATA_DIR),./var)
 
-.PHONY: run serve demo test bench bench-scale postgres docs clean
+.PHONY: run serve demo test bench bench-scale postgres docs clean cluster
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(STAMP) postgres
 ## bench-scale: county x 10, ~1M events in a fresh SQLite dir under /tmp; rebuild, score, export, verify at 250k/500k/1M
 bench-scale: $(STAMP)
 	$(BIN)/python -m bench.scale
+
+## cluster: three nats-server nodes on loopback (JetStream, Baton's accounts) until Ctrl-C; prints BATON_NATS_URL
+cluster: $(STAMP)
+	$(BIN)/python -m infra.nats_cluster $(DATA_DIR)/cluster
 
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true
