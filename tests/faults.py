@@ -26,7 +26,7 @@ from infra.bootstrap import bootstrap
 from infra.jetstream import DEPT_STREAM, department_durable
 from infra.nats_auth import NatsAuth
 from infra.nats_server import free_port
-from infra.settings import Settings
+from infra.settings import Settings, nats_servers
 from tests.conftest import CATEGORIES, DEPARTMENTS, UNITS, stream_messages
 
 BATON = str(Path(sys.executable).parent / "baton")
@@ -34,12 +34,26 @@ SECRET = "fault-tests-secret-that-is-long-enough-for-hs256"
 
 
 class Served:
-    """`baton serve` on a data dir and fixed ports, so a restart comes back at the same addresses."""
+    """`baton serve` on a data dir and fixed ports, so a restart comes back at the same addresses.
+
+    With `nats_url` it uses that NATS (a cluster's URLs comma-separated) and logs in with the service login derived
+    from `nats_secret` (or the installation's secret under BATON_MASTER_KEY), as an operator's Baton would; else its
+    embedded nats-server.
+    """
 
     def __init__(
-        self, data_dir: Path, store: str, *, token_secret: str | None = SECRET, env: dict[str, str] | None = None
+        self,
+        data_dir: Path,
+        store: str,
+        nats_url: str | None = None,
+        nats_secret: str | None = None,
+        nats_replicas: int = 1,
+        *,
+        token_secret: str | None = SECRET,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.data_dir, self.store = data_dir, store
+        self.nats_url, self.nats_secret, self.nats_replicas = nats_url, nats_secret, nats_replicas
         self.http_port, self.nats_port = free_port(), free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "serve.log"
@@ -67,6 +81,10 @@ class Served:
         }
         if self.token_secret is not None:
             env["BATON_TOKEN_SECRET"] = self.token_secret
+        if self.nats_url is not None:
+            env.update(BATON_NATS_URL=self.nats_url, BATON_NATS_REPLICAS=str(self.nats_replicas))
+            if self.nats_secret is not None:
+                env["BATON_NATS_SECRET"] = self.nats_secret
         return env
 
     def settings(self) -> Settings:
@@ -136,9 +154,20 @@ class Served:
         return {"Authorization": f"Bearer {self.tokens.issue(role, unit, actor)}"}
 
     async def nats(self) -> Client:
-        """A service-level NATS connection to the embedded server (for the audit and the department client)."""
-        service = NatsAuth.load(self.data_dir).service()
-        return await nats.connect(f"nats://127.0.0.1:{self.nats_port}", user=service.user, password=service.password)
+        """A service-level NATS connection to serve's NATS (for the audit and the department client)."""
+        if self.nats_url is None:
+            service = NatsAuth.load(self.data_dir).service()
+            return await nats.connect(
+                f"nats://127.0.0.1:{self.nats_port}", user=service.user, password=service.password
+            )
+        service = NatsAuth.load(self.data_dir, self.nats_secret).service()
+        return await nats.connect(
+            nats_servers(self.nats_url),
+            user=service.user,
+            password=service.password,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )
 
 
 @dataclass
