@@ -30,7 +30,7 @@ from consumers.common import BatchMessage, pull, raw_bodies, stream
 from domain.errors import DomainError
 from domain.organisation import Organisation
 from infra import metrics
-from infra.jetstream import INTAKE_STREAM, JetStreamPublisher, publish_all
+from infra.jetstream import INTAKE_STREAM, JetStreamPublisher, publish_in_order
 from infra.store import CommandLog, CommandRecord
 from services.access import Actor, Context, Role
 from services.base import BatchSpoiled, CommandBatch, PriorRejection, Receipt
@@ -41,6 +41,7 @@ from services.whistles import WhistleApp
 log = structlog.get_logger("baton.intake")
 
 MAX_BODY = 64 * 1024
+INTAKE_DURABLE = "baton_intake"
 OUTCOME_PATIENCE = 20.0
 """Seconds a batch's outcomes are retried while BATON_DEPT has no leader (an election takes ~5 s), before the batch
 is nacked: well inside the 30 s ack wait, so a nack lost with a dying consumer leader is not what redelivers it."""
@@ -385,7 +386,7 @@ class OutcomeQueue:
     @staticmethod
     async def _answer(publisher: JetStreamPublisher, decided: list[Decided], msg: BatchMessage) -> None:
         try:
-            await publish_all(
+            await publish_in_order(
                 publisher,
                 [
                     (
@@ -395,6 +396,7 @@ class OutcomeQueue:
                     )
                     for code, outcome, msg_id in decided
                 ],
+                key=lambda message: message[0],  # each department's outcomes in the order its commands came
                 patience=OUTCOME_PATIENCE,
             )
             await msg.ack()
@@ -417,7 +419,7 @@ def intake_router(
     @router.subscriber(
         "baton.dept.*.cmd.>",
         stream=stream(INTAKE_STREAM),
-        durable="baton_intake",
+        durable=INTAKE_DURABLE,
         pull_sub=pull(batch_size),
         decoder=raw_bodies,
         ack_policy=AckPolicy.MANUAL,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,18 +17,20 @@ from nats.aio.client import Client
 
 from consumers.common import ensure_durables
 from consumers.inbox import inbox_router
-from consumers.intake import Intake, OutcomeQueue, intake_router
+from consumers.intake import INTAKE_DURABLE, Intake, OutcomeQueue, intake_router
 from consumers.projections import projection_router
 from infra import metrics
 from infra.clock import Clock, SystemClock
 from infra.envelope import Envelope, EnvelopeCodec
 from infra.jetstream import (
     AUDIT_STREAM,
+    INTAKE_STREAM,
     JetStreamPublisher,
     ensure_department_consumers,
     ensure_streams,
     patiently,
     publish_all,
+    rewind_consumer,
 )
 from infra.lease import ROLES, Fence, Leases, Role, Roles, default_instance, holder_name
 from infra.nats_auth import NatsAuth
@@ -302,6 +305,9 @@ class Runtime:
     async def _intake(self, fence: Fence) -> None:
         """Decide department commands, one consumer in the installation, so each department's stay in order."""
         intake = Intake(self.baton.whistles, self.baton.org, self.baton.store.commands)
+        nc = self.nc
+        assert nc is not None
+        await patiently("intake rewind", lambda: rewind_consumer(nc, INTAKE_STREAM, INTAKE_DURABLE))
         try:
             await self._consume("baton-intake", intake_router(intake, self._publisher, outcomes=self.outcomes))
         finally:
@@ -318,14 +324,35 @@ class Runtime:
         projections = list(self.baton.projections.values())
         for projection in projections:
             projection.fence = fence
+        level = asyncio.create_task(self._keep_level(projections), name="projections-level")
         try:
             await asyncio.to_thread(catch_up_together, projections)
             await self._consume("baton-projections", projection_router(projections))
         finally:
+            level.cancel()
             # Unfenced again once the role has ended here (a rebuild, a test): positions still only move forward.
             for projection in projections:
                 if projection.fence is fence:
                     projection.fence = None
+
+    async def _keep_level(self, projections: list[BatonProjection[Any]], grace: float = 2.0) -> None:
+        """The store is the truth: read models behind it that have not moved for `grace` seconds (BATON_EVENTS
+        not reachable, or not fed) catch up from the store itself, as at start."""
+        stuck: tuple[int, float] | None = None  # the lowest position, and since when it has not moved
+        while True:
+            await asyncio.sleep(grace / 4)
+            top, low = await asyncio.to_thread(
+                lambda: (self.baton.store.max_position(), min(p.position() for p in projections))
+            )
+            now = time.monotonic()
+            if low >= top:
+                stuck = None
+            elif stuck is None or stuck[0] != low:
+                stuck = (low, now)
+            elif now - stuck[1] >= grace:
+                log.info("read_models_caught_up_from_store", behind=top - low, stalled_s=round(now - stuck[1], 1))
+                await asyncio.to_thread(catch_up_together, projections)
+                stuck = None
 
     async def _notarise(self, fence: Fence) -> None:
         """Give every event its Merkle leaf and sign checkpoints of the tree."""

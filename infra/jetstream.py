@@ -313,6 +313,30 @@ async def ensure_consumer(nc: Client, stream: str, config: ConsumerConfig, repli
     log.info("consumer_replicas_raised", stream=stream, consumer=durable, had_replicas=explicit, replicas="stream's")
 
 
+async def rewind_consumer(nc: Client, stream: str, durable: str) -> int | None:
+    """Have a durable consumer deliver everything after its ack floor again, in order; the first sequence it will
+    deliver, or None when it has nothing outstanding (or does not exist yet).
+
+    A message delivered to a consumer whose process died comes back only after its ack wait, behind messages
+    delivered since: the intake would then decide a department's commands out of the order sent. Its new lease
+    holder rewinds it first. Messages above the floor that were acked come again too, and are answered from the
+    command log under the same outcome id, which JetStream drops as a repeat.
+    """
+    try:
+        info = await jetstream_api(nc, f"CONSUMER.INFO.{stream}.{durable}")
+    except NotFoundError:
+        return None
+    if not info.get("num_ack_pending") and not info.get("num_redelivered"):
+        return None
+    start = int(info["ack_floor"]["stream_seq"]) + 1
+    config = {k: v for k, v in info["config"].items() if k not in ("opt_start_time", "opt_start_seq")}
+    config.update(deliver_policy="by_start_sequence", opt_start_seq=start)
+    await jetstream_api(nc, f"CONSUMER.DELETE.{stream}.{durable}")
+    await jetstream_api(nc, f"CONSUMER.CREATE.{stream}.{durable}", {"stream_name": stream, "config": config})
+    log.info("consumer_rewound", stream=stream, consumer=durable, from_seq=start, pending=info.get("num_ack_pending"))
+    return start
+
+
 Message = tuple[str, bytes, dict[str, str]]
 """(subject, payload, headers) of one message to publish."""
 MIN_BACKOFF, MAX_BACKOFF = 0.1, 1.0
@@ -491,6 +515,29 @@ async def publish_all(publisher: JetStreamPublisher, messages: Sequence[Message]
         )
         await asyncio.sleep(backoff)
         backoff, todo = min(backoff * 2, MAX_BACKOFF), failed
+
+
+async def publish_in_order(
+    publisher: JetStreamPublisher, messages: Sequence[Message], key: Callable[[Message], str], patience: float = 20.0
+) -> None:
+    """Publish MESSAGES so that those with one KEY are stored in the order given, even across a leader's death.
+
+    Pipelined, a message refused by a dying leader and sent again lands after later ones the new leader took
+    (and a repeat of those is dropped as a duplicate), so each key's messages go one at a time, each after the
+    one before it is acked; different keys go side by side.
+    """
+    queues: dict[str, list[Message]] = {}
+    for message in messages:
+        queues.setdefault(key(message), []).append(message)
+
+    async def one_by_one(queue: list[Message]) -> None:
+        for message in queue:
+            await publish_all(publisher, [message], patience)
+
+    results = await asyncio.gather(*(one_by_one(q) for q in queues.values()), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _error(future: asyncio.Future[PubAck]) -> BaseException | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ class Served:
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "serve.log"
         self.token_secret = token_secret
+        self._issued: dict[tuple[str, str | None, str | None], str] = {}
         self.extra_env = dict(env or {})
         self.tokens = Tokens(Keyring.single(token_secret.encode(), "configured")) if token_secret else None
         self.starts = 0
@@ -88,7 +91,8 @@ class Served:
         return env
 
     def settings(self) -> Settings:
-        return Settings(data_dir=self.data_dir, store=self.store, token_secret=self.token_secret)
+        master = self.extra_env.get("BATON_MASTER_KEY")
+        return Settings(data_dir=self.data_dir, store=self.store, token_secret=self.token_secret, master_key=master)
 
     def cli(self, *args: str) -> str:
         """Run `baton ARGS` with this instance's environment; its output, or an error saying what it printed."""
@@ -150,8 +154,21 @@ class Served:
         raise AssertionError(f"serve did not admit departments {sorted(codes)} in {timeout}s")
 
     def auth(self, role: str, unit: str | None = None, actor: str | None = None) -> dict[str, str]:
-        assert self.tokens is not None, "no BATON_TOKEN_SECRET here: issue tokens with `baton token issue` (cli)"
-        return {"Authorization": f"Bearer {self.tokens.issue(role, unit, actor)}"}
+        """A token's header: from BATON_TOKEN_SECRET if set, else issued by `baton token issue` (kept per actor)."""
+        if self.tokens is not None:
+            return {"Authorization": f"Bearer {self.tokens.issue(role, unit, actor)}"}
+        key = (role, unit, actor)
+        if key not in self._issued:
+            args = ["--role", role, *(["--unit", unit] if unit else []), *(["--actor", actor] if actor else [])]
+            self._issued[key] = self.cli("token", "issue", *args).strip()
+        return {"Authorization": f"Bearer {self._issued[key]}"}
+
+    def pause(self, pid: int) -> None:
+        """SIGSTOP a process of this instance (serve or its projector): it stands still, connections open."""
+        os.kill(pid, signal.SIGSTOP)
+
+    def resume(self, pid: int) -> None:
+        os.kill(pid, signal.SIGCONT)
 
     async def nats(self) -> Client:
         """A service-level NATS connection to serve's NATS (for the audit and the department client)."""
@@ -188,36 +205,48 @@ class Sent:
 
 
 class Load:
-    """Whistles through every step over HTTP, each command retried with its idempotency key until answered."""
+    """Whistles through every step over HTTP, each command retried with its idempotency key until answered.
 
-    def __init__(self, served: Served) -> None:
-        self.served = served
+    Given several instances, commands go round them in turn, and a command that gets no answer (or 502-504) is
+    sent again to the next one, as a load balancer does.
+    """
+
+    def __init__(self, served: Served | Sequence[Served]) -> None:
+        self.targets = [served] if isinstance(served, Served) else list(served)
+        self.served = self.targets[0]
         self.sent: list[Sent] = []
-        self.nats_sent: dict[str, str] = {}  # command_id -> what
+        self.nats_sent: dict[str, str] = {}  # command_id -> what, in the order sent
         self.nats_retries = 0
         self.whistles: list[str] = []
         self.stopping = False
-        self.client = httpx.AsyncClient(base_url=served.url, timeout=httpx.Timeout(10.0, connect=1.0))
-        self.community = served.auth("community", "tishu", "wang")
-        self.housing = served.auth("department", "HOUSING", "housing-desk")
+        timeout = httpx.Timeout(10.0, connect=1.0)
+        self.clients = [httpx.AsyncClient(base_url=s.url, timeout=timeout) for s in self.targets]
+        self.client = self.clients[0]
+        self.turn = itertools.count()
+        self.community = self.served.auth("community", "tishu", "wang")
+        self.housing = self.served.auth("department", "HOUSING", "housing-desk")
 
     async def command(self, what: str, path: str, body: dict[str, Any] | None, headers: dict[str, str]) -> Sent:
         """Send until the server answers something other than 'unavailable'; the same key every time."""
         sent = Sent(correlation_id=uuid.uuid4().hex, what=what)
         self.sent.append(sent)
         headers = {**headers, "Idempotency-Key": sent.correlation_id, "X-Correlation-Id": sent.correlation_id}
+        target = next(self.turn)
         while True:
             sent.attempts += 1
+            client = self.clients[target % len(self.clients)]
             try:
-                r = await self.client.post(path, json=body, headers=headers)
+                r = await client.post(path, json=body, headers=headers)
             except httpx.HTTPError:
                 sent.unavailable += 1
-                await asyncio.sleep(0.2)
+                target += 1
+                await asyncio.sleep(0.2 / len(self.clients))
                 continue
             if r.status_code in (502, 503, 504):
                 sent.unavailable += 1
                 sent.refused_503 += r.status_code == 503
-                await asyncio.sleep(0.2)
+                target += 1
+                await asyncio.sleep(0.2 / len(self.clients))
                 continue
             sent.status, sent.body = r.status_code, r.json()
             return sent
@@ -292,7 +321,8 @@ class Load:
                         await asyncio.sleep(0.2)
 
     async def close(self) -> None:
-        await self.client.aclose()
+        for client in self.clients:
+            await client.aclose()
 
 
 @dataclass
@@ -313,6 +343,7 @@ class Audit:
     nats_commands: int
     nats_retries: int
     nats_outcomes: Counter[str]
+    nats_outcomes_in_order: bool
     read_models_match_rebuild: bool
 
     def figures(self) -> dict[str, Any]:
@@ -358,15 +389,19 @@ async def settle(served: Served, load: Load, timeout: float = 60.0) -> None:
     raise AssertionError(f"read models did not catch up: {health}")
 
 
-async def audit(served: Served, load: Load) -> Audit:
-    """Store vs BATON_EVENTS vs read models vs what each client was told; serve must be running and settled."""
+async def audit(served: Served, load: Load, others: Sequence[Served] = ()) -> Audit:
+    """Store vs BATON_EVENTS vs read models vs what each client was told; serve must be running and settled.
+
+    `others`: the installation's other instances, stopped with `served` before the read models are rebuilt.
+    """
     nc = await served.nats()
     try:
         published = await stream_messages(nc, "BATON_EVENTS", "baton.evt.>", timeout=2.0)
         outcomes = await department_outcomes(nc, "PSB", set(load.nats_sent))
     finally:
         await nc.close()
-    served.stop()
+    for instance in (served, *others):
+        instance.stop()
 
     baton = bootstrap(served.settings())
     try:
@@ -416,5 +451,51 @@ async def audit(served: Served, load: Load) -> Audit:
         nats_commands=len(load.nats_sent),
         nats_retries=load.nats_retries,
         nats_outcomes=outcome_status,
+        nats_outcomes_in_order=[json.loads(m.data)["command_id"] for m in outcomes] == list(load.nats_sent),
         read_models_match_rebuild=live == fresh and published_positions == positions,
     )
+
+
+class HealthSamples:
+    """serve's /health every 0.1 s: the store's position, the relay's and each read model's."""
+
+    def __init__(self, served: Served) -> None:
+        self.served = served
+        self.rows: list[tuple[float, int, int, dict[str, int]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while True:
+                try:
+                    h = (await client.get(f"{self.served.url}/health")).json()
+                    views = {n: p["position"] for n, p in h["projections"].items()}
+                    if h["relay"]["published"] is not None:
+                        self.rows.append((time.monotonic(), h["store"]["position"], h["relay"]["published"], views))
+                except (httpx.HTTPError, KeyError, TypeError, ValueError):
+                    pass
+                await asyncio.sleep(0.1)
+
+    def stall(self, since: float, follower: Any) -> float:
+        """The longest time after SINCE that a follower (relay or read model) stayed behind the store unmoved."""
+        worst, behind_since, last = 0.0, None, None
+        for t, top, published, views in self.rows:
+            value = follower(published, views)
+            if value != last or value >= top:  # it moved, or caught up: a stretch behind ends here
+                if behind_since is not None and t > since:
+                    worst = max(worst, t - max(behind_since, since))
+                behind_since, last = None, value
+            if value < top and behind_since is None:
+                behind_since = t
+        return round(worst, 2)
+
+
+def recoveries(log: Path) -> dict[str, float]:
+    """What serve and its projector logged on recovering: seconds each part had been interrupted."""
+    found: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if entry.get("event") in ("relay_recovered", "pull_recovered"):
+                found[entry.get("consumer", "relay")] = entry["stalled_s"]
+    return found

@@ -15,9 +15,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from infra.bootstrap import Baton, bootstrap
+from infra.bootstrap import Baton, Runtime, bootstrap
 from infra.clock import ManualClock
 from infra.lease import Fence, LeaseLost, Leases, Roles
+from infra.nats_server import EmbeddedNats
 from infra.settings import Settings
 from services.access import SYSTEM_ACTOR, Context
 from tests.conftest import PG_URL, START, blow_direct, seed_county_direct
@@ -169,3 +170,27 @@ async def test_each_role_runs_in_one_process_and_moves_when_its_holder_dies(bato
     for roles in processes.values():
         await roles.stop()
     assert running == {"relay": [], "watcher": []}
+
+
+async def test_read_models_follow_the_store_when_nothing_reaches_them_over_nats(
+    baton: Baton, nats_server: EmbeddedNats
+) -> None:
+    """Another process holds the relay but publishes nothing (its NATS is elsewhere): the read models still
+    catch up, from the store, within seconds."""
+    assert Leases(baton.views, "elsewhere/1", ttl=3600).ask("relay") is not None
+    runtime = Runtime(baton, nats_url=nats_server.url, watch=False)
+    await runtime.start()
+    try:
+        assert "relay" not in runtime.roles.held and "projections" in runtime.roles.held
+        await asyncio.sleep(0.5)  # the projections' catch-up at the start of their role is done
+        seed_county_direct(baton)
+        blow_direct(baton, 3)
+        top = baton.store.max_position()
+        started = time.monotonic()
+        while baton.board.position() < top:
+            assert time.monotonic() - started < 15, "the read models never caught up from the store"
+            await asyncio.sleep(0.1)
+        assert await runtime._published() == 0  # nothing went out on NATS
+        assert len(baton.board.view.dump()["baton_whistles"]) == 3
+    finally:
+        await runtime.stop()

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client
@@ -39,7 +38,7 @@ from infra.nats_auth import NatsAuth
 from infra.nats_cluster import NatsCluster
 from infra.settings import Settings
 from tests.conftest import DEPARTMENTS, START, blow_direct, seed_county_direct
-from tests.faults import Load, Served, audit, settle
+from tests.faults import HealthSamples, Load, Served, audit, recoveries, settle
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -223,50 +222,6 @@ async def test_a_department_system_reaches_baton_through_any_node(
 def creds_first_node(cluster: NatsCluster, creds: dict[str, Any]) -> str:
     """The node behind the first URL a department system is given."""
     return next(n.name for n in cluster.nodes if n.url == creds["servers"][0])
-
-
-class HealthSamples:
-    """serve's /health every 0.1 s: the store's position, the relay's and each read model's."""
-
-    def __init__(self, served: Served) -> None:
-        self.served = served
-        self.rows: list[tuple[float, int, int, dict[str, int]]] = []
-        self.task: asyncio.Task[None] | None = None
-
-    async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while True:
-                try:
-                    h = (await client.get(f"{self.served.url}/health")).json()
-                    views = {n: p["position"] for n, p in h["projections"].items()}
-                    self.rows.append((time.monotonic(), h["store"]["position"], h["relay"]["published"], views))
-                except (httpx.HTTPError, KeyError, TypeError, ValueError):
-                    pass
-                await asyncio.sleep(0.1)
-
-    def stall(self, since: float, follower: Any) -> float:
-        """The longest time after SINCE that a follower (relay or read model) stayed behind the store unmoved."""
-        worst, behind_since, last = 0.0, None, None
-        for t, top, published, views in self.rows:
-            value = follower(published, views)
-            if value != last or value >= top:  # it moved, or caught up: a stretch behind ends here
-                if behind_since is not None and t > since:
-                    worst = max(worst, t - max(behind_since, since))
-                behind_since, last = None, value
-            if value < top and behind_since is None:
-                behind_since = t
-        return round(worst, 2)
-
-
-def recoveries(log: Path) -> dict[str, float]:
-    """What serve and its projector logged on recovering: seconds each part had been interrupted."""
-    found: dict[str, float] = {}
-    for line in log.read_text().splitlines():
-        with contextlib.suppress(ValueError):
-            entry = json.loads(line)
-            if entry.get("event") in ("relay_recovered", "pull_recovered"):
-                found[entry.get("consumer", "relay")] = entry["stalled_s"]
-    return found
 
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)

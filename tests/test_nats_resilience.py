@@ -11,11 +11,18 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
-from nats.js.api import StreamConfig
+from nats.js.api import ConsumerConfig, StreamConfig
 from pydantic import ValidationError
 
 from infra.bootstrap import Runtime, bootstrap
-from infra.jetstream import JetStreamPublisher, PublishRejected, publish_all, settle
+from infra.jetstream import (
+    JetStreamPublisher,
+    PublishRejected,
+    publish_all,
+    publish_in_order,
+    rewind_consumer,
+    settle,
+)
 from infra.nats_server import EmbeddedNats
 from infra.settings import Settings, nats_servers, without_password
 from tests.conftest import stream_messages
@@ -95,3 +102,49 @@ async def test_the_embedded_server_refuses_more_than_one_replica(tmp_path: Path)
         assert runtime.embedded is None
     finally:
         baton.close()
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_one_departments_outcomes_stay_in_order_when_the_first_is_refused_for_a_while(
+    nc: Client, publisher: JetStreamPublisher, ordered: bool
+) -> None:
+    """The first outcome meets no stream leader (503) and the second finds one, as across an election: pipelined,
+    the second is stored first; published in order, each waits for the one before it."""
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="LATER", subjects=["later.b"]))
+    batch = [("later.a", b"1", {"Nats-Msg-Id": "one"}), ("later.b", b"2", {"Nats-Msg-Id": "two"})]
+
+    async def elected() -> None:  # the stream takes the first subject a moment later
+        await asyncio.sleep(0.5)
+        await js.update_stream(StreamConfig(name="LATER", subjects=["later.a", "later.b"]))
+
+    election = asyncio.create_task(elected())
+    if ordered:
+        await publish_in_order(publisher, batch, key=lambda message: "PSB", patience=10.0)
+    else:
+        await publish_all(publisher, batch, patience=10.0)
+    await election
+    stored = [int(m.data) for m in await stream_messages(nc, "LATER")]
+    assert stored == ([1, 2] if ordered else [2, 1])
+
+
+@pytest.mark.parametrize("rewound", [False, True])
+async def test_a_new_holder_rewinds_the_intake_to_its_ack_floor_and_sees_commands_in_order(
+    nc: Client, rewound: bool
+) -> None:
+    """The intake's holder died with commands 2 and 3 delivered but not acked: JetStream would bring them back only
+    after the ack wait, behind 4 and 5. Rewound, the new holder gets 2, 3, 4, 5 in order at once."""
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="CMDS", subjects=["cmds.>"]))
+    for i in range(1, 6):
+        await js.publish(f"cmds.{i}", str(i).encode())
+    dead = await js.pull_subscribe("cmds.>", durable="intake", stream="CMDS", config=ConsumerConfig(ack_wait=30))
+    first, *taken = await dead.fetch(3, timeout=2)
+    await first.ack_sync()
+    assert [int(m.data) for m in taken] == [2, 3]  # delivered, never acked: their holder died
+    if rewound:
+        assert await rewind_consumer(nc, "CMDS", "intake") == 2
+        assert await rewind_consumer(nc, "CMDS", "intake") is None  # nothing outstanding any more
+    new = await js.pull_subscribe_bind(durable="intake", stream="CMDS")
+    got = [int(m.data) for m in await new.fetch(4, timeout=2)]
+    assert got == ([2, 3, 4, 5] if rewound else [4, 5])
