@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DATA_DIR ?= $(or $(BATON_DATA_DIR),./var)
 
-.PHONY: run serve demo test bench bench-scale postgres docs clean cluster
+.PHONY: run serve demo test bench bench-scale postgres docs clean cluster nats-cluster
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,12 @@ bench: $(STAMP) postgres
 bench-scale: $(STAMP)
 	$(BIN)/python -m bench.scale
 
-## cluster: three nats-server nodes on loopback (JetStream, Baton's accounts) until Ctrl-C; prints BATON_NATS_URL
-cluster: $(STAMP)
+## cluster: three baton serve on the local PostgreSQL and a 3-node NATS cluster, with the demo county, until Ctrl-C
+cluster: $(STAMP) postgres
+	$(BIN)/python -m infra.installation $(DATA_DIR)/installation
+
+## nats-cluster: only the three nats-server nodes (JetStream, Baton's accounts) until Ctrl-C; prints BATON_NATS_URL
+nats-cluster: $(STAMP)
 	$(BIN)/python -m infra.nats_cluster $(DATA_DIR)/cluster
 
 postgres:

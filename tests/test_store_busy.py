@@ -115,31 +115,32 @@ async def test_commands_and_finalisations_while_the_projector_catches_up_are_nev
 
 
 def test_two_notaries_catching_up_at_once_append_every_leaf_once(settings: Settings) -> None:
-    """A finalisation's notary and the projector's read the same position: one waits (SQLite) or yields (PostgreSQL)."""
+    """A finalisation's notary and the projector's catch up at once: the second waits for the first's position (its
+    row locked on PostgreSQL, the file on SQLite) and appends only what is left."""
     clock = ManualClock(START)
     first, second = bootstrap(settings, clock), bootstrap(settings, clock)
     try:
         seed_county_direct(first)
         seed_whistles(first, clock, 600)
         inside, read = threading.Event(), threading.Event()
-        first_position, second_position = first.notary.view.position, second.notary.view.position
+        first_position, second_position = first.notary.view.locked_position, second.notary.view.locked_position
 
-        def first_reads(tx: Tx, name: str) -> int | None:
+        def first_reads(tx: Tx, name: str) -> int:
             tracked = first_position(tx, name)
             if not inside.is_set():
                 inside.set()
-                # PostgreSQL: the second reads the same position before this transaction commits. SQLite: with
-                # BEGIN IMMEDIATE the second cannot begin until this one commits, so it never comes.
+                # The second cannot read the position before this transaction commits (PostgreSQL: the row is
+                # locked FOR UPDATE; SQLite: BEGIN IMMEDIATE), so this waits out its bound and goes on.
                 read.wait(timeout=2.0)
             return tracked
 
-        def second_reads(tx: Tx, name: str) -> int | None:
+        def second_reads(tx: Tx, name: str) -> int:
             tracked = second_position(tx, name)
             read.set()
             return tracked
 
-        first.notary.view.position = first_reads  # type: ignore[method-assign]
-        second.notary.view.position = second_reads  # type: ignore[method-assign]
+        first.notary.view.locked_position = first_reads  # type: ignore[method-assign]
+        second.notary.view.locked_position = second_reads  # type: ignore[method-assign]
         sizes: dict[str, int | BaseException] = {}
 
         def catch_up(name: str, baton: Baton) -> None:

@@ -1,0 +1,212 @@
+"""A whole installation on one machine, as an operator would run it on three: a 3-node NATS cluster and three
+`baton serve` instances on the local PostgreSQL, sharing one master key, with the demo county. For trying out
+scale-out and failover (`make cluster`) and for `bench.instances`; not for production (one machine is one
+failure domain).
+
+    make cluster    # python -m infra.installation var/installation: until Ctrl-C; prints the URLs
+
+What the instances share is exactly what the README's "Running several instances" says: BATON_STORE,
+BATON_MASTER_KEY, BATON_NATS_URL and BATON_NATS_REPLICAS. Each has its own data dir, HTTP port and name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+from infra.keys import kept_secret
+from infra.nats_auth import NatsAuth
+from infra.nats_cluster import NatsCluster
+from infra.settings import Settings
+
+log = structlog.get_logger("baton.installation")
+
+BATON = str(Path(sys.executable).parent / "baton")
+STORE = "postgresql://postgres@127.0.0.1:5432/test?schema=baton_installation"
+
+
+def new_master_key() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+@dataclass
+class Instance:
+    """One `baton serve` of the installation: its name, data dir, port and (while it runs) process."""
+
+    name: str
+    data_dir: Path
+    port: int
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with (self.data_dir / "serve.log").open("ab") as out:
+            self.process = subprocess.Popen([BATON, "serve"], env=self.env, stdout=out, stderr=out)
+
+    async def healthy(self, timeout: float = 120.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.process.returncode}: {self.data_dir}/serve.log")
+                with contextlib.suppress(httpx.HTTPError):
+                    health = (await client.get(f"{self.url}/health")).json()
+                    if health["status"] == "ok":
+                        return dict(health)
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"{self.name} was not healthy within {timeout:.0f} s: {self.data_dir}/serve.log")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Installation:
+    """The cluster and the instances under ROOT, on STORE; the master key is kept in ROOT/master.key."""
+
+    def __init__(self, root: Path, store: str = STORE, count: int = 3, first_port: int = 8001) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.store = store
+        self.master_key = kept_secret(
+            self.root / "master.key", lambda: base64.b64encode(secrets.token_bytes(32)).decode()
+        )
+        self.shared = {"BATON_STORE": store, "BATON_MASTER_KEY": self.master_key}
+        self.count, self.first_port = count, first_port
+        self.cluster: NatsCluster | None = None
+        self.instances: list[Instance] = []
+
+    def env(self, **more: str) -> dict[str, str]:
+        return {**os.environ, **self.shared, **more}
+
+    def baton(self, *args: str, data_dir: Path | None = None) -> str:
+        """Run `baton ARGS` as an operator of this installation would; its output."""
+        env = self.env(BATON_DATA_DIR=str(data_dir or self.root / "operator"))
+        done = subprocess.run([BATON, *args], env=env, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"baton {' '.join(args)} exited {done.returncode}: {done.stdout}{done.stderr}")
+        return done.stdout
+
+    def ensure_demo(self) -> None:
+        """Fill the store with the demo county, unless it holds events already."""
+        from infra.bootstrap import bootstrap
+
+        settings = Settings(data_dir=self.root / "operator", store=self.store, master_key=self.master_key)
+        baton = bootstrap(settings)
+        try:
+            empty = baton.store.max_position() == 0
+        finally:
+            baton.close()
+        if empty:
+            print("filling the store with the demo county (a minute or two)...", flush=True)
+            self.baton("demo", data_dir=self.root / "demo")
+
+    def _auth(self) -> tuple[NatsAuth, list[str]]:
+        """Baton's NATS accounts from the installation's secret, and the departments they are for."""
+        from infra.bootstrap import bootstrap
+
+        settings = Settings(data_dir=self.root / "operator", store=self.store, master_key=self.master_key)
+        baton = bootstrap(settings)
+        try:
+            auth = NatsAuth.load(settings.data_dir, None, baton.store.secrets)
+            return auth, sorted(baton.org.current().departments)
+        finally:
+            baton.close()
+
+    async def start(self, replicas: int = 3, **settings: str) -> None:
+        """Start the NATS cluster, then every instance at once; return when all are healthy."""
+        auth, departments = await asyncio.to_thread(self._auth)
+        saved = self.root / "nats-ports.json"
+        ports = json.loads(saved.read_text()) if saved.exists() else None
+        self.cluster = NatsCluster(self.root / "nats", auth, departments, ports=ports)
+        saved.write_text(json.dumps([[n.port, n.cluster_port, n.monitor_port] for n in self.cluster.nodes]))
+        await self.cluster.start()
+        self.instances = [
+            Instance(
+                f"i{n}",
+                self.root / f"i{n}",
+                self.first_port + n - 1,
+                self.env(
+                    BATON_DATA_DIR=str(self.root / f"i{n}"),
+                    BATON_HTTP_PORT=str(self.first_port + n - 1),
+                    BATON_NATS_URL=self.cluster.url,
+                    BATON_NATS_REPLICAS=str(replicas),
+                    BATON_INSTANCE=f"i{n}",
+                    **settings,
+                ),
+            )
+            for n in range(1, self.count + 1)
+        ]
+        for instance in self.instances:
+            instance.start()
+        await asyncio.gather(*(i.healthy() for i in self.instances))
+
+    async def stop(self) -> None:
+        for instance in self.instances:
+            await asyncio.to_thread(instance.stop)
+        if self.cluster is not None:
+            await self.cluster.stop()
+
+
+async def _main(root: Path) -> None:
+    from infra.logging import configure_logging
+
+    configure_logging("warning", "console")
+    installation = Installation(root, os.environ.get("BATON_STORE", STORE))
+    await asyncio.to_thread(installation.ensure_demo)
+    await installation.start()
+    token = installation.baton("token", "issue", "--role", "admin", "--actor", "operator").strip()
+    assert installation.cluster is not None
+    health = await installation.instances[0].healthy()
+    print(f"\nThree instances on {installation.store}, NATS cluster {installation.cluster.url}:")
+    for instance in installation.instances:
+        print(f"  {instance.name}  {instance.url}   (log: {instance.data_dir}/serve.log)")
+    print("Who holds each singleton role:")
+    for role, lease in health["leases"].items():
+        print(f"  {role:12} {lease['holder']}")
+    print(
+        f"\nADMIN={token}\n"
+        f'curl -s -H "Authorization: Bearer $ADMIN" {installation.instances[1].url}/v1/whistles?limit=3\n'
+        f"curl -s {installation.instances[2].url}/health\n"
+        f"Shared by every instance: BATON_STORE, BATON_MASTER_KEY (kept in {root}/master.key), "
+        "BATON_NATS_URL, BATON_NATS_REPLICAS=3.\n"
+        "Kill one (kill -9 its pid) and watch the leases move in /health. Ctrl-C stops everything.",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await installation.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(_main(Path(sys.argv[1] if len(sys.argv) > 1 else "var/installation")))
