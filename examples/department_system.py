@@ -33,14 +33,24 @@ async def main(creds_file: str, whistle_id: str) -> None:
     # Baton's JetStream API is reached through the department's own account, under js_api_prefix.
     js = nc.jetstream(prefix=creds["js_api_prefix"])
     sub = await js.pull_subscribe_bind(durable=creds["consumer"]["durable"], stream=creds["consumer"]["stream"])
-    try:
-        while True:
-            for msg in await sub.fetch(10, timeout=2):
-                print(msg.subject, msg.data.decode())
-                await msg.ack()
-    except TimeoutError:
-        pass
+    awaited = {"h-1", "h-2"}
+    deadline = asyncio.get_running_loop().time() + 90
+    # Wait for one outcome per command (a cluster may be electing a leader), then drain what else is queued.
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            msgs = await sub.fetch(10, timeout=2)
+        except TimeoutError:
+            if not awaited:
+                break
+            continue
+        for msg in msgs:
+            print(msg.subject, msg.data.decode())
+            if msg.subject.endswith(".outcome"):
+                awaited.discard(json.loads(msg.data)["command_id"])
+            await msg.ack()
     await nc.close()
+    if awaited:
+        sys.exit(f"no outcome for {sorted(awaited)} within 90 s")
 
 
 if __name__ == "__main__":
