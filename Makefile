@@ -24,8 +24,10 @@ serve: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/baton demo
 
-## test: the whole suite against real SQLite, PostgreSQL and nats-server
+## test: lint (ruff), then the whole suite against real SQLite, PostgreSQL and nats-server
 test: $(STAMP) postgres
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 
 ## bench: every path's speed as a ratio of the bare substrate measured in the same run (SQLite and PostgreSQL)

@@ -63,18 +63,8 @@ class Instance:
             self.process = subprocess.Popen([BATON, "serve"], env=self.env, stdout=out, stderr=out)
 
     async def healthy(self, timeout: float = 120.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"{self.name} exited with {self.process.returncode}: {self.data_dir}/serve.log")
-                with contextlib.suppress(httpx.HTTPError):
-                    health = (await client.get(f"{self.url}/health")).json()
-                    if health["status"] == "ok":
-                        return dict(health)
-                await asyncio.sleep(0.2)
-        raise RuntimeError(f"{self.name} was not healthy within {timeout:.0f} s: {self.data_dir}/serve.log")
+        assert self.process is not None
+        return await until_healthy(self.process, self.url, self.data_dir / "serve.log", timeout)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -208,5 +198,24 @@ async def _main(root: Path) -> None:
         await installation.stop()
 
 
+async def until_healthy(process: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> dict[str, Any]:
+    """Wait until the `baton serve` at URL answers /health "ok"; fail if it exits or takes longer than TIMEOUT."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"baton serve exited with {process.returncode}; see {log}")
+            with contextlib.suppress(httpx.HTTPError):
+                r = await client.get(f"{url}/health")
+                if r.status_code == 200 and r.json()["status"] == "ok":
+                    return dict(r.json())
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"baton serve at {url} was not healthy within {timeout:.0f} s; see {log}")
+
+
 if __name__ == "__main__":
-    asyncio.run(_main(Path(sys.argv[1] if len(sys.argv) > 1 else "var/installation")))
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", nargs="?", default="var/installation", help="where the instances and nodes keep data")
+    asyncio.run(_main(Path(parser.parse_args().root)))

@@ -25,6 +25,7 @@ from nats.aio.client import Client
 
 from api.tokens import Keyring, Tokens
 from infra.bootstrap import bootstrap
+from infra.installation import until_healthy
 from infra.jetstream import DEPT_STREAM, department_durable
 from infra.nats_auth import NatsAuth
 from infra.nats_server import free_port
@@ -109,18 +110,8 @@ class Served:
         await self.ready()
 
     async def ready(self, timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"baton serve exited with {self.process.returncode}; see {self.log}")
-                with contextlib.suppress(httpx.HTTPError):
-                    r = await client.get(f"{self.url}/health")
-                    if r.status_code == 200 and r.json()["status"] == "ok":
-                        return dict(r.json())
-                await asyncio.sleep(0.1)
-        raise RuntimeError(f"baton serve was not healthy within {timeout}s; see {self.log}")
+        assert self.process is not None
+        return await until_healthy(self.process, self.url, self.log, timeout)
 
     def kill9(self) -> None:
         """SIGKILL: no shutdown code runs (the embedded nats-server gets SIGTERM from the kernel)."""
