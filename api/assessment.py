@@ -384,6 +384,6 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         found = baton.store.select(position - 1, 1, stop=position)
         if not found:
             raise NotFound(f"no event at position {position}", Thing.POSITION, position)
-        return Response(rfc8785.dumps(baton.codec.envelope(found[0]).body()), media_type="application/json")
+        return Response(rfc8785.dumps(baton.codec.recorded(found[0]).body()), media_type="application/json")
 
     return router

@@ -31,6 +31,7 @@ from audit.merkle import EMPTY_ROOT, leaf_hash, node_hash
 from audit.note import Checkpoint, NoteError, Verifier
 from domain.assessment import Scheme, score
 from domain.errors import DomainError
+from infra.envelope import EventTypes
 
 OK, UNREADABLE, SIGNATURE, EVENTS, SCORES = 0, 2, 3, 4, 5
 
@@ -238,6 +239,7 @@ def _check_events(
     the version of each aggregate and O(log n) hashes for the roots: never the whole history.
     """
     ours = Roots(set(checkpoints))
+    types = EventTypes()
     versions: dict[str, int] = {}
     history = Assessments()
     previous_position = 0
@@ -271,6 +273,7 @@ def _check_events(
             )
         versions[body["aggregate_id"]] = body["version"]
         previous_position = position
+        body = types.current_body(body)  # signed as recorded; read as the code reads it now
         if body["aggregate"] == "assessment" and body["type"] == "finalised":
             history.finalised.append({"position": position, **body["data"]})
             history.finalised_at[position] = body["occurred_at"]
@@ -343,7 +346,8 @@ def _check_scores(
             raise Failed(
                 SCORES, f"the {year} {unit_type} assessment uses scheme {version}, which is not in the history"
             )
-        events = (json.loads(line) for _, line in zip(range(size), _lines(bundle), strict=False))
+        types = EventTypes()
+        events = (types.current_body(json.loads(line)) for _, line in zip(range(size), _lines(bundle), strict=False))
         try:
             replayed = score(events, schemes[version], year, unit_type, cutoff)
         except DomainError as exc:

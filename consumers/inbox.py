@@ -12,6 +12,7 @@ from faststream.nats import NatsRouter
 
 from consumers.common import BatchMessage, pull, stream
 from domain.common import DEPARTMENT_CODE
+from infra.envelope import Envelope, EventTypes
 from infra.jetstream import EVENTS_STREAM, JetStreamPublisher, Message, publish_all
 
 log = structlog.get_logger("baton.inbox")
@@ -28,20 +29,22 @@ ROUTES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
 }
 
 
-def recipients(body: dict[str, Any]) -> list[str]:
+def recipients(body: dict[str, Any], types: EventTypes) -> list[str]:
     """Department codes that must see this whistle event (a community handling a work order is not one)."""
     route = ROUTES.get(body["type"]) if body.get("aggregate") == "whistle" else None
     if route is None:
         return []
-    return [code for code in dict.fromkeys(route(body["data"])) if code and DEPARTMENT_CODE.match(code)]
+    data = types.current(Envelope.from_body(body)).data
+    return [code for code in dict.fromkeys(route(data)) if code and DEPARTMENT_CODE.match(code)]
 
 
-def copies(msg: BatchMessage, bodies: list[dict[str, Any]]) -> list[Message]:
-    """The inbox copies of a batch: one per event and department it concerns, deduped by event and department."""
+def copies(msg: BatchMessage, bodies: list[dict[str, Any]], types: EventTypes) -> list[Message]:
+    """The inbox copies of a batch: one per event and department it concerns, deduped by event and department.
+    A copy is the event as recorded, as on BATON_EVENTS."""
     out: list[Message] = []
     for raw, body in zip(msg.raw_message, bodies, strict=True):
         msg_id = (raw.headers or {}).get("Nats-Msg-Id", f"{body['aggregate_id']}:{body['version']}")
-        for code in recipients(body):
+        for code in recipients(body, types):
             out.append(
                 (
                     f"baton.dept.{code}.inbox.{body['aggregate']}.{body['type']}",
@@ -52,7 +55,7 @@ def copies(msg: BatchMessage, bodies: list[dict[str, Any]]) -> list[Message]:
     return out
 
 
-def inbox_router(publisher: Callable[[], JetStreamPublisher], batch_size: int = 500) -> NatsRouter:
+def inbox_router(publisher: Callable[[], JetStreamPublisher], types: EventTypes, batch_size: int = 500) -> NatsRouter:
     """Copies whistle events into the inboxes of the departments they concern."""
     router = NatsRouter()
 
@@ -67,7 +70,7 @@ def inbox_router(publisher: Callable[[], JetStreamPublisher], batch_size: int = 
     )
     async def route_to_inboxes(bodies: list[dict[str, Any]], msg: BatchMessage) -> None:
         try:
-            await publish_all(publisher(), copies(msg, bodies), patience=PATIENCE)
+            await publish_all(publisher(), copies(msg, bodies, types), patience=PATIENCE)
         except Exception:
             log.exception("inbox_batch_failed", size=len(bodies))
             await asyncio.sleep(0.5)

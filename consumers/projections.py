@@ -10,22 +10,22 @@ from faststream.middlewares import AckPolicy
 from faststream.nats import NatsRouter
 
 from consumers.common import pull, stream
-from infra.envelope import Envelope
+from infra.envelope import Envelope, EventTypes
 from infra.jetstream import EVENTS_STREAM
 from projections.base import BatonProjection
 
 log = structlog.get_logger("baton.projections")
 
 
-def projection_router(projections: list[BatonProjection[Any]], batch_size: int = 500) -> NatsRouter:
+def projection_router(projections: list[BatonProjection[Any]], types: EventTypes, batch_size: int = 500) -> NatsRouter:
     """One durable consumer per projection; a batch and its position commit together."""
     router = NatsRouter()
     for projection in projections:
-        _subscribe(router, projection, batch_size)
+        _subscribe(router, projection, types, batch_size)
     return router
 
 
-def _subscribe(router: NatsRouter, projection: BatonProjection[Any], batch_size: int) -> None:
+def _subscribe(router: NatsRouter, projection: BatonProjection[Any], types: EventTypes, batch_size: int) -> None:
     @router.subscriber(
         "baton.evt.>",
         stream=stream(EVENTS_STREAM),
@@ -36,7 +36,7 @@ def _subscribe(router: NatsRouter, projection: BatonProjection[Any], batch_size:
         include_in_schema=False,
     )
     async def apply_events(bodies: list[dict[str, Any]]) -> None:
-        envelopes = [Envelope.from_body(b) for b in bodies]
+        envelopes = [types.current(Envelope.from_body(b)) for b in bodies]  # as recorded -> as the code reads
         try:
             position = await anyio.to_thread.run_sync(projection.process_batch, envelopes)
         except Exception:

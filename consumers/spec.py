@@ -5,37 +5,15 @@ from __future__ import annotations
 import typing
 from typing import Annotated, Any
 
-from eventsourcing.domain import CanMutateAggregate
 from faststream.nats import NatsBroker
 from faststream.nats.security import NatsUserPassword
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from domain.assessment import Assessment, AssessmentScheme, MutualEvaluation
-from domain.branches import Branch, BranchStandard
-from domain.credentials import Credentials
-from domain.organisation import Organisation
-from domain.privacy import PersonalData, Sealed
-from domain.volunteering import Activity, PointsPolicy, Reward, Volunteer
-from domain.whistle import Whistle
-from infra.envelope import META_FIELDS, snake
+from domain.events import META_FIELDS, event_classes
+from domain.privacy import Sealed
 from services.schemas import DEPARTMENT_COMMANDS, EventBody, Outcome
 
-AGGREGATES: tuple[type, ...] = (
-    Organisation,
-    Whistle,
-    Volunteer,
-    Activity,
-    Reward,
-    PointsPolicy,
-    Branch,
-    BranchStandard,
-    AssessmentScheme,
-    MutualEvaluation,
-    Assessment,
-    PersonalData,
-    Credentials,
-)
 SEALED = Annotated[
     str,
     Field(
@@ -70,16 +48,6 @@ def _public(name: str, hint: Any) -> Any:
 
 
 INBOX_EVENTS = ("blown", "dispatched", "evaluated", "deadline_missed", "escalated")
-
-
-def event_classes() -> list[tuple[str, str, type]]:
-    """(aggregate, event, class) for every event Baton records."""
-    found = []
-    for aggregate in AGGREGATES:
-        for name, value in vars(aggregate).items():
-            if isinstance(value, type) and issubclass(value, CanMutateAggregate) and name not in ("Event", "Created"):
-                found.append((snake(aggregate.__name__), snake(name), value))
-    return found
 
 
 def _event_model(aggregate: str, event: str, cls: type) -> type[BaseModel]:

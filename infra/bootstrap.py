@@ -317,7 +317,7 @@ class Runtime:
 
     async def _inbox(self, fence: Fence) -> None:
         """Copy the events that concern each department into its inbox."""
-        await self._consume("baton-inbox", inbox_router(self._publisher))
+        await self._consume("baton-inbox", inbox_router(self._publisher, self.baton.codec.types))
 
     async def _project(self, fence: Fence) -> None:
         """Keep every read model level with the store; each batch checks the fence before it commits."""
@@ -327,7 +327,7 @@ class Runtime:
         level = asyncio.create_task(self._keep_level(projections), name="projections-level")
         try:
             await asyncio.to_thread(catch_up_together, projections)
-            await self._consume("baton-projections", projection_router(projections))
+            await self._consume("baton-projections", projection_router(projections, self.baton.codec.types))
         finally:
             level.cancel()
             # Unfenced again once the role has ended here (a rebuild, a test): positions still only move forward.

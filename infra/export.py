@@ -44,7 +44,7 @@ def export(baton: Baton, out: Path, progress: Callable[[int, int], None] | None 
             for notification, (position, leaf) in zip(batch, stored, strict=True):
                 if notification.id != position:
                     raise RuntimeError(f"tree leaf {written} is position {position}; the store has {notification.id}")
-                envelope = baton.codec.envelope(notification)
+                envelope = baton.codec.recorded(notification)
                 events.write(canonical(envelope) + b"\n")
                 leaves.write(leaf)
                 written += 1

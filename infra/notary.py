@@ -220,7 +220,7 @@ class Notary:
                         return self.view.size(tx)
                     leaves = []
                     for n in notifications:
-                        leaves.append((n.id, leaf_hash(canonical(self.codec.envelope(n)))))
+                        leaves.append((n.id, leaf_hash(canonical(self.codec.recorded(n)))))
                     self.view.append(tx, leaves, self.view.size(tx))
                     self.view.advance(tx, self.name, tracked, notifications[-1].id)
             except (IntegrityError, PositionMoved):

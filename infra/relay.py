@@ -149,7 +149,7 @@ class Relay:
 
     def _check_same_store(self, position: int, msg_id: str | None) -> None:
         found = self.store.select(position - 1, 1, stop=position)
-        if not found or self.codec.envelope(found[0]).msg_id != msg_id:
+        if not found or self.codec.recorded(found[0]).msg_id != msg_id:
             raise StreamMismatch(
                 f"{EVENTS_STREAM} ends with position {position} ({msg_id}), which this store does not hold; "
                 "point Baton at the NATS that belongs to this store, or at a fresh one"
@@ -183,7 +183,7 @@ class Relay:
         notifications = self.store.select(self.published, self.batch_size)
         out = []
         for n in notifications:
-            envelope = self.codec.envelope(n)
+            envelope = self.codec.recorded(n)
             headers = envelope.headers()
             headers[STORE_HEADER] = self.store.identity
             out.append((envelope.position, envelope.subject, envelope.to_json(), headers))
