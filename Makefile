@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DATA_DIR ?= $(or $(BATON_DATA_DIR),./var)
 
-.PHONY: run serve demo test bench bench-scale postgres docs clean cluster nats-cluster
+.PHONY: run serve demo test bench bench-scale postgres docs clean cluster nats-cluster corpus
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ postgres:
 docs: $(STAMP)
 	$(BIN)/baton openapi > docs/openapi.json
 	$(BIN)/baton asyncapi > docs/asyncapi.json
+	$(BIN)/baton events > docs/events.json
+
+## corpus: record this release's history (the demo county) under tests/corpus/<release>, for later releases to load
+corpus: $(STAMP)
+	$(BIN)/python -m tests.corpus.record
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -77,7 +77,7 @@ def fields_of(cls: type) -> dict[str, str]:
     for klass in reversed(cls.__mro__):
         hints.update(getattr(klass, "__annotations__", {}))
     return {
-        name: str(hint)
+        name: hint.__name__ if isinstance(hint, type) else str(hint)
         for name, hint in hints.items()
         if name not in META_FIELDS and not str(hint).startswith("ClassVar") and not name.startswith("_")
     }

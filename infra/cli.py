@@ -598,6 +598,14 @@ def asyncapi() -> None:
 
 
 @app.command()
+def events() -> None:
+    """Print every event type Baton records, with its version and fields (docs/events.json)."""
+    from domain.events import catalogue
+
+    typer.echo(json.dumps(catalogue(), indent=2, sort_keys=True, ensure_ascii=False))
+
+
+@app.command()
 def openapi() -> None:
     """Print the OpenAPI document of the HTTP API."""
     from api.app import openapi_document

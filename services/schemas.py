@@ -199,11 +199,20 @@ class EventBody(BaseModel):
     position: int = Field(description="Global position in the store (also the Baton-Position header).")
     aggregate: str
     aggregate_id: str
-    version: int
+    version: int = Field(description="The aggregate's version this event made (1 for the event that created it).")
     type: str
     occurred_at: AwareDatetime
     actor: ActorBody | None
-    data: dict[str, Any]
+    data: dict[str, Any] = Field(
+        description="The event's fields as recorded, in the version `type_version` says (docs/events.json)."
+    )
+    type_version: int = Field(
+        default=1,
+        description=(
+            "The version of the event type the data is in; absent means 1. Present only from 2 on, so the signed "
+            "bytes of every version-1 event stay as they were. Upcast older versions as domain/events.py does."
+        ),
+    )
 
 
 class OutcomeError(BaseModel):

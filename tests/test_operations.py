@@ -20,6 +20,7 @@ from api.app import create_app, openapi_document
 from api.tokens import Keyring, Tokens
 from consumers.spec import asyncapi_document
 from demo.script import run_demo
+from domain.events import catalogue
 from infra.bootstrap import Runtime, bootstrap
 from infra.cli import app as cli
 from infra.nats_auth import NatsAuth
@@ -114,7 +115,12 @@ def test_asyncapi_command_prints_the_nats_interface() -> None:
 
 
 def test_committed_api_documents_are_current() -> None:
-    for name, document in (("openapi.json", openapi_document()), ("asyncapi.json", asyncapi_document())):
+    documents = (
+        ("openapi.json", openapi_document()),
+        ("asyncapi.json", asyncapi_document()),
+        ("events.json", catalogue()),
+    )
+    for name, document in documents:
         committed = json.loads((DOCS / name).read_text())
         assert committed == json.loads(json.dumps(document, sort_keys=True)), f"docs/{name} is stale: run make docs"
 

@@ -28,7 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BATON = str(Path(sys.executable).parent / "baton")
+ROOT = Path(__file__).resolve().parents[2]
+BATON = [sys.executable, "-m", "infra.cli"]
+"""This checkout's CLI (not whichever `baton` the venv installed), so a corpus is recorded by the code beside it."""
 TOKEN_SECRET = b"corpus-figures-token-secret-long-enough!"
 
 
@@ -36,8 +38,7 @@ def release() -> str:
     """This checkout's release, from pyproject.toml."""
     import tomllib
 
-    root = Path(__file__).resolve().parents[2]
-    return str(tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"])
+    return str(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
 
 
 def compress(source: Path, target: Path) -> None:
@@ -126,10 +127,17 @@ def record(out: Path) -> dict[str, Any]:
         raise SystemExit(f"{out} exists: a recorded corpus is never rewritten; bump the release in pyproject.toml")
     work = Path(tempfile.mkdtemp(prefix="baton-corpus-"))
     data = work / "var"
-    env = {**os.environ, "BATON_DATA_DIR": str(data), "BATON_STORE": "sqlite", "BATON_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "BATON_DATA_DIR": str(data),
+        "BATON_STORE": "sqlite",
+        "BATON_LOG_LEVEL": "warning",
+        "PYTHONPATH": str(ROOT),
+    }
     env.pop("BATON_MASTER_KEY", None)
-    subprocess.run([BATON, "demo"], env=env, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([BATON, "export", "--out", str(work / "export")], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*BATON, "demo"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    exporting = [*BATON, "export", "--out", str(work / "export")]
+    subprocess.run(exporting, env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     clock = datetime.now(UTC).replace(microsecond=0)
     (data / "views.sqlite").unlink()
     baton = bootstrap(Settings(data_dir=data, store="sqlite"), ManualClock(clock))
