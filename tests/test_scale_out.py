@@ -246,6 +246,11 @@ async def test_three_instances_act_as_one_through_deaths_and_a_pause(
         positions.task.cancel()
         result = await audit(survivors[0], load, others=survivors[1:])
         await load.close()
+        # One checkpoint chain under one key, across the notary's failover: an export verifies pinned to that key.
+        bundle = tmp_path / "bundle"
+        await asyncio.to_thread(survivors[0].cli, "export", "--out", str(bundle))
+        verified = await asyncio.to_thread(survivors[1].cli, "verify", str(bundle), "--key", keys[0]["vkey"])
+        figures["verified"] = verified.strip().splitlines()[-1]
     finally:
         if positions.task is not None:
             positions.task.cancel()
