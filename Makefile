@@ -24,10 +24,11 @@ serve: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/baton demo
 
-## test: lint (ruff), then the whole suite against real SQLite, PostgreSQL and nats-server
+## test: lint (ruff), type-check the domain (mypy --strict), then the whole suite on real SQLite, PostgreSQL, nats-server
 test: $(STAMP) postgres
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict domain/
 	$(BIN)/pytest -q
 
 ## bench: every path's speed as a ratio of the bare substrate measured in the same run (SQLite and PostgreSQL)

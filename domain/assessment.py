@@ -712,19 +712,19 @@ class Facts:
                     if "community" in self.evidenced:
                         self.evidence[("community", community)]["volunteers_served"].extend(positions)
         for branch, (grade, met, required, pos) in self.audits.items():
-            community = self._community(branch)
-            self.add("community", community, "branch_grade_points", pos, scheme.branch_grade_points.get(grade, 0))
-            self.add("community", community, "branches_audited", pos)
-            self.add("community", community, "cadence_met", pos, met)
-            self.add("community", community, "cadence_required", pos, required)
-        for (kind, community), facts in list(self.counts.items()):
-            street = self.street_of.get(community) if kind == "community" else None
+            home = self._community(branch)
+            self.add("community", home, "branch_grade_points", pos, scheme.branch_grade_points.get(grade, 0))
+            self.add("community", home, "branches_audited", pos)
+            self.add("community", home, "cadence_met", pos, met)
+            self.add("community", home, "cadence_required", pos, required)
+        for (kind, unit), facts in list(self.counts.items()):
+            street = self.street_of.get(unit) if kind == "community" else None
             if street is None:
                 continue
             for fact, value in facts.items():
                 self.counts[("street", street)][fact] += value
                 if "street" in self.evidenced:
-                    self.evidence[("street", street)][fact].extend(self.evidence[(kind, community)][fact])
+                    self.evidence[("street", street)][fact].extend(self.evidence[(kind, unit)][fact])
 
 
 def score(
@@ -780,7 +780,7 @@ def schemes_in(events: Iterable[dict[str, Any]], cutoff_position: int | None = N
 def _units(scheme: Scheme, facts: Facts, unit_type: str) -> list[dict[str, Any]]:
     indicators = scheme.indicators.get(unit_type, ())
     keys = sorted(unit for kind, unit in facts.names if kind == unit_type)  # units the organisation registered
-    out = []
+    out: list[dict[str, Any]] = []
     for unit in keys:
         known = facts.counts.get((unit_type, unit), {})
         values = {name: known.get(name, Decimal(0)) for name in FACTS[unit_type]}
@@ -821,8 +821,8 @@ def _units(scheme: Scheme, facts: Facts, unit_type: str) -> list[dict[str, Any]]
         )
     ranked = sorted((u for u in out if u["total"] is not None), key=lambda u: (-Decimal(u["total"]), u["unit"]))
     previous, rank = None, 0
-    for i, unit in enumerate(ranked, start=1):
-        if unit["total"] != previous:
-            rank, previous = i, unit["total"]
-        unit["rank"] = rank
+    for i, row in enumerate(ranked, start=1):
+        if row["total"] != previous:
+            rank, previous = i, row["total"]
+        row["rank"] = rank
     return out

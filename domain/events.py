@@ -73,7 +73,7 @@ def version_of(cls: type) -> int:
 
 def fields_of(cls: type) -> dict[str, str]:
     """The event's own fields and their types, as written in its class."""
-    hints = {}
+    hints: dict[str, Any] = {}
     for klass in reversed(cls.__mro__):
         hints.update(getattr(klass, "__annotations__", {}))
     return {

@@ -248,7 +248,7 @@ class Volunteer(Aggregate):
             raise InvalidCommand("an in-service party member names their party branch (branch)")
         if branch and not party_member:
             raise InvalidCommand("only party members name a branch; set party_member to true or drop branch")
-        return cls(
+        return cls(  # type: ignore[call-arg]  # eventsourcing's metaclass takes `id` for an aggregate that declares it
             id=volunteer_id,
             community_id=community_id,
             name=name,
