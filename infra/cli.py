@@ -101,7 +101,11 @@ def demo(
     """Fill an empty data dir with a county and play weeks of governance through the real command path."""
     from demo.script import run_demo
 
-    settings = _settings()
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = settings.data_dir / "demo.log"
+    configure_logging(settings.log_level, settings.log_format, file=log_file)  # the terminal shows the progress
+    err.print(f"The demo's detailed log: {log_file}")
     with _exclusive(settings, "demo"):
         code = run_demo(settings, days)
     raise typer.Exit(code)

@@ -1,17 +1,26 @@
-"""Structured logs: JSON lines (or readable console lines) with key-value pairs, via structlog."""
+"""Structured logs: key-value pairs via structlog; readable lines on a terminal, JSON lines otherwise."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import structlog
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Route structlog and the standard library's logging to stderr in one format."""
+def configure_logging(level: str = "info", fmt: str = "auto", file: Path | None = None) -> None:
+    """Route structlog and the standard library's logging to stderr (or FILE) in one format.
+
+    FMT is `json`, `console`, or `auto`: console on a terminal, JSON when stderr is a pipe or a file."""
+    if file is not None:
+        fmt = "json"
+    elif fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -24,7 +33,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         cache_logger_on_first_use=False,  # tests capture logs after the CLI configured them
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = logging.FileHandler(file) if file is not None else logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

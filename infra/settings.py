@@ -66,7 +66,8 @@ class Settings(BaseSettings):
     """Base64 of 32 bytes shared by every instance: Baton's own keys are then kept in the database, wrapped under it."""
     watch_interval: float = 10.0
     log_level: str = "info"
-    log_format: str = "json"
+    log_format: str = "auto"
+    """`json`, `console`, or `auto`: console lines on a terminal, JSON lines otherwise."""
     log_origin: str | None = None
     projector_process: bool = True
     """`baton serve` runs the read models and the notary in a second process; false: all in one process."""

@@ -138,7 +138,7 @@ class BatonApplication(Application[UUID]):
                 log.info("command_conflict_retry", attempt=attempt)
                 time.sleep(random.uniform(0, 0.005 * attempt))  # let the competing writers through
                 continue
-            log.info("command_accepted", positions=positions, **_summary(body))
+            log.debug("command_accepted", positions=positions, **_summary(body))
             return Receipt(body=body, positions=positions)
         raise ConcurrentChange(f"the record changed {MAX_ATTEMPTS} times while this command ran; send it again")
 

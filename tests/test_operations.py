@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -81,12 +82,17 @@ async def test_a_correlation_id_follows_a_command_to_its_event(
     client: httpx.AsyncClient, auth: Auth, runtime: Runtime, nc
 ) -> None:
     await seed_county(client, auth)
-    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-        r = await client.post(
-            "/v1/whistles",
-            json={"community_id": "tishu", "category": "drainage", "title": "t", "description": "d"},
-            headers={**auth("community", "tishu"), "X-Correlation-Id": "corr-42"},
-        )
+    level = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))  # command_accepted
+    try:
+        with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            r = await client.post(
+                "/v1/whistles",
+                json={"community_id": "tishu", "category": "drainage", "title": "t", "description": "d"},
+                headers={**auth("community", "tishu"), "X-Correlation-Id": "corr-42"},
+            )
+    finally:
+        structlog.configure(wrapper_class=level)
     assert r.headers["X-Correlation-Id"] == "corr-42"
     assert any(e["event"] == "command_accepted" and e.get("correlation_id") == "corr-42" for e in logs)
     await runtime.wait_idle()
