@@ -568,6 +568,15 @@ class Facts:
     scored (a street's are its communities'), as 8-byte integers, since they grow with the year's events.
     """
 
+    PLACES = ("whistle.blown", "volunteer.registered", "branch.registered")
+    """Events that say which community an aggregate belongs to, whatever their year."""
+
+    @classmethod
+    def reads(cls) -> set[str]:
+        """The names of the events this fold reads: the organisation's, PLACES, and one `_aggregate__type` each."""
+        handlers = {name[1:].replace("__", ".") for name in vars(cls) if name.startswith("_") and "__" in name[1:-2]}
+        return {"organisation.unit_added", "organisation.department_added", *cls.PLACES, *handlers}
+
     def __init__(self, year: int, timezone: str, unit_type: str | None = None) -> None:
         self.year = year
         self.zone = ZoneInfo(timezone)
@@ -600,7 +609,7 @@ class Facts:
         if name == "organisation.department_added":
             self.names[("department", d["code"])] = d["name"]
             return
-        if name in ("whistle.blown", "volunteer.registered", "branch.registered") and d["community_id"]:
+        if name in self.PLACES and d["community_id"]:
             self.community_of[e["aggregate_id"]] = d["community_id"]
         if not self.in_year(e["occurred_at"]):
             return
