@@ -1,4 +1,9 @@
-"""Each department's inbox: the events that concern it, copied to baton.dept.CODE.inbox.<aggregate>.<event>."""
+"""Each department's inbox: the events that concern it, copied to baton.dept.CODE.inbox.<aggregate>.<event>.
+
+The router remembers the store position it has routed up to (a Cursor in the views database, fenced by its lease)
+and skips what is at or below it: BATON_EVENTS republished from the store after it was lost hands the router the
+whole history again, and its copies' Nats-Msg-Ids are remembered by BATON_DEPT for minutes only.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import structlog
 from faststream.middlewares import AckPolicy
 from faststream.nats import NatsRouter
@@ -14,6 +20,7 @@ from consumers.common import BatchMessage, pull, stream
 from domain.common import DEPARTMENT_CODE
 from infra.envelope import Envelope, EventTypes
 from infra.jetstream import EVENTS_STREAM, JetStreamPublisher, Message, publish_all
+from projections.base import Cursor
 
 log = structlog.get_logger("baton.inbox")
 
@@ -38,11 +45,13 @@ def recipients(body: dict[str, Any], types: EventTypes) -> list[str]:
     return [code for code in dict.fromkeys(route(data)) if code and DEPARTMENT_CODE.match(code)]
 
 
-def copies(msg: BatchMessage, bodies: list[dict[str, Any]], types: EventTypes) -> list[Message]:
-    """The inbox copies of a batch: one per event and department it concerns, deduped by event and department.
-    A copy is the event as recorded, as on BATON_EVENTS."""
+def copies(msg: BatchMessage, bodies: list[dict[str, Any]], types: EventTypes, after: int = 0) -> list[Message]:
+    """The inbox copies of a batch's events beyond position AFTER: one per event and department it concerns, deduped
+    by event and department. A copy is the event as recorded, as on BATON_EVENTS."""
     out: list[Message] = []
     for raw, body in zip(msg.raw_message, bodies, strict=True):
+        if body["position"] <= after:
+            continue
         msg_id = (raw.headers or {}).get("Nats-Msg-Id", f"{body['aggregate_id']}:{body['version']}")
         for code in recipients(body, types):
             out.append(
@@ -55,8 +64,10 @@ def copies(msg: BatchMessage, bodies: list[dict[str, Any]], types: EventTypes) -
     return out
 
 
-def inbox_router(publisher: Callable[[], JetStreamPublisher], types: EventTypes, batch_size: int = 500) -> NatsRouter:
-    """Copies whistle events into the inboxes of the departments they concern."""
+def inbox_router(
+    publisher: Callable[[], JetStreamPublisher], types: EventTypes, cursor: Cursor, batch_size: int = 500
+) -> NatsRouter:
+    """Copies whistle events into the inboxes of the departments they concern, each event once."""
     router = NatsRouter()
 
     @router.subscriber(
@@ -70,7 +81,13 @@ def inbox_router(publisher: Callable[[], JetStreamPublisher], types: EventTypes,
     )
     async def route_to_inboxes(bodies: list[dict[str, Any]], msg: BatchMessage) -> None:
         try:
-            await publish_all(publisher(), copies(msg, bodies, types), patience=PATIENCE)
+            routed = await anyio.to_thread.run_sync(cursor.position)
+            top = max(body["position"] for body in bodies)
+            if top <= routed:
+                log.debug("inbox_already_routed", size=len(bodies), last=top, routed=routed)
+                return
+            await publish_all(publisher(), copies(msg, bodies, types, after=routed), patience=PATIENCE)
+            await anyio.to_thread.run_sync(cursor.advance, top)
         except Exception:
             log.exception("inbox_batch_failed", size=len(bodies))
             await asyncio.sleep(0.5)

@@ -15,17 +15,22 @@ from faststream.nats import NatsBroker
 from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client
 
-from consumers.common import ensure_durables
+from consumers.common import durables, ensure_durables
 from consumers.inbox import inbox_router
 from consumers.intake import INTAKE_DURABLE, Intake, OutcomeQueue, intake_router
 from consumers.projections import projection_router
 from infra import metrics
 from infra.clock import Clock, SystemClock
 from infra.envelope import Envelope, EnvelopeCodec
+from infra.guard import StreamGuard
 from infra.jetstream import (
     AUDIT_STREAM,
+    DEPT_STREAM,
+    EVENTS_STREAM,
     INTAKE_STREAM,
     JetStreamPublisher,
+    department_durable,
+    ensure_consumer,
     ensure_department_consumers,
     ensure_streams,
     patiently,
@@ -41,7 +46,7 @@ from infra.relay import Relay, last_published
 from infra.settings import Settings, nats_servers, without_password
 from infra.store import Store
 from infra.watcher import Watcher
-from projections.base import BatonProjection, Sql, catch_up_together
+from projections.base import BatonProjection, Cursor, Sql, catch_up_together
 from projections.branches import BranchProjection, BranchView
 from projections.scorecard import ScorecardProjection, ScorecardView
 from projections.volunteering import VolunteeringProjection, VolunteeringView
@@ -192,6 +197,10 @@ class Runtime:
         self.instance = baton.settings.instance or default_instance(baton.settings.http_port)
         self.leases = Leases(baton.views, holder_name(self.instance), baton.settings.lease_ttl)
         self.roles: Roles | None = None
+        self.guard: StreamGuard | None = None
+        self._brokers: dict[str, NatsBroker] = {}
+        self._audit_seq = 0
+        """BATON_AUDIT's last sequence as the notary last saw it: each checkpoint expects it."""
         self._login: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -257,6 +266,8 @@ class Runtime:
             await patiently("department consumers", lambda: ensure_department_consumers(nc, codes, replicas))
         self.publisher = JetStreamPublisher(self.nc)
         await self.publisher.start()
+        self.guard = StreamGuard(nc, replicas, self._streams_recreated, self.part)
+        self._tasks.append(asyncio.create_task(self.guard.run(), name="stream-guard"))
         self.roles = Roles(self.leases, self._roles())
         await self.roles.start()
         if self.runs_commands:
@@ -292,7 +303,10 @@ class Runtime:
     async def _relay(self, fence: Fence) -> None:
         """Publish the store to BATON_EVENTS (fenced by the stream's expected last sequence)."""
         assert self.nc is not None and self.publisher is not None
-        relay = self.relay = Relay(self.baton.store, self.baton.codec, self.nc, self.publisher)
+        on_missing = self.guard.wake if self.guard is not None else None
+        relay = self.relay = Relay(
+            self.baton.store, self.baton.codec, self.nc, self.publisher, on_stream_missing=on_missing
+        )
         try:
             await relay.run()
         finally:
@@ -316,8 +330,9 @@ class Runtime:
                     await self.outcomes.drain()
 
     async def _inbox(self, fence: Fence) -> None:
-        """Copy the events that concern each department into its inbox."""
-        await self._consume("baton-inbox", inbox_router(self._publisher, self.baton.codec.types))
+        """Copy the events that concern each department into its inbox, each once (the router's position is fenced)."""
+        cursor = await asyncio.to_thread(Cursor, self.baton.views, "inbox", fence)
+        await self._consume("baton-inbox", inbox_router(self._publisher, self.baton.codec.types, cursor))
 
     async def _project(self, fence: Fence) -> None:
         """Keep every read model level with the store; each batch checks the fence before it commits."""
@@ -359,8 +374,7 @@ class Runtime:
         notary = self.baton.notary
         notary.fence = fence
         try:
-            published = await patiently("last checkpoint", self._published_checkpoint)
-            await notary.run(self._publish_checkpoint, published)
+            await notary.run(self._publish_checkpoint, self._published_checkpoint)
         finally:
             if notary.fence is fence:
                 notary.fence = None
@@ -378,11 +392,13 @@ class Runtime:
         broker.include_router(router)
         nc, replicas = self.nc, self.baton.settings.nats_replicas
         assert nc is not None
+        self._brokers[name] = broker  # the stream guard makes its durables again if their stream is made again
         await patiently("durable consumers", lambda: ensure_durables(nc, broker, replicas))
         await broker.start()
         try:
             await asyncio.Event().wait()
         finally:
+            self._brokers.pop(name, None)
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(10):
                     await broker.stop()
@@ -410,19 +426,46 @@ class Runtime:
             except Exception as exc:
                 log.warning("departments_follow_failed", error=repr(exc))
 
+    async def _streams_recreated(self, streams: list[str]) -> list[str]:
+        """Streams were made again (lost, then made by this process's guard or another's): make this process's
+        durable consumers on them again and have the relay and the notary read them afresh; the consumers made."""
+        nc, replicas = self.nc, self.baton.settings.nats_replicas
+        assert nc is not None
+        made: list[str] = []
+        if self.runs_commands and DEPT_STREAM in streams:
+            codes = sorted(self.departments)
+            await ensure_department_consumers(nc, codes, replicas)
+            made += [department_durable(code) for code in codes]
+        for broker in list(self._brokers.values()):
+            for stream, config in durables(broker):
+                if stream in streams:
+                    await ensure_consumer(nc, stream, config, replicas)
+                    made.append(str(config.durable_name))
+        if EVENTS_STREAM in streams and self.relay is not None:
+            self.relay.resync()
+        if AUDIT_STREAM in streams and self.runs_projections:
+            self.baton.notary.resync()
+        return made
+
     async def _published_checkpoint(self) -> int:
-        """The tree size of the last checkpoint on BATON_AUDIT (0 when none)."""
+        """The tree size of the last checkpoint on BATON_AUDIT (0 when none); remembers the stream's last sequence."""
         assert self.nc is not None
         js = self.nc.jetstream()
         info = await js.stream_info(AUDIT_STREAM)
+        self._audit_seq = info.state.last_seq or 0
         if not info.state.messages:
             return 0
         last = await js.get_msg(AUDIT_STREAM, seq=info.state.last_seq)
         return int((last.headers or {}).get("Baton-Tree-Size", "0"))
 
     async def _publish_checkpoint(self, note: str, size: int) -> None:
-        headers = {"Nats-Msg-Id": f"checkpoint:{self.baton.notary.origin}:{size}", "Baton-Tree-Size": str(size)}
-        await publish_all(self._publisher(), [("baton.audit.checkpoint", note.encode(), headers)])
+        headers = {
+            "Nats-Msg-Id": f"checkpoint:{self.baton.notary.origin}:{size}",
+            "Baton-Tree-Size": str(size),
+            "Nats-Expected-Last-Sequence": str(self._audit_seq),  # lost and made again: refused, the notary resyncs
+        }
+        [ack] = await publish_all(self._publisher(), [("baton.audit.checkpoint", note.encode(), headers)])
+        self._audit_seq = ack.seq
 
     async def _on_disconnect(self) -> None:
         """Fail in-flight publishes at once; the relay resyncs from the stream when NATS is back."""
@@ -549,7 +592,17 @@ class Runtime:
         if self.roles is not None and "notary" in self.roles.held:  # elsewhere: its holder's log, a growing lag
             notary_health["error"] = notary.error
         relaying = self.relay is not None and self.roles is not None and "relay" in self.roles.held
-        ok = store.get("ok") and connected and not unheld and (self.relay.synced if relaying else True)
+        if relaying and self.relay is not None and self.relay.republishing is not None:
+            again = self.relay.republishing
+            relay["republishing"] = {"from": again.start, "until": again.until, "events": again.events}
+        recovering = (self.guard is not None and self.guard.recovering) or "republishing" in relay
+        ok = (
+            store.get("ok")
+            and connected
+            and not unheld
+            and (self.relay.synced if relaying and self.relay is not None else True)
+            and not recovering
+        )
         if self.projector is not None:
             ok = ok and self.projector.running
         mine = f"{self.instance}/"
@@ -566,6 +619,7 @@ class Runtime:
                 "connected": connected,
                 "embedded": self.embedded is not None,
                 "departments": sorted(self.departments),
+                "streams": self.guard.health() if self.guard is not None else None,
             },
             "relay": relay,
             "projections": projections,

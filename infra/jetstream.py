@@ -485,19 +485,26 @@ async def settle(futures: Sequence[asyncio.Future[PubAck]], idle: float = ACK_ID
     return not pending
 
 
-async def publish_all(publisher: JetStreamPublisher, messages: Sequence[Message], patience: float = 20.0) -> None:
-    """Publish MESSAGES and wait for every ack. Those refused for want of a stream leader, unanswered, or cut off
-    by a disconnection are sent again, in order, with backoff for up to PATIENCE seconds; then the error is
-    raised. Each message must carry a Nats-Msg-Id, so that JetStream drops a repeat of one it stored."""
+async def publish_all(
+    publisher: JetStreamPublisher, messages: Sequence[Message], patience: float = 20.0
+) -> list[PubAck]:
+    """Publish MESSAGES and wait for every ack; the acks, in the order of MESSAGES. Those refused for want of a stream
+    leader, unanswered, or cut off by a disconnection are sent again, in order, with backoff for up to PATIENCE
+    seconds; then the error is raised. Each message must carry a Nats-Msg-Id, so that JetStream drops a repeat of one
+    it stored."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience
-    started, backoff, todo, attempts = loop.time(), MIN_BACKOFF, list(messages), 0
+    started, backoff, todo, attempts = loop.time(), MIN_BACKOFF, list(range(len(messages))), 0
+    acks: dict[int, PubAck] = {}
     while True:
         attempts += 1
-        futures = [await publisher.publish(*message) for message in todo]
+        futures = [await publisher.publish(*messages[i]) for i in todo]
         await settle(futures)
         errors = [_error(future) for future in futures]
-        failed = [m for m, error in zip(todo, errors, strict=True) if error is not None]
+        for i, future, error in zip(todo, futures, errors, strict=True):
+            if error is None:
+                acks[i] = future.result()
+        failed = [i for i, error in zip(todo, errors, strict=True) if error is not None]
         if not failed:
             if attempts > 1:
                 log.info(
@@ -506,7 +513,7 @@ async def publish_all(publisher: JetStreamPublisher, messages: Sequence[Message]
                     attempts=attempts,
                     stalled_s=round(loop.time() - started, 2),
                 )
-            return
+            return [acks[i] for i in range(len(messages))]
         error = next(e for e in errors if e is not None)
         if not _leaderless(error) or loop.time() + backoff > deadline:
             raise error

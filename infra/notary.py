@@ -4,6 +4,10 @@ A leaf is SHA-256(0x00 || the event's canonical bytes), the canonical bytes bein
 event's public body, as published on BATON_EVENTS. Nodes of every full subtree are kept, so a root or a
 proof costs O(log^2 n) lookups. Checkpoints are C2SP signed notes (Ed25519), one every N events or T
 seconds, kept, served over HTTP and published on baton.audit.checkpoint.
+
+Checkpoints go to BATON_AUDIT in size order, each expecting the stream's last sequence as the notary last saw it.
+What the stream holds is read again at start, after any failure and when the stream was made again: a BATON_AUDIT
+that was lost is refilled with every checkpoint kept in the views database, in order, under the same Nats-Msg-Ids.
 """
 
 from __future__ import annotations
@@ -196,6 +200,7 @@ class Notary:
         self.fence: Fenced | None = None
         """Set while this process holds the notary's lease: its appends and signatures check it."""
         self._appending = threading.Lock()
+        self._resync = True
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -253,9 +258,22 @@ class Notary:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
-    async def run(self, publish: Callable[[str, int], Awaitable[None]], published: int = 0) -> None:
-        """Follow the store, sign a checkpoint every N events or T seconds, publish every checkpoint once."""
+    def resync(self) -> None:
+        """Read BATON_AUDIT again before publishing (it was made again: it may hold fewer checkpoints)."""
+        self._resync = True
+        self._wake.set()
+
+    async def run(
+        self, publish: Callable[[str, int], Awaitable[None]], published_on_stream: Callable[[], Awaitable[int]]
+    ) -> None:
+        """Follow the store, sign a checkpoint every N events or T seconds, publish every checkpoint once, in order.
+
+        PUBLISHED_ON_STREAM says the tree size of the last checkpoint the stream holds; it is asked at start, after
+        a failure, and after resync()."""
         self._loop = asyncio.get_running_loop()
+        self._resync = True
+        published = 0
+        behind: int | None = None  # while republishing: the size published before the stream was lost
         self.store.add_listener(self._on_saved)
         last_signed_at = time.monotonic()
         failing_since: float | None = None
@@ -269,9 +287,20 @@ class Notary:
                     if await asyncio.to_thread(self.due, latest["size"] if latest else 0, last_signed_at):
                         await asyncio.to_thread(self.sign)
                         last_signed_at = time.monotonic()
+                    if self._resync:
+                        self._resync = False
+                        on_stream = await published_on_stream()
+                        if on_stream < published:
+                            behind = max(published, behind or 0)
+                            log.warning("checkpoints_republishing", stream_holds=on_stream, published_before=behind)
+                        published = on_stream
+                    sent = 0
                     for checkpoint in await asyncio.to_thread(self.view.checkpoints, published):
                         await publish(checkpoint["note"], checkpoint["size"])
-                        published = checkpoint["size"]
+                        published, sent = checkpoint["size"], sent + 1
+                    if behind is not None and published >= behind:
+                        log.warning("checkpoints_republished", checkpoints=sent, tree_size=published)
+                        behind = None
                     self.error = None
                     if failing_since is not None:
                         log.info("notary_recovered", stalled_s=round(time.monotonic() - failing_since, 2))
@@ -280,6 +309,7 @@ class Notary:
                     raise
                 except Exception as exc:
                     self.error = f"{type(exc).__name__}: {exc}"
+                    self._resync = True  # a refused publish: the stream may not be what the notary thought
                     if failing_since is None:
                         failing_since = time.monotonic()
                         log.warning("notary_failed", error=self.error)

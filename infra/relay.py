@@ -10,6 +10,11 @@ When the node leading BATON_EVENTS dies, publishes are answered 'no responders' 
 dying leader, not at all) and the stream's API does not answer until the survivors elect a new leader (about
 5 s here). The relay gives up on a batch at its first refusal or after ACK_IDLE seconds without any ack, asks
 the stream with a short timeout, backs off up to half a second, and logs the interruption and its length once.
+
+When BATON_EVENTS itself is lost (deleted, or NATS lost its data) and made again empty, the stream says it holds
+nothing: the relay republishes the whole history from position 0, with the same Nats-Msg-Ids and Baton-Positions,
+in order (the first publish expects the stream's last sequence 0, so nothing lands before it), and logs
+`relay_republished` with the count and rate once it is back where it was.
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from infra import metrics
 from infra.envelope import EnvelopeCodec
@@ -33,6 +41,18 @@ STORE_HEADER = "Baton-Store"
 MIN_BACKOFF, MAX_BACKOFF = 0.1, 0.5
 """Seconds before the next resync after a failure. During an election each attempt also waits out its 1 s request
 timeout, so the relay asks about every 1.5 s and resumes within that of the new leader's election."""
+
+
+@dataclass
+class Republish:
+    """A republish of the history to a BATON_EVENTS that holds less than the relay had published (it was lost)."""
+
+    start: int
+    """The position the stream held when the relay found it behind (0: it was made again empty)."""
+    until: int
+    """The position the relay had published before."""
+    began: float
+    events: int = 0
 
 
 class StreamMismatch(RuntimeError):
@@ -61,6 +81,7 @@ class Relay:
         poll_interval: float = 0.5,
         ack_idle: float = ACK_IDLE,
         sync_timeout: float = 1.0,
+        on_stream_missing: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.codec = codec
@@ -76,12 +97,20 @@ class Relay:
         self.error: str | None = None
         self.resyncs = 0
         self.interrupted_at: float | None = None
+        self.republishing: Republish | None = None
+        self.on_stream_missing = on_stream_missing
+        self._resync = False
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _on_saved(self, position: int) -> None:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
+
+    def resync(self) -> None:
+        """Read the stream again before the next publish (it was made again: it may hold less than published)."""
+        self._resync = True
+        self._wake.set()
 
     async def run(self) -> None:
         """Publish forever; on any failure, re-read the stream and carry on."""
@@ -125,7 +154,13 @@ class Relay:
 
     async def sync(self) -> None:
         """Learn from BATON_EVENTS which position it holds last."""
-        info = await self.js.stream_info(EVENTS_STREAM)
+        self._resync = False
+        try:
+            info = await self.js.stream_info(EVENTS_STREAM)
+        except NotFoundError:
+            if self.on_stream_missing is not None:
+                self.on_stream_missing()
+            raise
         last_seq = info.state.last_seq or 0
         position = 0
         if info.state.messages:
@@ -138,6 +173,10 @@ class Relay:
                     f"({self.store.identity}); point Baton at the NATS that belongs to this store, or at a fresh one"
                 )
             await asyncio.to_thread(self._check_same_store, position, headers.get("Nats-Msg-Id"))
+        if position < self.published:
+            until = max(self.published, self.republishing.until if self.republishing else 0)
+            self.republishing = Republish(start=position, until=until, began=time.monotonic())
+            log.warning("relay_republishing", stream_holds=position, published_before=until)
         self.published, self.stream_seq = position, last_seq
         self.synced, self.error = True, None
         if self.interrupted_at is None:
@@ -158,6 +197,8 @@ class Relay:
     async def _publish_forever(self) -> None:
         while True:
             self._wake.clear()
+            if self._resync:
+                return
             batch = await asyncio.to_thread(self._next_batch)
             if not batch:
                 # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancel that races the event.
@@ -204,6 +245,8 @@ class Relay:
                 raise PublishRejected(409, None, f"position {position} was already in the stream")
             self.published, self.stream_seq = position, ack.seq
         metrics.relay_published.inc(len(batch))
+        if self.republishing is not None:
+            self._republished(len(batch))
         log.debug(
             "relay_published",
             first=batch[0][0],
@@ -211,3 +254,21 @@ class Relay:
             count=len(batch),
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+    def _republished(self, count: int) -> None:
+        """Count a republished batch; log once the stream is back where it was."""
+        assert self.republishing is not None
+        again = self.republishing
+        again.events += count
+        if self.published < again.until:
+            return
+        seconds = time.monotonic() - again.began
+        log.warning(
+            "relay_republished",
+            events=again.events,
+            from_position=again.start,
+            to_position=self.published,
+            seconds=round(seconds, 2),
+            events_per_s=round(again.events / seconds) if seconds > 0 else None,
+        )
+        self.republishing = None

@@ -176,6 +176,33 @@ class EventSource(Protocol):
     def envelopes(self, after: int, limit: int, stop: int | None = None) -> list[Envelope]: ...
 
 
+class Cursor:
+    """How far a singleton that writes outside the views database (the inbox router) has got: its row of
+    baton_tracking, moved only forward, each move in a transaction fenced by the singleton's lease.
+
+    It is what lets the singleton skip what it already did when NATS hands it again (a stream republished from
+    the store after it was lost)."""
+
+    def __init__(self, sql: Sql, name: str, fence: Fenced | None = None) -> None:
+        self.view = View(sql)
+        self.name = name
+        self.fence = fence
+
+    def position(self) -> int:
+        return self.view.max_tracking_id(self.name) or 0
+
+    def advance(self, position: int) -> int:
+        """Move forward to position (never back); the position now. LeaseLost if the fence no longer holds."""
+        with self.view.db.transaction() as tx:
+            if self.fence is not None:
+                self.fence.check(tx)
+            tracked = self.view.locked_position(tx, self.name)
+            if position <= tracked:
+                return tracked
+            self.view.advance(tx, self.name, tracked, position)
+            return position
+
+
 TView = TypeVar("TView", bound=View)
 
 Handler = Callable[[Any, Tx, Envelope], None]

@@ -380,15 +380,17 @@ async def settle(served: Served, load: Load, timeout: float = 60.0) -> None:
     raise AssertionError(f"read models did not catch up: {health}")
 
 
-async def audit(served: Served, load: Load, others: Sequence[Served] = ()) -> Audit:
+async def audit(served: Served, load: Load, others: Sequence[Served] = (), outcomes: list[Any] | None = None) -> Audit:
     """Store vs BATON_EVENTS vs read models vs what each client was told; serve must be running and settled.
 
     `others`: the installation's other instances, stopped with `served` before the read models are rebuilt.
+    `outcomes`: PSB's outcomes as its system already read them (default: read from its durable now).
     """
     nc = await served.nats()
     try:
         published = await stream_messages(nc, "BATON_EVENTS", "baton.evt.>", timeout=2.0)
-        outcomes = await department_outcomes(nc, "PSB", set(load.nats_sent))
+        if outcomes is None:
+            outcomes = await department_outcomes(nc, "PSB", set(load.nats_sent))
     finally:
         await nc.close()
     for instance in (served, *others):
