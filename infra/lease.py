@@ -22,6 +22,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,6 +185,12 @@ class Roles:
         self.takeovers = 0
         self.losses = 0
         self._task: asyncio.Task[None] | None = None
+        # Threads of their own: renewals must not queue behind the roles' work in the default pool (a busy
+        # catch-up there delayed them past the TTL, and the process dropped roles it still held).
+        self._asker = ThreadPoolExecutor(max_workers=max(len(roles), 1), thread_name_prefix="leases")
+
+    async def _ask(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._asker, fn, *args)
 
     @property
     def held(self) -> list[str]:
@@ -213,15 +220,18 @@ class Roles:
             running = self.running.get(name)
             if running is not None and time.monotonic() - running.renewed > self.leases.ttl:
                 await self._stop(name, "not renewed in time")
-                running = None
-            if running is not None and running.task.done():
+            elif running is not None and running.task.done():
                 await self._stop(name, f"ended: {_outcome(running.task)}")
-                running = None
-            asked = time.monotonic()
-            try:
-                holding = await asyncio.to_thread(self.leases.ask, name)
-            except Exception as exc:
-                log.warning("lease_ask_failed", lease=name, error=repr(exc))
+        asked = time.monotonic()
+        # All at once: an ask waits while that role's own fenced transaction holds its row, and must not hold
+        # up the others' renewals.
+        answers = await asyncio.gather(
+            *(self._ask(self.leases.ask, name) for name in self.roles), return_exceptions=True
+        )
+        for name, holding in zip(self.roles, answers, strict=True):
+            running = self.running.get(name)
+            if isinstance(holding, BaseException):
+                log.warning("lease_ask_failed", lease=name, error=repr(holding))
                 continue
             if running is not None:
                 if holding is not None and holding.epoch == running.fence.holding.epoch:
@@ -251,7 +261,8 @@ class Roles:
             running = self.running.pop(name)
             await _cancel(running.task)
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.leases.release, running.fence.holding)
+                await self._ask(self.leases.release, running.fence.holding)
+        self._asker.shutdown(wait=False)
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:
