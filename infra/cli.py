@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -554,6 +554,74 @@ def verify_bundle(
             f"key {report.key}"
         )
     raise typer.Exit(report.code)
+
+
+@app.command("backup")
+def backup_store(out: Annotated[Path, typer.Option(help="A new file to write (never overwritten).")]) -> None:
+    """Copy the store consistently into one file while `baton serve` runs: events with their positions, command
+    log, person keys, sealed keys (BATON_MASTER_KEY) and signed checkpoints. Keys in DATA_DIR/keys are not in it."""
+    from infra.backup import BackupError, backup
+
+    settings = _settings()
+    try:
+        with _progress("backup") as progress:
+            summary = backup(settings, out, progress)
+    except (BackupError, FileExistsError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"backed up {summary.events} events up to position {summary.position}, {summary.checkpoints} signed "
+        f"checkpoints (last at tree size {summary.tree_size}), {summary.commands} logged commands and "
+        f"{summary.person_keys} person keys from {summary.source} to {out} "
+        f"({summary.size_bytes / 1e6:.1f} MB, {summary.seconds:.1f} s)"
+    )
+    if summary.keys_in_file:
+        typer.echo(
+            "keys: sealed in this file under BATON_MASTER_KEY; the master key is not in it: keep it apart from "
+            "the backup, a restore needs it"
+        )
+    else:
+        keys = settings.data_dir / "keys"
+        err.print(
+            f"[yellow]keys: NOT in this file; they are in {keys}. Back that directory up separately and keep it "
+            "apart from this file: without it a restored store gets new keys, its checkpoints do not verify and its "
+            "sealed personal data does not open[/yellow]"
+        )
+
+
+@app.command("restore")
+def restore_store(
+    file: Annotated[Path, typer.Argument(help="A file written by `baton backup`.")],
+) -> None:
+    """Restore a backup into an empty store (BATON_STORE, BATON_DATA_DIR), every event at its position (refused
+    while `baton serve` runs, and into a store that holds anything)."""
+    from infra.backup import BackupError, restore
+
+    settings = _settings()
+    with _exclusive(settings, "restore"):
+        try:
+            with _progress("restore") as progress:
+                summary = restore(settings, file, progress)
+        except BackupError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+    where = settings.store if settings.is_postgres else str(settings.data_dir / "events.sqlite")
+    typer.echo(
+        f"restored {summary.events} events up to position {summary.position} and {summary.checkpoints} signed "
+        f"checkpoints (made {summary.made_at} from {summary.source}) into {where} in {summary.seconds:.1f} s"
+    )
+    for note in summary.notes:
+        (err.print if "WARNING" in note or "not in the backup" in note else typer.echo)(note)
+
+
+@contextmanager
+def _progress(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr, fed progress(done, total)."""
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
+    ) as progress:
+        task = progress.add_task(what, total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
 @app.command()

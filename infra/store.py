@@ -416,7 +416,7 @@ class Store:
         env = self._environment(settings)
         self.env = Environment("Baton", env)
         if settings.is_postgres:
-            _ensure_schema(env)
+            ensure_schema(env)
         self.factory = InfrastructureFactory.construct(self.env)
         self.recorder: BatonSQLiteRecorder | BatonPostgresRecorder = self.factory.application_recorder()  # type: ignore[assignment]
         transcoder = self.factory.transcoder()
@@ -511,15 +511,20 @@ class Store:
 
     def views_datastore(self) -> BatonSQLiteDatastore | PostgresDatastore:
         """Where read models live: a second SQLite file, or the same PostgreSQL schema."""
-        if self.settings.is_postgres:
-            return postgres_datastore(self.settings, pool_size=4, max_overflow=8)
-        return BatonSQLiteDatastore(
-            str(self.settings.data_dir / "views.sqlite"), lock_timeout=self.settings.sqlite_busy_timeout, pool_size=6
-        )
+        return views_datastore(self.settings)
 
     def close(self) -> None:
         self._closing.set()
         self.factory.close()
+
+
+def views_datastore(settings: Settings) -> BatonSQLiteDatastore | PostgresDatastore:
+    """Where read models (and the Merkle tree and checkpoints) live: views.sqlite, or the store's PostgreSQL schema."""
+    if settings.is_postgres:
+        return postgres_datastore(settings, pool_size=4, max_overflow=8)
+    return BatonSQLiteDatastore(
+        str(settings.data_dir / "views.sqlite"), lock_timeout=settings.sqlite_busy_timeout, pool_size=6
+    )
 
 
 def postgres_datastore(settings: Settings, *, pool_size: int, max_overflow: int) -> PostgresDatastore:
@@ -555,7 +560,7 @@ def open_secrets(settings: Settings) -> Iterator[SecretStore | None]:
         yield None
         return
     if settings.is_postgres:
-        _ensure_schema(settings.postgres_env())
+        ensure_schema(settings.postgres_env())
         datastore: BatonSQLiteDatastore | PostgresDatastore = postgres_datastore(settings, pool_size=1, max_overflow=1)
     else:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -568,7 +573,8 @@ def open_secrets(settings: Settings) -> Iterator[SecretStore | None]:
         datastore.close()
 
 
-def _ensure_schema(env: dict[str, str]) -> None:
+def ensure_schema(env: dict[str, str]) -> None:
+    """Create the PostgreSQL schema BATON_STORE names, if it is missing (one instance at a time)."""
     schema = env["POSTGRES_SCHEMA"]
     with (
         psycopg.connect(
@@ -586,4 +592,14 @@ def _ensure_schema(env: dict[str, str]) -> None:
         conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {0}").format(Identifier(schema)))
 
 
-__all__ = ["CommandLog", "CommandRecord", "Commands", "IntegrityError", "Store", "command_rows", "open_secrets"]
+__all__ = [
+    "CommandLog",
+    "CommandRecord",
+    "Commands",
+    "IntegrityError",
+    "Store",
+    "command_rows",
+    "ensure_schema",
+    "open_secrets",
+    "views_datastore",
+]
