@@ -24,6 +24,7 @@ from api.tokens import InvalidToken, Tokens
 from domain.errors import Conflict, DomainError, InvalidCommand, Missing, NotFound, OutOfScope, Thing
 from infra import metrics
 from infra.sqlite import StoreBusy
+from infra.store_faults import RETRY_AFTER, StoreFault
 from services.access import Actor, Context
 from services.base import Receipt
 
@@ -58,6 +59,17 @@ ERRORS = {
     429: {
         "model": ErrorBody,
         "description": "Too many requests for this token (BATON_RATE_LIMIT per second, BATON_RATE_BURST at once).",
+        "headers": {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}},
+    },
+    503: {
+        "model": ErrorBody,
+        "description": (
+            "The store could not serve the request and nothing was recorded; send the same request (same "
+            "Idempotency-Key) again after Retry-After: "
+            "`store_unavailable` (the store cannot be reached), `store_busy` (SQLite's write lock stayed held), "
+            "`store_full` (the store's disk or tablespace is full: the operator frees space) or `store_read_only` "
+            "(the store takes no writes: the operator makes it writable again)."
+        ),
         "headers": {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}},
     },
 }
@@ -313,6 +325,11 @@ def install_error_handlers(app: FastAPI) -> None:
             f"the store is reachable but stayed busy: {exc}; nothing was recorded, retry",
             {"Retry-After": "1"},
         )
+
+    @app.exception_handler(StoreFault)
+    async def store_fault(request: Request, exc: StoreFault) -> JSONResponse:
+        log.warning("store_fault", code=exc.code, where=exc.where, error=exc.detail)
+        return error_response(503, exc.code, str(exc), {"Retry-After": str(RETRY_AFTER)})
 
     @app.exception_handler(PersistenceError)
     async def store_down(request: Request, exc: PersistenceError) -> JSONResponse:

@@ -32,6 +32,7 @@ from domain.organisation import Organisation
 from infra import metrics
 from infra.jetstream import INTAKE_STREAM, JetStreamPublisher, publish_in_order
 from infra.store import CommandLog, CommandRecord
+from infra.store_faults import StoreFault
 from services.access import Actor, Context, Role
 from services.base import BatchSpoiled, CommandBatch, PriorRejection, Receipt
 from services.organisation import OrganisationApp
@@ -46,7 +47,9 @@ OUTCOME_PATIENCE = 20.0
 """Seconds a batch's outcomes are retried while BATON_DEPT has no leader (an election takes ~5 s), before the batch
 is nacked: well inside the 30 s ack wait, so a nack lost with a dying consumer leader is not what redelivers it."""
 TRANSIENT = (PersistenceError, psycopg.OperationalError, sqlite3.OperationalError)
-"""Errors that pass (the store is unreachable or busy): the message is decided again, not rejected."""
+"""Errors that pass (the store is unreachable, busy, full or read-only): the message is decided again, not rejected."""
+FAULT_PAUSE = 2.0
+"""Seconds the intake waits before a batch refused for a full or read-only store is redelivered and decided again."""
 
 Step = Callable[[WhistleApp, Context, Any], Receipt]
 STEPS: dict[str, Step] = {
@@ -431,6 +434,14 @@ def intake_router(
         timer = metrics.Timer()
         try:
             decided = await anyio.to_thread.run_sync(intake.decide_batch, items)
+        except StoreFault as exc:
+            # Nothing of the batch was recorded and no outcome sent: it stays in BATON_INTAKE, unacked, and is
+            # decided again (one outcome each) once the store takes writes. An outcome now would be a second one.
+            log.warning("intake_paused", code=exc.code, error=str(exc), size=len(items))
+            metrics.commands.labels("nats", "batch", "unavailable").inc(len(items))
+            await anyio.sleep(FAULT_PAUSE)
+            await msg.nack()
+            return
         except Exception:
             log.exception("intake_batch_failed", size=len(items))
             metrics.commands.labels("nats", "batch", "unavailable").inc(len(items))

@@ -356,17 +356,23 @@ class Runtime:
         stuck: tuple[int, float] | None = None  # the lowest position, and since when it has not moved
         while True:
             await asyncio.sleep(grace / 4)
-            top, low = await asyncio.to_thread(
-                lambda: (self.baton.store.max_position(), min(p.position() for p in projections))
-            )
-            now = time.monotonic()
-            if low >= top:
-                stuck = None
-            elif stuck is None or stuck[0] != low:
-                stuck = (low, now)
-            elif now - stuck[1] >= grace:
-                log.info("read_models_caught_up_from_store", behind=top - low, stalled_s=round(now - stuck[1], 1))
-                await asyncio.to_thread(catch_up_together, projections)
+            try:
+                top, low = await asyncio.to_thread(
+                    lambda: (self.baton.store.max_position(), min(p.position() for p in projections))
+                )
+                now = time.monotonic()
+                if low >= top:
+                    stuck = None
+                elif stuck is None or stuck[0] != low:
+                    stuck = (low, now)
+                elif now - stuck[1] >= grace:
+                    log.info("read_models_caught_up_from_store", behind=top - low, stalled_s=round(now - stuck[1], 1))
+                    await asyncio.to_thread(catch_up_together, projections)
+                    stuck = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the views database full or read-only, say: try again next round
+                log.warning("read_models_catch_up_failed", error=f"{type(exc).__name__}: {exc}")
                 stuck = None
 
     async def _notarise(self, fence: Fence) -> None:
@@ -560,6 +566,11 @@ class Runtime:
         except Exception as exc:
             store.update(ok=False, error=str(exc))
             top = None
+        faults = {"store": await asyncio.to_thread(self.baton.store.fault), "views": self.baton.views.faults()}
+        for part, fault in faults.items():
+            if fault is not None:  # reachable, but it takes no writes: commands are answered 503 with the cause
+                store.update(writable=False, fault=fault["code"], error=fault["message"])
+                store[f"{part}_fault"] = fault
         connected = bool(self.nc and self.nc.is_connected)
         try:
             leases = await asyncio.to_thread(self.leases.all)
@@ -598,6 +609,7 @@ class Runtime:
         recovering = (self.guard is not None and self.guard.recovering) or "republishing" in relay
         ok = (
             store.get("ok")
+            and store.get("writable", True)
             and connected
             and not unheld
             and (self.relay.synced if relaying and self.relay is not None else True)

@@ -34,6 +34,8 @@ from eventsourcing.sqlite import (
 )
 from eventsourcing.utils import Environment, EnvType
 
+from infra.store_faults import FaultState, StoreFault, StoreReadOnly, as_fault
+
 STATEMENTS = 128
 """Prepared statements each connection keeps (sqlite3's own default)."""
 BUSY_TIMEOUT = 30
@@ -73,6 +75,8 @@ class BatonSQLiteTransaction(SQLiteTransaction):
             cursor.sqlite_cursor.close()
             if is_busy(exc):
                 raise self.connection.busy() from exc
+            if (fault := self.connection.fault(exc)) is not None:
+                raise fault from exc
             raise OperationalError(exc) from exc
         return cursor
 
@@ -84,20 +88,28 @@ class BatonSQLiteTransaction(SQLiteTransaction):
     ) -> None:
         try:
             super().__exit__(exc_type, exc_val, exc_tb)
-        except StoreBusy:
+        except (StoreBusy, StoreFault):
             raise
         except Exception as exc:
             if is_busy(exc):
                 raise self.connection.busy() from exc
+            if (fault := self.connection.fault(exc)) is not None:
+                raise fault from exc
             raise
+        if self.commit:
+            self.connection.faults.cleared()
 
 
 class BatonSQLiteConnection(SQLiteConnection):
     """A pooled SQLite connection whose write transactions begin immediate."""
 
-    def __init__(self, sqlite_conn: sqlite3.Connection, max_age: float | None, database: str, timeout: float) -> None:
+    def __init__(
+        self, sqlite_conn: sqlite3.Connection, max_age: float | None, path: str, timeout: float, faults: FaultState
+    ) -> None:
         super().__init__(sqlite_conn, max_age)
-        self.database, self.timeout = database, timeout
+        self.path, self.database, self.timeout = path, path.rsplit("/", 1)[-1], timeout
+        self.faults = faults
+        self.pool: BatonSQLiteConnectionPool | None = None
 
     @contextmanager
     def transaction(self, *, commit: bool) -> Iterator[SQLiteCursor]:
@@ -107,9 +119,28 @@ class BatonSQLiteConnection(SQLiteConnection):
     def busy(self) -> StoreBusy:
         return StoreBusy(self.database, self.timeout)
 
+    def fault(self, exc: BaseException) -> StoreFault | None:
+        """exc as StoreFull or StoreReadOnly; the connection is then rolled back and closed (the pool opens a fresh
+        one, which sees the file system as it is by then: a connection opened read-only stays so)."""
+        fault = as_fault(exc, self.path)
+        if fault is None:
+            return None
+        self.faults.met(fault)
+        try:
+            if self._sqlite_conn.in_transaction:
+                self._sqlite_conn.rollback()
+        except sqlite3.Error:
+            pass
+        self.close()
+        if isinstance(fault, StoreReadOnly) and self.pool is not None:
+            self.pool.drain()  # the idle connections were opened read-only too
+        return fault
+
 
 class BatonSQLiteConnectionPool(SQLiteConnectionPool):
     """Opens BatonSQLiteConnections, each with a cache of STATEMENTS prepared statements, in WAL mode."""
+
+    faults: FaultState
 
     @property
     def busy_timeout(self) -> float:
@@ -131,8 +162,15 @@ class BatonSQLiteConnectionPool(SQLiteConnectionPool):
             self._use_wal(c)
             self.is_journal_mode_wal = True
         c.row_factory = sqlite3.Row
-        name = self.db_name.rsplit("/", 1)[-1]
-        return BatonSQLiteConnection(c, self.max_age, name, self.busy_timeout)
+        conn = BatonSQLiteConnection(c, self.max_age, self.db_name, self.busy_timeout, self.faults)
+        conn.pool = self
+        return conn
+
+    def drain(self) -> None:
+        """Close the idle connections, so the next ones open the file afresh."""
+        with self._put_condition:
+            while self._pool:
+                self._pool.pop().close()
 
     def _use_wal(self, c: sqlite3.Connection) -> None:
         """Put a new database file in WAL mode, waiting for other processes that have it open."""
@@ -174,6 +212,8 @@ class BatonSQLiteDatastore(SQLiteDatastore):
             max_overflow=max_overflow,
             pool_timeout=float(lock_timeout or SQLITE3_DEFAULT_LOCK_TIMEOUT),
         )
+        self.faults = self.pool.faults = FaultState()
+        """The last disk-full or read-only fault a write met here, until a write commits again."""
 
     @contextmanager
     def get_connection(self, *, commit: bool) -> Iterator[SQLiteConnection]:

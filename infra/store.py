@@ -26,10 +26,11 @@ from eventsourcing.persistence import (
     JSONTranscoder,
     Mapper,
     Notification,
+    PersistenceError,
     StoredEvent,
     UUIDAsHex,
 )
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 from eventsourcing.utils import Environment, get_topic
 from psycopg.sql import SQL, Identifier
@@ -39,6 +40,7 @@ from infra.privacy import KeyRow, SealedAsToken, Vault, load_master_key
 from infra.secrets import SecretStore, SecretTable, refuse_without_master_key
 from infra.settings import Settings
 from infra.sqlite import BatonSQLiteDatastore, BatonSQLiteFactory
+from infra.store_faults import FaultState, StoreFault, StoreReadOnly, as_fault
 from projections.base import Sql
 
 
@@ -288,6 +290,11 @@ class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
         with self.datastore.get_connection() as conn, ddl_session(conn, self.datastore.schema):
             super().create_table()
 
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        ids = super().insert_events(stored_events, **kwargs)
+        self.datastore.faults.cleared()  # type: ignore[attr-defined]
+        return ids
+
     def _insert_events(self, curs: psycopg.Cursor[Any], stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
         # Fresh person keys go in before the events: a conflict found here raises while the transaction is
         # still open, so it rolls back (an error raised after the events' insert would be re-raised by
@@ -407,6 +414,60 @@ class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
             return str(row["value"])
 
 
+class BatonPostgresDatastore(PostgresDatastore):
+    """eventsourcing's PostgresDatastore whose disk-full and read-only errors are StoreFull and StoreReadOnly.
+
+    They are raised at once, not retried (eventsourcing retries an OperationalError ten times). When a session is
+    found read-only the pool's sessions are renewed: one opened against a read-only database (or a standby) stays
+    read-only, a fresh one may not.
+    """
+
+    faults: FaultState
+
+    @property
+    def where(self) -> str:
+        return f"PostgreSQL database {self.pool.kwargs.get('dbname')!r}, schema {self.schema!r}"
+
+    @contextmanager
+    def get_connection(self) -> Iterator[Any]:
+        try:
+            with super().get_connection() as conn:
+                yield conn
+        except StoreFault:
+            raise
+        except PersistenceError as exc:
+            fault = as_fault(exc, self.where)
+            if fault is None:
+                raise
+            self.faults.met(fault)
+            if isinstance(fault, StoreReadOnly):
+                self.pool.drain()  # every session, this one too, is closed: the next ones open afresh
+            raise fault from exc
+
+    @contextmanager
+    def transaction(self, *, commit: bool = False) -> Iterator[Any]:
+        with super().transaction(commit=commit) as curs:
+            yield curs
+        if commit:
+            self.faults.cleared()
+
+
+def baton_postgres(datastore: PostgresDatastore) -> BatonPostgresDatastore:
+    """The datastore, as a BatonPostgresDatastore (eventsourcing's factory makes a plain one)."""
+    datastore.__class__ = BatonPostgresDatastore
+    assert isinstance(datastore, BatonPostgresDatastore)
+    datastore.faults = FaultState()
+    return datastore
+
+
+class BatonPostgresFactory(PostgresFactory):
+    """eventsourcing's PostgreSQL factory on a BatonPostgresDatastore (name it in PERSISTENCE_MODULE by its topic)."""
+
+    def __init__(self, env: Environment | Any) -> None:
+        super().__init__(env)
+        baton_postgres(self.datastore)
+
+
 class Store:
     """The opened event store: its factory, recorder and mapper, shared by every Application."""
 
@@ -438,7 +499,7 @@ class Store:
     def _environment(settings: Settings) -> dict[str, str]:
         if settings.is_postgres:
             return {
-                "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                "PERSISTENCE_MODULE": get_topic(BatonPostgresFactory),
                 "APPLICATION_RECORDER_TOPIC": get_topic(BatonPostgresRecorder),
                 **settings.postgres_env(),
             }
@@ -453,6 +514,18 @@ class Store:
     @property
     def commands(self) -> CommandLog:
         return self.recorder
+
+    @property
+    def faults(self) -> FaultState:
+        """The last disk-full or read-only fault a write to the event store met, until a write commits again."""
+        return self.recorder.datastore.faults
+
+    def fault(self) -> dict[str, Any] | None:
+        """The last write fault as /health shows it, or None: it stands until a command's events are stored again.
+
+        No probe: on PostgreSQL a small write may fit in a table's free space while the next page of events does not.
+        """
+        return self.faults.report()
 
     def max_position(self) -> int:
         """The position of the newest stored event, 0 when there is none."""
@@ -530,16 +603,18 @@ def views_datastore(settings: Settings) -> BatonSQLiteDatastore | PostgresDatast
 def postgres_datastore(settings: Settings, *, pool_size: int, max_overflow: int) -> PostgresDatastore:
     """A PostgresDatastore on BATON_STORE's schema (beside the event store's own)."""
     pg = settings.postgres_env()
-    return PostgresDatastore(
-        dbname=pg["POSTGRES_DBNAME"],
-        host=pg["POSTGRES_HOST"],
-        port=pg["POSTGRES_PORT"],
-        user=pg["POSTGRES_USER"],
-        password=pg["POSTGRES_PASSWORD"],
-        schema=pg["POSTGRES_SCHEMA"],
-        connect_timeout=float(pg["POSTGRES_CONNECT_TIMEOUT"]),
-        pool_size=pool_size,
-        max_overflow=max_overflow,
+    return baton_postgres(
+        PostgresDatastore(
+            dbname=pg["POSTGRES_DBNAME"],
+            host=pg["POSTGRES_HOST"],
+            port=pg["POSTGRES_PORT"],
+            user=pg["POSTGRES_USER"],
+            password=pg["POSTGRES_PASSWORD"],
+            schema=pg["POSTGRES_SCHEMA"],
+            connect_timeout=float(pg["POSTGRES_CONNECT_TIMEOUT"]),
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+        )
     )
 
 

@@ -79,6 +79,11 @@ class Sql:
             for statement in statements:
                 tx.execute(self.sql(statement))
 
+    def faults(self) -> dict[str, Any] | None:
+        """The last disk-full or read-only fault a write to the views database met, until one commits again."""
+        state = getattr(self.datastore, "faults", None)
+        return state.report() if state is not None else None
+
     def close(self) -> None:
         self.datastore.close()
 

@@ -30,6 +30,7 @@ from infra import metrics
 from infra.clock import Clock
 from infra.sqlite import is_busy
 from infra.store import CommandRecord, Store
+from infra.store_faults import StoreFault
 from services.access import Context
 
 log = structlog.get_logger("baton.commands")
@@ -241,12 +242,14 @@ class CommandBatch:
             self.app.store.commands.put_all(self.records)
 
 
-UNAVAILABLE = (OperationalError, InterfaceError)
-"""The store could not be reached (after the recorder's own retries): a 503, whoever's command it was."""
+UNAVAILABLE = (OperationalError, InterfaceError, StoreFault)
+"""The store could not be reached (after the recorder's own retries), or its disk is full or it is read-only: a 503,
+whoever's command it was."""
 
 
 def unreachable(exc: BaseException) -> bool:
-    """Whether a save failed because the store could not be reached (not merely busy: the next save may pass)."""
+    """Whether a save failed because the store could not be reached or take writes (not merely busy: the next save
+    may pass)."""
     return isinstance(exc, UNAVAILABLE) and not is_busy(exc)
 
 
@@ -276,7 +279,8 @@ class GroupCommit:
     own, so each gets its own answer. If the store cannot be reached, that is the answer of every member
     and of every command that queued meanwhile: their own saves would fail the same way, after as long. A
     store that stayed busy (SQLite's write lock held elsewhere for the whole busy timeout) is the answer of
-    that save's members only; those queued meanwhile are saved next, as usual.
+    that save's members only; those queued meanwhile are saved next, as usual. A full disk or a read-only store
+    is like an unreachable one: the whole transaction rolled back, and every member and waiter is told why.
     """
 
     def __init__(self, app: BatonApplication, limit: int = 200) -> None:

@@ -188,6 +188,7 @@ class Sent:
     attempts: int = 0
     unavailable: int = 0  # 503s and connection failures before the answer
     refused_503: int = 0
+    codes_503: list[str] = field(default_factory=list)  # the error code of each 503
     body: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -236,6 +237,9 @@ class Load:
             if r.status_code in (502, 503, 504):
                 sent.unavailable += 1
                 sent.refused_503 += r.status_code == 503
+                if r.status_code == 503:
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        sent.codes_503.append(r.json()["error"]["code"])
                 target += 1
                 await asyncio.sleep(0.2 / len(self.clients))
                 continue
