@@ -32,7 +32,6 @@ from domain.organisation import Organisation
 from infra import metrics
 from infra.jetstream import INTAKE_STREAM, JetStreamPublisher, publish_in_order
 from infra.store import CommandLog, CommandRecord
-from infra.store_faults import StoreFault
 from services.access import Actor, Context, Role
 from services.base import BatchSpoiled, CommandBatch, PriorRejection, Receipt
 from services.organisation import OrganisationApp
@@ -433,15 +432,19 @@ def intake_router(
         items = [(m.subject, m.data, m.metadata.sequence.stream) for m in msg.raw_message]
         timer = metrics.Timer()
         try:
-            decided = await anyio.to_thread.run_sync(intake.decide_batch, items)
-        except StoreFault as exc:
-            # Nothing of the batch was recorded and no outcome sent: it stays in BATON_INTAKE, unacked, and is
-            # decided again (one outcome each) once the store takes writes. An outcome now would be a second one.
-            log.warning("intake_paused", code=exc.code, error=str(exc), size=len(items))
-            metrics.commands.labels("nats", "batch", "unavailable").inc(len(items))
-            await anyio.sleep(FAULT_PAUSE)
-            await msg.nack()
-            return
+            while True:
+                try:
+                    decided = await anyio.to_thread.run_sync(intake.decide_batch, items)
+                    break
+                except TRANSIENT as exc:
+                    # Nothing of the batch was recorded and no outcome sent. The same batch is decided again here,
+                    # in place, once the store takes writes: a nack would let later commands of a department be
+                    # fetched and decided before these. Each message is kept in progress meanwhile.
+                    log.warning("intake_paused", code=getattr(exc, "code", "store_unavailable"), error=str(exc))
+                    metrics.commands.labels("nats", "batch", "unavailable").inc(len(items))
+                    await anyio.sleep(FAULT_PAUSE)
+                    for raw in msg.raw_message:
+                        await raw.in_progress()
         except Exception:
             log.exception("intake_batch_failed", size=len(items))
             metrics.commands.labels("nats", "batch", "unavailable").inc(len(items))
