@@ -17,6 +17,7 @@ import pytest
 
 from audit.verify import verify
 from domain.events import catalogue, event_classes, upcasters
+from infra.backup import backup, restore
 from infra.bootstrap import Baton, bootstrap
 from infra.clock import ManualClock
 from infra.export import export
@@ -52,9 +53,16 @@ def old_bundle(corpus: Path, out: Path) -> Path:
     return out
 
 
-def load(corpus: Path, data_dir: Path) -> Baton:
+def load(corpus: Path, data_dir: Path, store: str = "sqlite") -> Baton:
+    """The corpus opened by today's code at the clock it was recorded at; on PostgreSQL, moved there first with
+    `baton backup` and `baton restore` (every event at its position)."""
+    unpack(corpus, data_dir)
+    if store != "sqlite":
+        backup(Settings(data_dir=data_dir, store="sqlite"), data_dir.parent / "corpus.backup")
+        (data_dir / "events.sqlite").unlink()
+        restore(Settings(data_dir=data_dir, store=store), data_dir.parent / "corpus.backup")
     clock = ManualClock(datetime.fromisoformat(recorded(corpus)["recorded_at"]))
-    return bootstrap(Settings(data_dir=data_dir, store="sqlite"), clock)
+    return bootstrap(Settings(data_dir=data_dir, store=store), clock)
 
 
 def differences(then: Any, now: Any, where: str = "") -> list[str]:
@@ -101,10 +109,9 @@ def test_every_event_type_of_the_corpus_is_still_read(corpus: Path) -> None:
             assert len(upcasters(classes[name], was["version"])) == is_["version"] - was["version"]
 
 
-def test_the_corpus_loads_and_replays_with_todays_code(corpus: Path, tmp_path: Path) -> None:
+def test_the_corpus_loads_and_replays_with_todays_code(corpus: Path, settings: Settings, tmp_path: Path) -> None:
     """Aggregates, read models, leaves, exported bytes and finalised scores, all from the recorded history."""
-    unpack(corpus, tmp_path / "var")
-    baton = load(corpus, tmp_path / "var")
+    baton = load(corpus, tmp_path / "var", settings.store)
     try:
         versions: dict[Any, int] = {}
         for notification in baton.store.select(0, 1_000_000):

@@ -22,9 +22,10 @@ from domain.whistle import Status
 from domain.whistle import Whistle as RecordedWhistle
 from infra.envelope import Envelope, EventTypes
 from infra.export import export
+from infra.settings import Settings
 from projections.base import catch_up_together
 from tests.corpus.record import read_figures
-from tests.test_corpus import CORPUS, differences, load, old_bundle, unpack
+from tests.test_corpus import CORPUS, differences, load, old_bundle
 
 FIRST = CORPUS / "0.1.0"
 
@@ -92,11 +93,10 @@ def test_an_upcaster_runs_on_the_published_data_as_on_the_stored_state(version_2
     assert types.current(current) is current
 
 
-def test_version_2_over_the_recorded_history(version_2: None, tmp_path: Path) -> None:
+def test_version_2_over_the_recorded_history(version_2: None, settings: Settings, tmp_path: Path) -> None:
     """Old events load as version 2; leaves, exported bytes, figures and finalised scores are unchanged; new
     version-2 events are published with their version and verify beside the old ones."""
-    unpack(FIRST, tmp_path / "var")
-    baton = load(FIRST, tmp_path / "var")
+    baton = load(FIRST, tmp_path / "var", settings.store)
     try:
         reported = 0
         pending = None
