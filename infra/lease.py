@@ -203,6 +203,7 @@ class Roles:
     async def start(self) -> None:
         """Ask once for every lease (so a lone instance holds them all on return), then keep asking."""
         await self._round()
+        await asyncio.sleep(0)  # the roles just taken run up to their first wait (a role sets itself up there)
         self._task = asyncio.create_task(self._keep(), name="leases")
 
     async def _keep(self) -> None:
