@@ -44,7 +44,7 @@ from infra.notary import MerkleView, Notary, load_signer
 from infra.projector import ProjectorProcess
 from infra.relay import Relay, last_published
 from infra.settings import Settings, nats_servers, without_password
-from infra.store import Store
+from infra.store import Store, postgres_datastore
 from infra.watcher import Watcher
 from projections.base import BatonProjection, Cursor, Sql, catch_up_together
 from projections.branches import BranchProjection, BranchView
@@ -195,7 +195,14 @@ class Runtime:
         self.watcher = Watcher(baton)
         self.departments: set[str] = set()
         self.instance = baton.settings.instance or default_instance(baton.settings.http_port)
-        self.leases = Leases(baton.views, holder_name(self.instance), baton.settings.lease_ttl)
+        # On PostgreSQL the leases have connections of their own: renewals must not wait for a pool that fenced
+        # transactions queued behind a renewal have taken (seen under load: every role dropped at once).
+        self._lease_sql = (
+            Sql(postgres_datastore(baton.settings, pool_size=len(ROLES), max_overflow=0))
+            if (baton.settings.is_postgres)
+            else None
+        )
+        self.leases = Leases(self._lease_sql or baton.views, holder_name(self.instance), baton.settings.lease_ttl)
         self.roles: Roles | None = None
         self.guard: StreamGuard | None = None
         self._brokers: dict[str, NatsBroker] = {}
@@ -509,6 +516,8 @@ class Runtime:
                 await self.nc.close()
         if self.embedded is not None:
             await self.embedded.stop()
+        if self._lease_sql is not None:
+            self._lease_sql.close()
         log.info("runtime_stopped")
 
     async def wait_idle(self, timeout: float = 30.0) -> None:

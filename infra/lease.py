@@ -184,7 +184,7 @@ class Roles:
         self.running: dict[str, Running] = {}
         self.takeovers = 0
         self.losses = 0
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         # Threads of their own: renewals must not queue behind the roles' work in the default pool (a busy
         # catch-up there delayed them past the TTL, and the process dropped roles it still held).
         self._asker = ThreadPoolExecutor(max_workers=max(len(roles), 1), thread_name_prefix="leases")
@@ -201,51 +201,49 @@ class Roles:
         return running.fence if running else None
 
     async def start(self) -> None:
-        """Ask once for every lease (so a lone instance holds them all on return), then keep asking."""
-        await self._round()
+        """Ask once for every lease (so a lone instance holds them all on return), then keep asking, each role on
+        its own: an ask waits while that role's own fenced transaction holds its row, and must not hold up the
+        others' renewals (seen under load: one slow ask, and every role dropped at once)."""
+        await asyncio.gather(*(self._turn(name) for name in self.roles))
         await asyncio.sleep(0)  # the roles just taken run up to their first wait (a role sets itself up there)
-        self._task = asyncio.create_task(self._keep(), name="leases")
+        self._tasks = [asyncio.create_task(self._keep(name), name=f"lease:{name}") for name in self.roles]
 
-    async def _keep(self) -> None:
+    async def _keep(self, name: str) -> None:
         while True:
             await asyncio.sleep(self.leases.ttl / 5)
             try:
-                await self._round()
+                await self._turn(name)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("lease_round_failed")
+                log.exception("lease_round_failed", lease=name)
 
-    async def _round(self) -> None:
-        for name in self.roles:
-            running = self.running.get(name)
-            if running is not None and time.monotonic() - running.renewed > self.leases.ttl:
-                await self._stop(name, "not renewed in time")
-            elif running is not None and running.task.done():
-                await self._stop(name, f"ended: {_outcome(running.task)}")
+    async def _turn(self, name: str) -> None:
+        """Renew, take or give up one role's lease."""
+        running = self.running.get(name)
+        if running is not None and time.monotonic() - running.renewed > self.leases.ttl:
+            await self._stop(name, "not renewed in time")
+        elif running is not None and running.task.done():
+            await self._stop(name, f"ended: {_outcome(running.task)}")
         asked = time.monotonic()
-        # All at once: an ask waits while that role's own fenced transaction holds its row, and must not hold
-        # up the others' renewals.
-        answers = await asyncio.gather(
-            *(self._ask(self.leases.ask, name) for name in self.roles), return_exceptions=True
-        )
-        for name, holding in zip(self.roles, answers, strict=True):
-            running = self.running.get(name)
-            if isinstance(holding, BaseException):
-                log.warning("lease_ask_failed", lease=name, error=repr(holding))
-                continue
-            if running is not None:
-                if holding is not None and holding.epoch == running.fence.holding.epoch:
-                    running.renewed = asked
-                    continue
-                await self._stop(name, "taken over")
-            if holding is not None:
-                fence = Fence(self.leases, holding)
-                task = asyncio.create_task(self.roles[name](fence), name=f"role:{name}")
-                self.running[name] = Running(fence, task, renewed=asked)
-                self.takeovers += 1
-                metrics.lease_changes.labels(name, "taken").inc()
-                log.info("lease_taken", lease=name, holder=holding.holder, epoch=holding.epoch)
+        try:
+            holding = await self._ask(self.leases.ask, name)
+        except Exception as exc:
+            log.warning("lease_ask_failed", lease=name, error=repr(exc))
+            return
+        running = self.running.get(name)
+        if running is not None:
+            if holding is not None and holding.epoch == running.fence.holding.epoch:
+                running.renewed = asked
+                return
+            await self._stop(name, "taken over")
+        if holding is not None:
+            fence = Fence(self.leases, holding)
+            task = asyncio.create_task(self.roles[name](fence), name=f"role:{name}")
+            self.running[name] = Running(fence, task, renewed=asked)
+            self.takeovers += 1
+            metrics.lease_changes.labels(name, "taken").inc()
+            log.info("lease_taken", lease=name, holder=holding.holder, epoch=holding.epoch)
 
     async def _stop(self, name: str, why: str) -> None:
         running = self.running.pop(name)
@@ -256,8 +254,8 @@ class Roles:
 
     async def stop(self) -> None:
         """Stop every role and give its lease up."""
-        if self._task is not None:
-            await _cancel(self._task)
+        for task in self._tasks:
+            await _cancel(task)
         for name in list(self.running):
             running = self.running.pop(name)
             await _cancel(running.task)

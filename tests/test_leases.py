@@ -154,8 +154,8 @@ async def test_each_role_runs_in_one_process_and_moves_when_its_holder_dies(bato
     assert running == {"relay": ["a/1"], "watcher": ["a/1"]}  # the first to ask holds both, alone
     # a dies: its asking and its roles stop, nothing is released; another takes each role once its lease expires.
     dead = processes.pop("a/1")
-    assert dead._task is not None
-    for task in [dead._task, *(r.task for r in dead.running.values())]:
+    assert dead._tasks
+    for task in [*dead._tasks, *(r.task for r in dead.running.values())]:
         task.cancel()
     await asyncio.sleep(0.05)
     assert running == {"relay": [], "watcher": []}
