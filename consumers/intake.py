@@ -32,7 +32,7 @@ from domain.organisation import Organisation
 from infra import metrics
 from infra.jetstream import INTAKE_STREAM, JetStreamPublisher, publish_in_order
 from infra.store import CommandLog, CommandRecord
-from services.access import Actor, Context, Role
+from services.access import Context, department_system
 from services.base import BatchSpoiled, CommandBatch, IdempotencyKeyReused, PriorRejection, Receipt, replay
 from services.organisation import OrganisationApp
 from services.schemas import DEPARTMENT_COMMANDS, DepartmentCommand, Outcome, OutcomeError
@@ -241,7 +241,7 @@ class Intake:
         if msg.code not in org().departments:
             raise Rejected("unknown_department", f"department {msg.code!r} is not registered in Baton")
         ctx = Context(
-            actor=Actor(Role.DEPARTMENT, msg.code, f"nats:{msg.code}"),
+            actor=department_system(msg.code),
             correlation_id=command_id,
             idempotency_key=msg.key(command_id),
             fingerprint=msg.fingerprint,
