@@ -14,30 +14,18 @@ from api.common import (
     ERRORS,
     MAX_POSITION,
     UNKNOWN_IN_QUERY,
-    IdempotencyKey,
+    Commands,
     actor_dependency,
-    answer,
-    command_context,
     document,
     path_id,
 )
 from api.schemas import Accepted
 from api.tokens import Tokens
-from domain.errors import InvalidCommand, NotFound, OutOfScope, Thing
+from domain.errors import InvalidCommand, NotFound, Thing
 from infra.bootstrap import Baton
-from services.access import SEE_EVERYTHING, Actor, Role, article
+from services.access import ASSESSMENT_READERS, AUDIT_READERS, SEE_EVERYTHING, Actor, Context, check_reads
+from services.base import Receipt
 from services.schemas import Strict
-
-READERS = {
-    Role.ADMIN,
-    Role.DISTRICT,
-    Role.STREET,
-    Role.COMMUNITY,
-    Role.DEPARTMENT,
-    Role.INSPECTOR,
-    Role.AUDITOR,
-}
-AUDIT_READERS = {Role.ADMIN, Role.DISTRICT, Role.INSPECTOR, Role.AUDITOR}
 
 
 class EvaluationIn(Strict):
@@ -149,47 +137,29 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
     actor_dep = Depends(actor_dependency(tokens))
     # On the router too, so the token is checked before a dependency looks up the year in the path.
     router = APIRouter(prefix="/v1", responses=ERRORS, dependencies=[actor_dep])
+    command = Commands(router, actor_dep)
     app = baton.assessment
     notary = baton.notary
 
-    def check(actor: Actor, allowed: set[Role], what: str) -> None:
-        if actor.role not in allowed:
-            raise OutOfScope(f"{article(actor.role.value)} token cannot read {what}")
-
-    @router.post(
+    @command.post(
         "/assessment-schemes",
         status_code=201,
         response_model=Accepted,
         tags=["assessment"],
         summary="Publish a version of the assessment scheme (admin)",
     )
-    def publish(
-        request: Request,
-        response: Response,
-        document: SchemeDocument,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        return answer(response, app.publish_scheme(command_context(request, actor, idempotency_key), document))
+    def publish(ctx: Context, document: SchemeDocument) -> Receipt:
+        return app.publish_scheme(ctx, document)
 
-    @router.post(
+    @command.post(
         "/evaluations",
         status_code=201,
         response_model=Accepted,
         tags=["assessment"],
         summary="双向评价: a community rates a department, a department rates a community, once a year",
     )
-    def rate(
-        body: EvaluationIn,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        return answer(
-            response, app.rate(ctx, year=body.year, ratee=body.ratee, rating=body.rating, comment=body.comment)
-        )
+    def rate(ctx: Context, body: EvaluationIn) -> Receipt:
+        return app.rate(ctx, year=body.year, ratee=body.ratee, rating=body.rating, comment=body.comment)
 
     @router.get(
         "/assessments/{year}",
@@ -207,11 +177,11 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         ] = None,
         scheme: Annotated[str | None, Query(description="Scheme version (default: newest by the cut-off).")] = None,
     ) -> Response:
-        check(actor, READERS, "assessments")
+        check_reads(actor, ASSESSMENT_READERS, "assessments")
         result = app.compute(year, unit_type, cutoff=position, as_of=as_of, scheme_version=scheme)
         return Response(rfc8785.dumps(result), media_type="application/json")
 
-    @router.post(
+    @command.post(
         "/assessments/{year}/finalise",
         status_code=201,
         response_model=Accepted,
@@ -222,20 +192,11 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         "refused (409) while a unit type's finalisation stands. A finalisation made by mistake is voided with "
         "`POST /v1/assessments/{year}/void`, then finalised again.",
     )
-    def finalise(
-        year: Year,
-        request: Request,
-        response: Response,
-        body: FinaliseIn = Body(default_factory=FinaliseIn),
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        as_of: datetime | None = body.as_of
+    def finalise(ctx: Context, year: Year, body: FinaliseIn = Body(default_factory=FinaliseIn)) -> Receipt:
         unit_types = list(body.unit_types) if body.unit_types else None
-        return answer(response, app.finalise(ctx, year, unit_types=unit_types, as_of=as_of))
+        return app.finalise(ctx, year, unit_types=unit_types, as_of=body.as_of)
 
-    @router.post(
+    @command.post(
         "/assessments/{year}/void",
         status_code=201,
         response_model=Accepted,
@@ -245,17 +206,9 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         "both stay in the history (and in an export, where `baton verify` replays both); the unit type may then be "
         "finalised again. 409 `not_final` when nothing of that year stands final.",
     )
-    def void(
-        year: Year,
-        body: VoidIn,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
+    def void(ctx: Context, year: Year, body: VoidIn) -> Receipt:
         unit_types = list(body.unit_types) if body.unit_types else None
-        return answer(response, app.void(ctx, year, reason=body.reason, unit_types=unit_types))
+        return app.void(ctx, year, reason=body.reason, unit_types=unit_types)
 
     @router.get(
         "/assessments/{year}/final",
@@ -263,7 +216,7 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="A year's final scores that stand (a voided finalisation's are left out)",
     )
     def final(year: Year, actor: Actor = actor_dep) -> list[dict[str, Any]]:
-        check(actor, READERS, "assessments")
+        check_reads(actor, ASSESSMENT_READERS, "assessments")
         return app.finalised(year)
 
     @router.get(
@@ -273,14 +226,14 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Every finalisation of a year, oldest first, with who made it and, if voided, who voided it and why",
     )
     def finalisations(year: Year, actor: Actor = actor_dep) -> list[dict[str, Any]]:
-        check(actor, READERS, "assessments")
+        check_reads(actor, ASSESSMENT_READERS, "assessments")
         return app.finalisations(year)
 
     # The audit trail ---------------------------------------------------------------------------
 
     @router.get("/audit/key", response_model=AuditKey, tags=["audit"], summary="The checkpoint verifier key")
     def key(actor: Actor = actor_dep) -> dict[str, Any]:
-        check(actor, AUDIT_READERS, "the audit trail")
+        check_reads(actor, AUDIT_READERS, "the audit trail")
         return {"origin": notary.origin, "vkey": notary.signer.verifier.vkey()}
 
     @router.get(
@@ -290,7 +243,7 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         response_class=Response,
     )
     def latest(actor: Actor = actor_dep) -> Response:
-        check(actor, AUDIT_READERS, "the audit trail")
+        check_reads(actor, AUDIT_READERS, "the audit trail")
         checkpoint = notary.view.checkpoint()
         if checkpoint is None:
             raise NotFound("no checkpoint is signed yet")
@@ -303,7 +256,7 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         response_class=Response,
     )
     def checkpoint(size: TreeSize, actor: Actor = actor_dep) -> Response:
-        check(actor, AUDIT_READERS, "the audit trail")
+        check_reads(actor, AUDIT_READERS, "the audit trail")
         found = notary.view.checkpoint(size)
         if found is None:
             raise NotFound(f"no checkpoint is signed for tree size {size}", Thing.TREE_SIZE, size)
@@ -327,7 +280,7 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
             ),
         ] = None,
     ) -> dict[str, Any]:
-        check(actor, AUDIT_READERS, "the audit trail")
+        check_reads(actor, AUDIT_READERS, "the audit trail")
         cp = notary.view.checkpoint(size)
         if cp is None and size is not None:
             raise NotFound(f"no checkpoint is signed for tree size {size}", Thing.TREE_SIZE, size)
@@ -358,7 +311,7 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         first: Annotated[int, Query(alias="from", ge=1, le=MAX_POSITION, description=SIGNED_SIZE)] = 1,
         second: Annotated[int, Query(alias="to", ge=1, le=MAX_POSITION, description=SIGNED_SIZE)] = 1,
     ) -> dict[str, Any]:
-        check(actor, AUDIT_READERS, "the audit trail")
+        check_reads(actor, AUDIT_READERS, "the audit trail")
         one, two = notary.view.checkpoint(first), notary.view.checkpoint(second)
         for size, found in ((first, one), (second, two)):
             if found is None:
@@ -380,7 +333,7 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="An event's canonical bytes (RFC 8785), whose SHA-256(0x00 || bytes) is its leaf",
     )
     def canonical_event(position: Position, actor: Actor = actor_dep) -> Response:
-        check(actor, SEE_EVERYTHING, "events one by one (their text reaches beyond a district)")
+        check_reads(actor, SEE_EVERYTHING, "events one by one (their text reaches beyond a district)")
         found = baton.store.select(position - 1, 1, stop=position)
         if not found:
             raise NotFound(f"no event at position {position}", Thing.POSITION, position)

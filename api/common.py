@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import uuid
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from typing import Annotated, Any
 
 import structlog
 from eventsourcing.persistence import PersistenceError
-from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -419,3 +420,57 @@ def answer(response: Response, receipt: Receipt) -> dict[str, Any]:
     if receipt.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return {**receipt.body, "position": receipt.position}
+
+
+Decide = Callable[..., Receipt]
+"""A command route's own part: given the command's Context and the route's parameters, the service's receipt."""
+
+
+class Commands:
+    """Registers a router's command routes: each names its path, parameters and service call; the rest is shared.
+
+    A command route is a function of (ctx, its path parameters, body): it calls the service and returns the
+    receipt. Shared: the actor from the bearer token, the Idempotency-Key header, the Context (its fingerprint
+    covers the method, the path and the parameter named body), and the answer: the receipt's body and position,
+    with Idempotent-Replayed when the command log answered it. Errors go to the app's handlers.
+    """
+
+    def __init__(self, router: APIRouter, actor: Any) -> None:
+        self.router = router
+        self.actor = actor
+
+    def post(self, path: str, **route: Any) -> Callable[[Decide], Decide]:
+        """Register decide as POST path (route: FastAPI's route arguments: status_code, response_model, summary...)."""
+        return self.route("POST", path, route)
+
+    def put(self, path: str, **route: Any) -> Callable[[Decide], Decide]:
+        """Register decide as PUT path."""
+        return self.route("PUT", path, route)
+
+    def route(self, method: str, path: str, route: dict[str, Any]) -> Callable[[Decide], Decide]:
+        """Register decide under method and path, its parameters (after ctx) and the shared ones as the endpoint's."""
+
+        def register(decide: Decide) -> Decide:
+            own = list(inspect.signature(decide, eval_str=True).parameters.values())[1:]
+
+            def endpoint(
+                request: Request, response: Response, actor: Actor, idempotency_key: str | None, **params: Any
+            ) -> dict[str, Any]:
+                ctx = command_context(request, actor, idempotency_key, params.get("body"))
+                return answer(response, decide(ctx, **params))
+
+            shared = [
+                inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, annotation=Request),
+                inspect.Parameter("response", inspect.Parameter.KEYWORD_ONLY, annotation=Response),
+                inspect.Parameter("actor", inspect.Parameter.KEYWORD_ONLY, annotation=Actor, default=self.actor),
+                inspect.Parameter(
+                    "idempotency_key", inspect.Parameter.KEYWORD_ONLY, annotation=IdempotencyKey, default=None
+                ),
+            ]
+            parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
+            endpoint.__signature__ = inspect.Signature(parameters, return_annotation=dict[str, Any])  # type: ignore[attr-defined]
+            endpoint.__name__ = endpoint.__qualname__ = decide.__name__
+            self.router.api_route(path, methods=[method], **route)(endpoint)
+            return decide
+
+        return register

@@ -3,36 +3,29 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends
 
-from api.common import ERRORS, IdempotencyKey, actor_dependency, answer, command_context
+from api.common import ERRORS, Commands, actor_dependency
 from api.schemas import RevocationIn, RevocationOut
 from api.tokens import InvalidToken, Tokens
 from domain.errors import InvalidCommand
 from infra.bootstrap import Baton
-from services.access import Actor
+from services.access import Context
+from services.base import Receipt
 
 
 def credentials_router(baton: Baton, tokens: Tokens) -> APIRouter:
     router = APIRouter(prefix="/v1/tokens", tags=["credentials"], responses=ERRORS)
-    actor_dep = Depends(actor_dependency(tokens))
+    command = Commands(router, Depends(actor_dependency(tokens)))
 
-    @router.post(
+    @command.post(
         "/revocations",
         status_code=201,
         response_model=RevocationOut,
         summary="Revoke one token, or every token issued to an actor so far (admin)",
     )
-    def revoke(
-        body: RevocationIn,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
+    def revoke(ctx: Context, body: RevocationIn) -> Receipt:
         if body.token is not None:
             try:
                 claims = tokens.claims(body.token, verify_exp=False)
@@ -46,6 +39,6 @@ def credentials_router(baton: Baton, tokens: Tokens) -> APIRouter:
             assert body.actor is not None
             receipt = baton.credentials.revoke_actor(ctx, body.actor, body.reason)
         tokens.refresh()
-        return answer(response, receipt)
+        return receipt
 
     return router

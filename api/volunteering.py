@@ -5,19 +5,17 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query
 
 from api.common import (
     ERRORS,
     UNKNOWN_IN_QUERY,
     ActivityId,
+    Commands,
     CommunityId,
-    IdempotencyKey,
     RewardId,
     VolunteerId,
     actor_dependency,
-    answer,
-    command_context,
 )
 from api.schemas import (
     Accepted,
@@ -42,9 +40,20 @@ from api.schemas import (
     VolunteerIn,
 )
 from api.tokens import Tokens
-from domain.errors import NotFound, OutOfScope, Thing
+from domain.errors import NotFound, Thing
 from infra.bootstrap import Baton
-from services.access import SEE_EVERYTHING, UNIT_ROLES, Actor, Role, sees_personal_data
+from services.access import (
+    Actor,
+    Context,
+    check_reads_county_participation,
+    check_reads_party_service,
+    check_reads_redemptions,
+    check_reads_volunteer,
+    check_reads_volunteering,
+    district_communities,
+    sees_personal_data,
+)
+from services.base import Receipt
 
 Year = Annotated[int | None, Query(ge=2000, le=2100, description="Default: this year.")]
 Community = Annotated[str, Query(description=f"A community's unit id{UNKNOWN_IN_QUERY}.")]
@@ -54,29 +63,9 @@ CommunityFilter = Annotated[str | None, Query(description=f"Only this community 
 def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["volunteering"], responses=ERRORS)
     actor_dep = Depends(actor_dependency(tokens))
+    command = Commands(router, actor_dep)
     app = baton.volunteering
     view = baton.volunteers.view
-
-    def check_reads_community(actor: Actor, community_id: str) -> None:
-        """Community-level reads: staff over the community, and its own organisers and volunteers."""
-        org = baton.org.current()
-        org.community(community_id)
-        if actor.role in SEE_EVERYTHING:
-            return
-        if actor.role in (Role.ORGANISER, Role.VOLUNTEER) and actor.unit == community_id:
-            return
-        if actor.role in UNIT_ROLES and actor.unit in org.units:
-            unit = org.units[actor.unit]
-            if (unit["kind"] == "grid" and unit["parent"] == community_id) or org.is_within(community_id, actor.unit):
-                return
-        raise OutOfScope(f"community {community_id}'s volunteering is outside this token's scope")
-
-    def district_communities(actor: Actor) -> set[str] | None:
-        """A district token's county-wide views cover the communities within its district only."""
-        if actor.role is not Role.DISTRICT:
-            return None
-        org = baton.org.current()
-        return {u for u, unit in org.units.items() if unit["kind"] == "community" and org.is_within(u, actor.unit)}
 
     def personal(actor: Actor, value: Any) -> Any:
         """Reveal sealed personal data to those who may see it; null where erased."""
@@ -87,149 +76,70 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
 
     # Commands ----------------------------------------------------------------------------------
 
-    @router.post("/volunteers", status_code=201, response_model=Accepted, summary="Register a volunteer")
-    def register(
-        body: VolunteerIn,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        return answer(response, app.register_volunteer(ctx, **body.model_dump()))
+    @command.post("/volunteers", status_code=201, response_model=Accepted, summary="Register a volunteer")
+    def register(ctx: Context, body: VolunteerIn) -> Receipt:
+        return app.register_volunteer(ctx, **body.model_dump())
 
-    @router.post(
+    @command.post(
         "/volunteers/{volunteer_id}/redemptions",
         status_code=201,
         response_model=Accepted,
         summary="Redeem points for a reward (the volunteer themself)",
     )
-    def redeem(
-        volunteer_id: VolunteerId,
-        body: RedemptionIn,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        return answer(response, app.redeem(ctx, volunteer_id, reward_id=body.reward_id))
+    def redeem(ctx: Context, volunteer_id: VolunteerId, body: RedemptionIn) -> Receipt:
+        return app.redeem(ctx, volunteer_id, reward_id=body.reward_id)
 
-    @router.post(
+    @command.post(
         "/volunteers/{volunteer_id}/pledges",
         status_code=201,
         response_model=Accepted,
         summary="承诺 An in-service party member pledges service for a year",
     )
-    def pledge(
-        volunteer_id: VolunteerId,
-        body: PledgeIn,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        return answer(response, app.pledge(ctx, volunteer_id, year=body.year, hours=body.hours, service=body.service))
+    def pledge(ctx: Context, volunteer_id: VolunteerId, body: PledgeIn) -> Receipt:
+        return app.pledge(ctx, volunteer_id, year=body.year, hours=body.hours, service=body.service)
 
-    @router.post("/activities", status_code=201, response_model=Accepted, summary="Publish a service activity")
-    def publish(
-        body: ActivityIn,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        return answer(response, app.publish_activity(ctx, **body.model_dump()))
+    @command.post("/activities", status_code=201, response_model=Accepted, summary="Publish a service activity")
+    def publish(ctx: Context, body: ActivityIn) -> Receipt:
+        return app.publish_activity(ctx, **body.model_dump())
 
-    @router.post(
+    @command.post(
         "/activities/{activity_id}/signups", status_code=201, response_model=Accepted, summary="Sign a volunteer up"
     )
-    def sign_up(
-        activity_id: ActivityId,
-        body: SignupIn,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        return answer(response, app.sign_up(ctx, activity_id, volunteer_id=body.volunteer_id))
+    def sign_up(ctx: Context, activity_id: ActivityId, body: SignupIn) -> Receipt:
+        return app.sign_up(ctx, activity_id, volunteer_id=body.volunteer_id)
 
-    @router.post(
+    @command.post(
         "/activities/{activity_id}/attendance",
         status_code=201,
         response_model=Accepted,
         summary="Confirm a volunteer's hours; only confirmed hours earn points, once per activity",
     )
-    def attendance(
-        activity_id: ActivityId,
-        body: AttendanceIn,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        return answer(
-            response, app.confirm_attendance(ctx, activity_id, volunteer_id=body.volunteer_id, hours=body.hours)
-        )
+    def attendance(ctx: Context, activity_id: ActivityId, body: AttendanceIn) -> Receipt:
+        return app.confirm_attendance(ctx, activity_id, volunteer_id=body.volunteer_id, hours=body.hours)
 
-    @router.post(
+    @command.post(
         "/activities/{activity_id}/void",
         response_model=Accepted,
         summary="A complaint voids the activity's credit (reversing entries)",
     )
-    def void(
-        activity_id: ActivityId,
-        body: VoidIn,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        return answer(response, app.void_credit(ctx, activity_id, reason=body.reason))
+    def void(ctx: Context, activity_id: ActivityId, body: VoidIn) -> Receipt:
+        return app.void_credit(ctx, activity_id, reason=body.reason)
 
-    @router.post("/rewards", status_code=201, response_model=Accepted, summary="Add a gift to a community's catalogue")
-    def offer(
-        body: RewardIn,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        return answer(response, app.offer_reward(ctx, **body.model_dump()))
+    @command.post("/rewards", status_code=201, response_model=Accepted, summary="Add a gift to a community's catalogue")
+    def offer(ctx: Context, body: RewardIn) -> Receipt:
+        return app.offer_reward(ctx, **body.model_dump())
 
-    @router.post("/rewards/{reward_id}/restock", response_model=Accepted, summary="Restock a gift")
-    def restock(
-        reward_id: RewardId,
-        body: RestockIn,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        return answer(response, app.restock(ctx, reward_id, quantity=body.quantity))
+    @command.post("/rewards/{reward_id}/restock", response_model=Accepted, summary="Restock a gift")
+    def restock(ctx: Context, reward_id: RewardId, body: RestockIn) -> Receipt:
+        return app.restock(ctx, reward_id, quantity=body.quantity)
 
-    @router.put(
+    @command.put(
         "/communities/{community_id}/points-policy",
         response_model=Accepted,
         summary="Set how the community's points lapse (applies to points earned from now on)",
     )
-    def points_policy(
-        community_id: CommunityId,
-        body: PointsPolicyIn,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        return answer(response, app.set_points_policy(ctx, community_id=community_id, **body.model_dump()))
+    def points_policy(ctx: Context, community_id: CommunityId, body: PointsPolicyIn) -> Receipt:
+        return app.set_points_policy(ctx, community_id=community_id, **body.model_dump())
 
     # Reads -----------------------------------------------------------------------------------
 
@@ -243,10 +153,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         if row is None:
             missing = f"volunteer {volunteer_id} does not exist (or is not in the read model yet)"
             raise NotFound(missing, Thing.VOLUNTEER, volunteer_id)
-        if not (actor.role is Role.VOLUNTEER and actor.id == volunteer_id):
-            if actor.role is Role.VOLUNTEER:
-                raise OutOfScope("a volunteer reads their own points only")
-            check_reads_community(actor, row["community_id"])
+        check_reads_volunteer(baton.org.current(), actor, volunteer_id, row["community_id"])
         person = baton.store.vault.person(UUID(row["volunteer_id"]))
         return {**personal(actor, row), "erased": person is None or person.erased}
 
@@ -258,7 +165,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
     def leaderboard(
         community_id: CommunityId, actor: Actor = actor_dep, limit: Annotated[int, Query(ge=1, le=200)] = 20
     ) -> list[dict[str, Any]]:
-        check_reads_community(actor, community_id)
+        check_reads_volunteering(baton.org.current(), actor, community_id)
         return personal(actor, view.leaderboard(community_id, limit))
 
     @router.get(
@@ -267,7 +174,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Volunteers with confirmed service in a year per 1,000 residents",
     )
     def participation(community_id: CommunityId, actor: Actor = actor_dep, year: Year = None) -> dict[str, Any]:
-        check_reads_community(actor, community_id)
+        check_reads_volunteering(baton.org.current(), actor, community_id)
         rows = view.participation(this_year(year), community_id)
         if not rows:
             raise NotFound(f"community {community_id} is not in the read model yet")
@@ -279,14 +186,14 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Participation per 1,000 residents for every community",
     )
     def participation_all(actor: Actor = actor_dep, year: Year = None) -> list[dict[str, Any]]:
-        if actor.role not in (*SEE_EVERYTHING, Role.DISTRICT):
-            raise OutOfScope("county-wide participation is for district, admin, inspector and auditor tokens")
-        within = district_communities(actor)
-        return [r for r in view.participation(this_year(year), None) if within is None or r["community_id"] in within]
+        check_reads_county_participation(actor)
+        communities = district_communities(baton.org.current(), actor)
+        rows = view.participation(this_year(year), None)
+        return [r for r in rows if communities is None or r["community_id"] in communities]
 
     @router.get("/activities", response_model=list[ActivitySummary], summary="A community's activities")
     def activities(community: Community, actor: Actor = actor_dep) -> list[dict[str, Any]]:
-        check_reads_community(actor, community)
+        check_reads_volunteering(baton.org.current(), actor, community)
         return view.activities(community)
 
     @router.get("/activities/{activity_id}", response_model=ActivityDetail, summary="An activity and its roster")
@@ -295,25 +202,19 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         if row is None:
             missing = f"activity {activity_id} does not exist (or is not in the read model yet)"
             raise NotFound(missing, Thing.ACTIVITY, activity_id)
-        check_reads_community(actor, row["community_id"])
+        check_reads_volunteering(baton.org.current(), actor, row["community_id"])
         return personal(actor, row)
 
     @router.get("/rewards", response_model=list[RewardOut], summary="A community's catalogue, with stock")
     def rewards(community: Community, actor: Actor = actor_dep) -> list[dict[str, Any]]:
-        check_reads_community(actor, community)
+        check_reads_volunteering(baton.org.current(), actor, community)
         return view.catalogue(community)
 
     @router.get("/redemptions", response_model=list[RedemptionOut], summary="Redemptions, newest first")
     def redemptions(
         actor: Actor = actor_dep, community: CommunityFilter = None, volunteer: str | None = None
     ) -> list[dict[str, Any]]:
-        if actor.role is Role.VOLUNTEER:
-            if volunteer != actor.id:
-                raise OutOfScope(f"a volunteer reads their own redemptions: ?volunteer={actor.id}")
-        elif community:
-            check_reads_community(actor, community)
-        elif actor.role not in SEE_EVERYTHING:
-            raise OutOfScope("name the community: ?community=ID")
+        check_reads_redemptions(baton.org.current(), actor, community, volunteer)
         return view.redemptions(community, volunteer)
 
     @router.get(
@@ -324,11 +225,8 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
     def party_service(
         actor: Actor = actor_dep, year: Year = None, community: CommunityFilter = None, branch: str | None = None
     ) -> list[dict[str, Any]]:
-        if community:
-            check_reads_community(actor, community)
-        elif actor.role not in (*SEE_EVERYTHING, Role.DISTRICT):
-            raise OutOfScope("name the community: ?community=ID (county-wide views need a district token)")
-        rows = view.party_service(this_year(year), community, branch, district_communities(actor))
+        check_reads_party_service(baton.org.current(), actor, community)
+        rows = view.party_service(this_year(year), community, branch, district_communities(baton.org.current(), actor))
         return personal(actor, rows)
 
     @router.get(
@@ -339,10 +237,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
     def branch_service(
         actor: Actor = actor_dep, year: Year = None, community: CommunityFilter = None
     ) -> list[dict[str, Any]]:
-        if community:
-            check_reads_community(actor, community)
-        elif actor.role not in (*SEE_EVERYTHING, Role.DISTRICT):
-            raise OutOfScope("name the community: ?community=ID (county-wide views need a district token)")
-        return view.branch_service(this_year(year), community, district_communities(actor))
+        check_reads_party_service(baton.org.current(), actor, community)
+        return view.branch_service(this_year(year), community, district_communities(baton.org.current(), actor))
 
     return router

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 from uuid import UUID
 
 import structlog
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query
 
 from api.common import (
     ERRORS,
+    Commands,
     DepartmentCode,
-    IdempotencyKey,
     MinPosition,
     WhistleId,
     actor_dependency,
-    answer,
-    command_context,
 )
 from api.schemas import Scorecard, StepAccepted, WhistleCreated, WhistleDetail, WhistlePage
 from api.tokens import Tokens
@@ -24,7 +23,15 @@ from domain.errors import NotFound, OutOfScope, Thing
 from infra.bootstrap import Baton
 from projections.scorecard import empty_scorecard
 from projections.whistle_board import BoardQuery
-from services.access import SEE_EVERYTHING, Actor, Role, article, can_read_whistle, sees_personal_data
+from services.access import (
+    Actor,
+    Context,
+    can_read_whistle,
+    check_reads_scorecard,
+    sees_personal_data,
+    whistle_board_scope,
+)
+from services.base import Receipt
 from services.schemas import BlowWhistle, Complete, Decline, Dispatch, Evaluate, Feedback, Progress
 
 log = structlog.get_logger("baton.http")
@@ -33,111 +40,47 @@ log = structlog.get_logger("baton.http")
 def whistle_router(baton: Baton, tokens: Tokens) -> APIRouter:
     router = APIRouter(prefix="/v1/whistles", tags=["whistles"], responses=ERRORS)
     actor_dep = Depends(actor_dependency(tokens))
+    command = Commands(router, actor_dep)
     whistles = baton.whistles
 
-    @router.post("", status_code=201, response_model=WhistleCreated, summary="吹哨 Blow a whistle")
-    def blow(
-        body: BlowWhistle,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        return answer(response, whistles.blow(ctx, **body.model_dump()))
+    @command.post("", status_code=201, response_model=WhistleCreated, summary="吹哨 Blow a whistle")
+    def blow(ctx: Context, body: BlowWhistle) -> Receipt:
+        return whistles.blow(ctx, **body.model_dump())
 
-    @router.post("/{whistle_id}/report-in", response_model=StepAccepted, summary="应哨 Report in (department)")
-    def report_in(
-        whistle_id: WhistleId,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        return answer(response, whistles.report_in(command_context(request, actor, idempotency_key), whistle_id))
+    @command.post("/{whistle_id}/report-in", response_model=StepAccepted, summary="应哨 Report in (department)")
+    def report_in(ctx: Context, whistle_id: WhistleId) -> Receipt:
+        return whistles.report_in(ctx, whistle_id)
 
-    @router.post("/{whistle_id}/dispatch", response_model=StepAccepted, summary="派单 Dispatch a work order")
-    def dispatch(
-        whistle_id: WhistleId,
-        body: Dispatch,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        funding = body.funding.model_dump() if body.funding else None
-        return answer(
-            response,
-            whistles.dispatch(
-                ctx,
-                whistle_id,
-                lead_department=body.lead_department,
-                co_departments=body.co_departments,
-                due_at=body.due_at,
-                funding=funding,
-            ),
+    @command.post("/{whistle_id}/dispatch", response_model=StepAccepted, summary="派单 Dispatch a work order")
+    def dispatch(ctx: Context, whistle_id: WhistleId, body: Dispatch) -> Receipt:
+        return whistles.dispatch(
+            ctx,
+            whistle_id,
+            lead_department=body.lead_department,
+            co_departments=body.co_departments,
+            due_at=body.due_at,
+            funding=body.funding.model_dump() if body.funding else None,
         )
 
-    @router.post("/{whistle_id}/decline", response_model=StepAccepted, summary="Decline the work order (department)")
-    def decline(
-        whistle_id: WhistleId,
-        body: Decline,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        return answer(response, whistles.decline(ctx, whistle_id, reason=body.reason))
+    @command.post("/{whistle_id}/decline", response_model=StepAccepted, summary="Decline the work order (department)")
+    def decline(ctx: Context, whistle_id: WhistleId, body: Decline) -> Receipt:
+        return whistles.decline(ctx, whistle_id, reason=body.reason)
 
-    @router.post("/{whistle_id}/progress", response_model=StepAccepted, summary="办理 Record progress")
-    def progress(
-        whistle_id: WhistleId,
-        body: Progress,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        return answer(response, whistles.record_progress(ctx, whistle_id, note=body.note))
+    @command.post("/{whistle_id}/progress", response_model=StepAccepted, summary="办理 Record progress")
+    def progress(ctx: Context, whistle_id: WhistleId, body: Progress) -> Receipt:
+        return whistles.record_progress(ctx, whistle_id, note=body.note)
 
-    @router.post("/{whistle_id}/complete", response_model=StepAccepted, summary="办理 Complete the handling")
-    def complete(
-        whistle_id: WhistleId,
-        body: Complete,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        return answer(response, whistles.complete(ctx, whistle_id, summary=body.summary))
+    @command.post("/{whistle_id}/complete", response_model=StepAccepted, summary="办理 Complete the handling")
+    def complete(ctx: Context, whistle_id: WhistleId, body: Complete) -> Receipt:
+        return whistles.complete(ctx, whistle_id, summary=body.summary)
 
-    @router.post("/{whistle_id}/feedback", response_model=StepAccepted, summary="反馈 Report the result back")
-    def feedback(
-        whistle_id: WhistleId,
-        body: Feedback,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        return answer(response, whistles.feed_back(ctx, whistle_id, result=body.result, resolved=body.resolved))
+    @command.post("/{whistle_id}/feedback", response_model=StepAccepted, summary="反馈 Report the result back")
+    def feedback(ctx: Context, whistle_id: WhistleId, body: Feedback) -> Receipt:
+        return whistles.feed_back(ctx, whistle_id, result=body.result, resolved=body.resolved)
 
-    @router.post("/{whistle_id}/evaluate", response_model=StepAccepted, summary="评价 Evaluate the handling")
-    def evaluate(
-        whistle_id: WhistleId,
-        body: Evaluate,
-        request: Request,
-        response: Response,
-        actor: Actor = actor_dep,
-        idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        ctx = command_context(request, actor, idempotency_key, body)
-        return answer(response, whistles.evaluate(ctx, whistle_id, rating=body.rating, comment=body.comment))
+    @command.post("/{whistle_id}/evaluate", response_model=StepAccepted, summary="评价 Evaluate the handling")
+    def evaluate(ctx: Context, whistle_id: WhistleId, body: Evaluate) -> Receipt:
+        return whistles.evaluate(ctx, whistle_id, rating=body.rating, comment=body.comment)
 
     @router.get("", response_model=WhistlePage, summary="The whistle board, newest first")
     def board(
@@ -151,18 +94,15 @@ def whistle_router(baton: Baton, tokens: Tokens) -> APIRouter:
         min_position: MinPosition = None,
     ) -> dict[str, Any]:
         _wait_for(baton, min_position)
-        query = _scoped_query(
-            baton,
-            actor,
-            BoardQuery(
-                community=community,
-                department=department,
-                status=status,
-                overdue=overdue,
-                limit=limit,
-                before_position=int(cursor) if cursor else None,
-            ),
+        query = BoardQuery(
+            community=community,
+            department=department,
+            status=status,
+            overdue=overdue,
+            limit=limit,
+            before_position=int(cursor) if cursor else None,
         )
+        query = replace(query, **whistle_board_scope(baton.org.current(), actor, community, department))
         items = baton.board.view.query(query)
         next_cursor = str(items[-1]["blown_position"]) if len(items) == limit else None
         return {"items": items, "next_cursor": next_cursor}
@@ -199,43 +139,12 @@ def _wait_for(baton: Baton, position: int | None) -> None:
             log.info("read_model_behind", wanted=position)
 
 
-def _scoped_query(baton: Baton, actor: Actor, query: BoardQuery) -> BoardQuery:
-    """Narrow a board query to what the actor may see; refuse filters outside it."""
-    if actor.role in SEE_EVERYTHING:
-        return query
-    org = baton.org.current()
-    fields: dict[str, Any] = {**query.__dict__}
-    if actor.role is Role.DEPARTMENT:
-        if query.department not in (None, actor.unit):
-            raise OutOfScope(f"a department sees its own whistles only; use department={actor.unit}")
-        fields["department"] = actor.unit
-    elif actor.role in (Role.COMMUNITY, Role.GRID) and actor.unit in org.units:
-        community = actor.unit if actor.role is Role.COMMUNITY else org.units[actor.unit]["parent"]
-        if query.community not in (None, community):
-            raise OutOfScope(f"this token sees community {community} only")
-        fields["community"] = community
-    elif actor.role in (Role.STREET, Role.DISTRICT) and actor.unit in org.units:
-        kind = org.units[actor.unit]["kind"]
-        if kind not in ("street", "district", "city"):
-            raise OutOfScope(
-                f"unit {actor.unit} is a {kind}; {article(actor.role.value)} token needs a street or district"
-            )
-        fields["scope_column"], fields["scope_value"] = f"{kind}_id", actor.unit
-    else:
-        raise OutOfScope(f"{article(actor.role.value)} token cannot read whistles")
-    return BoardQuery(**fields)
-
-
 def scorecard_router(baton: Baton, tokens: Tokens) -> APIRouter:
     router = APIRouter(prefix="/v1/scorecards", tags=["scorecards"], responses=ERRORS)
     actor_dep = Depends(actor_dependency(tokens))
-    readers = {Role.ADMIN, Role.DISTRICT, Role.STREET, Role.COMMUNITY, Role.INSPECTOR, Role.AUDITOR, Role.DEPARTMENT}
 
     def cards(actor: Actor, department: str | None) -> list[dict[str, Any]]:
-        if actor.role not in readers:
-            raise OutOfScope(f"{article(actor.role.value)} token cannot read department scorecards")
-        if actor.role is Role.DEPARTMENT and department != actor.unit:
-            raise OutOfScope(f"a department reads its own scorecard only: /v1/scorecards/{actor.unit}")
+        check_reads_scorecard(actor, department)
         known = baton.org.current().departments
         return [c for c in baton.scorecard.view.scorecards(department) if c["department"] in known]
 

@@ -32,8 +32,8 @@ from domain.organisation import Organisation
 from infra import metrics
 from infra.jetstream import INTAKE_STREAM, JetStreamPublisher, publish_in_order
 from infra.store import CommandLog, CommandRecord
-from services.access import Actor, Context, Role
-from services.base import BatchSpoiled, CommandBatch, PriorRejection, Receipt
+from services.access import Context, department_system
+from services.base import BatchSpoiled, CommandBatch, IdempotencyKeyReused, PriorRejection, Receipt, replay
 from services.organisation import OrganisationApp
 from services.schemas import DEPARTMENT_COMMANDS, DepartmentCommand, Outcome, OutcomeError
 from services.whistles import WhistleApp
@@ -241,7 +241,7 @@ class Intake:
         if msg.code not in org().departments:
             raise Rejected("unknown_department", f"department {msg.code!r} is not registered in Baton")
         ctx = Context(
-            actor=Actor(Role.DEPARTMENT, msg.code, f"nats:{msg.code}"),
+            actor=department_system(msg.code),
             correlation_id=command_id,
             idempotency_key=msg.key(command_id),
             fingerprint=msg.fingerprint,
@@ -253,8 +253,11 @@ class Intake:
 
     @staticmethod
     def _replay(prior: CommandRecord, fingerprint: str) -> Outcome:
-        if prior.fingerprint != fingerprint:
-            command_id = prior.key.split(":", 2)[-1]
+        """The outcome of a repeated command_id: services.base.replay's answer, as an outcome."""
+        command_id = prior.key.split(":", 2)[-1]
+        try:
+            receipt = replay(prior, fingerprint)
+        except IdempotencyKeyReused:
             return Outcome(
                 command_id=command_id,
                 status="rejected",
@@ -263,11 +266,9 @@ class Intake:
                     message="this command_id was already used for a different command; use a new command_id",
                 ),
             )
-        if prior.outcome.get("status") == "accepted":
-            command_id = prior.key.split(":", 2)[-1]
-            position = prior.positions[-1] if prior.positions else None
-            return Outcome(command_id=command_id, status="accepted", position=position)
-        return Outcome.model_validate(prior.outcome)
+        except PriorRejection:
+            return Outcome.model_validate(prior.outcome)
+        return Outcome(command_id=command_id, status="accepted", position=receipt.position)
 
 
 def _read(data: bytes) -> tuple[dict[str, Any], str]:

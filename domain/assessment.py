@@ -9,8 +9,6 @@ grade and a rank. Every indicator lists the positions of the events that produce
 from __future__ import annotations
 
 import ast
-import hashlib
-import json
 from array import array
 from collections import defaultdict
 from collections.abc import Iterable
@@ -23,8 +21,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.common import LOCAL_TIMEZONE, Meta, check_text, local_year, year_end
-from domain.errors import Conflict, DuplicateEntry, InvalidCommand, NotFinal, YearNotOver
+from domain.common import LOCAL_TIMEZONE, Meta, check_text, local_year, new_version_digest, year_end
+from domain.errors import Conflict, InvalidCommand, NotFinal, YearNotOver
 
 SCHEME_ID: UUID = uuid5(NAMESPACE_URL, "baton:assessment-scheme")
 UNIT_TYPES = ("department", "community", "street")
@@ -276,11 +274,6 @@ def _opens(value: Any) -> tuple[int, int] | None:
     return month, day
 
 
-def digest(document: dict[str, Any]) -> str:
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 class AssessmentScheme(Aggregate):
     """The published versions of the assessment scheme; the newest applies from its publication on."""
 
@@ -294,13 +287,8 @@ class AssessmentScheme(Aggregate):
 
     def publish(self, document: dict[str, Any], *, timestamp: datetime, meta: Meta) -> str:
         scheme = Scheme.parse(document)
-        if scheme.version in self.versions:
-            if self.versions[scheme.version] == digest(document):
-                raise DuplicateEntry(f"scheme version {scheme.version} is already published")
-            raise Conflict(f"scheme version {scheme.version} is published with other content; use a new version")
-        self._published(
-            version=scheme.version, digest=digest(document), document=document, timestamp=timestamp, meta=meta
-        )
+        found = new_version_digest("scheme", scheme.version, self.versions.get(scheme.version), document)
+        self._published(version=scheme.version, digest=found, document=document, timestamp=timestamp, meta=meta)
         return scheme.version
 
     @event("Published")

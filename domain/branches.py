@@ -4,8 +4,6 @@ grades (标准型 / 示范型 / 红旗型) and rectification."""
 from __future__ import annotations
 
 import calendar
-import hashlib
-import json
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -16,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.common import LOCAL_TIMEZONE, Meta, check_text
+from domain.common import LOCAL_TIMEZONE, Meta, check_text, digest, new_version_digest
 from domain.errors import Conflict, DuplicateEntry, InvalidCommand, NotFound, Thing
 
 CENT = Decimal("0.01")
@@ -182,12 +180,6 @@ class Standard:
         return moment.astimezone(ZoneInfo(self.timezone)).date()
 
 
-def digest(document: dict[str, Any]) -> str:
-    """SHA-256 of the document's canonical JSON (sorted keys, no spaces)."""
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 class BranchStandard(Aggregate):
     """The published versions of the branch standard; the newest applies from its publication on."""
 
@@ -203,13 +195,10 @@ class BranchStandard(Aggregate):
     def publish(self, document: dict[str, Any], *, timestamp: datetime, meta: Meta) -> str:
         """Publish a new version; returns it. A version is published once and never changed."""
         standard = Standard.parse(document)
-        if standard.version in self.versions:
-            if digest(self.versions[standard.version]) == digest(document):
-                raise DuplicateEntry(f"standard version {standard.version} is already published")
-            raise Conflict(f"standard version {standard.version} is published with other content; use a new version")
-        self._published(
-            version=standard.version, digest=digest(document), document=document, timestamp=timestamp, meta=meta
-        )
+        earlier = self.versions.get(standard.version)
+        published = digest(earlier) if earlier is not None else None
+        found = new_version_digest("standard", standard.version, published, document)
+        self._published(version=standard.version, digest=found, document=document, timestamp=timestamp, meta=meta)
         return standard.version
 
     @event("Published")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from domain.errors import InvalidCommand
+from domain.errors import Conflict, DuplicateEntry, InvalidCommand
 
 Meta = dict[str, Any]
 """Who caused an event and under which correlation id: {"actor": {...}, "correlation_id": "..."}."""
@@ -44,3 +46,19 @@ def local_year(moment: datetime, timezone: str = LOCAL_TIMEZONE) -> int:
 def year_end(year: int, timezone: str = LOCAL_TIMEZONE) -> datetime:
     """The moment a year ends where governance counts it: local midnight at New Year."""
     return datetime(year + 1, 1, 1, tzinfo=ZoneInfo(timezone))
+
+
+def digest(document: dict[str, Any]) -> str:
+    """SHA-256 of the document's canonical JSON (sorted keys, no spaces)."""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def new_version_digest(kind: str, version: str, published: str | None, document: dict[str, Any]) -> str:
+    """The digest of a document to publish as version (published: that version's digest, if any); refused if taken."""
+    found = digest(document)
+    if published == found:
+        raise DuplicateEntry(f"{kind} version {version} is already published")
+    if published is not None:
+        raise Conflict(f"{kind} version {version} is published with other content; use a new version")
+    return found

@@ -107,6 +107,15 @@ class View(TrackingRecorder):
     def create_tables(self) -> None:
         self.db.create(TRACKING_DDL, *self.ddl)
 
+    def dump(self) -> dict[str, list[dict[str, Any]]]:
+        """Every row of every table, ordered (to compare a rebuild with live processing)."""
+        with self.db.transaction(commit=False) as tx:
+            out = {}
+            for table in self.tables:
+                tx.execute(f"SELECT * FROM {self.db.table(table)}")
+                out[table] = sorted(tx.fetchall(), key=lambda r: sorted((k, str(v)) for k, v in r.items()))
+            return out
+
     def drop_tables(self, projection_name: str) -> None:
         """Drop this view's tables and forget its position (for a rebuild)."""
         with self.db.transaction() as tx:

@@ -198,13 +198,6 @@ class BranchView(View):
         )
         return [r["branch_id"] for r in rows]
 
-    def dump(self) -> dict[str, list[dict[str, Any]]]:
-        out = {}
-        for table in self.tables:
-            rows = self.fetch(f"SELECT * FROM {self.db.table(table)}")
-            out[table] = sorted(rows, key=lambda r: sorted((k, str(v)) for k, v in r.items()))
-        return out
-
 
 class BranchProjection(BatonProjection[BranchView]):
     """Keeps the branch read models."""

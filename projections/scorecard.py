@@ -84,14 +84,6 @@ class ScorecardView(View):
         result = [_finish(c) for code, c in sorted(cards.items()) if department in (None, code)]
         return result
 
-    def dump(self) -> dict[str, list[dict[str, Any]]]:
-        with self.db.transaction(commit=False) as tx:
-            out = {}
-            for table in self.tables:
-                tx.execute(f"SELECT * FROM {self.db.table(table)}")
-                out[table] = sorted(tx.fetchall(), key=lambda r: sorted((k, str(v)) for k, v in r.items()))
-            return out
-
 
 def _empty_card(code: str) -> dict[str, Any]:
     return {

@@ -239,13 +239,6 @@ class VolunteeringView(View):
         )
         return [r["volunteer_id"] for r in rows]
 
-    def dump(self) -> dict[str, list[dict[str, Any]]]:
-        out = {}
-        for table in self.tables:
-            rows = self.fetch(f"SELECT * FROM {self.db.table(table)}")
-            out[table] = sorted(rows, key=lambda r: sorted((k, str(v)) for k, v in r.items()))
-        return out
-
 
 def _volunteer(r: dict[str, Any]) -> dict[str, Any]:
     return {

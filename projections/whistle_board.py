@@ -219,15 +219,6 @@ class WhistleBoardView(View):
             )
             return [r["whistle_id"] for r in tx.fetchall()]
 
-    def dump(self) -> dict[str, list[dict[str, Any]]]:
-        """Every row of every table, ordered (to compare a rebuild with live processing)."""
-        with self.db.transaction(commit=False) as tx:
-            out = {}
-            for table in self.tables:
-                tx.execute(f"SELECT * FROM {self.db.table(table)}")
-                out[table] = sorted(tx.fetchall(), key=lambda r: sorted((k, str(v)) for k, v in r.items()))
-            return out
-
 
 def _encode(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)

@@ -130,3 +130,162 @@ def sees_personal_data(actor: Actor) -> bool:
 def article(word: str) -> str:
     """'an organiser', 'a street': for messages that name a role."""
     return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
+# Reads ------------------------------------------------------------------------------------------
+# Who may list or see what: the HTTP routes (and any other reader) ask these, never decide it themselves.
+
+SCORECARD_READERS = {
+    Role.ADMIN,
+    Role.DISTRICT,
+    Role.STREET,
+    Role.COMMUNITY,
+    Role.INSPECTOR,
+    Role.AUDITOR,
+    Role.DEPARTMENT,
+}
+ASSESSMENT_READERS = {
+    Role.ADMIN,
+    Role.DISTRICT,
+    Role.STREET,
+    Role.COMMUNITY,
+    Role.DEPARTMENT,
+    Role.INSPECTOR,
+    Role.AUDITOR,
+}
+AUDIT_READERS = {Role.ADMIN, Role.DISTRICT, Role.INSPECTOR, Role.AUDITOR}
+COUNTY_READERS = {*SEE_EVERYTHING, Role.DISTRICT}
+
+
+def check_reads(actor: Actor, allowed: set[Role], what: str) -> None:
+    """Raise OutOfScope unless the actor's role may read what (a read bounded by role alone)."""
+    if actor.role not in allowed:
+        raise OutOfScope(f"{article(actor.role.value)} token cannot read {what}")
+
+
+def whistle_board_scope(
+    org: Organisation, actor: Actor, community: str | None, department: str | None
+) -> dict[str, str | None]:
+    """The whistle board filters that bound what the actor lists; asking for a filter outside them is refused."""
+    if actor.role in SEE_EVERYTHING:
+        return {}
+    if actor.role is Role.DEPARTMENT:
+        if department not in (None, actor.unit):
+            raise OutOfScope(f"a department sees its own whistles only; use department={actor.unit}")
+        return {"department": actor.unit}
+    if actor.role in (Role.COMMUNITY, Role.GRID) and actor.unit in org.units:
+        own = actor.unit if actor.role is Role.COMMUNITY else org.units[actor.unit]["parent"]
+        if community not in (None, own):
+            raise OutOfScope(f"this token sees community {own} only")
+        return {"community": own}
+    if actor.role in (Role.STREET, Role.DISTRICT) and actor.unit in org.units:
+        kind = org.units[actor.unit]["kind"]
+        if kind not in ("street", "district", "city"):
+            raise OutOfScope(
+                f"unit {actor.unit} is a {kind}; {article(actor.role.value)} token needs a street or district"
+            )
+        return {"scope_column": f"{kind}_id", "scope_value": actor.unit}
+    raise OutOfScope(f"{article(actor.role.value)} token cannot read whistles")
+
+
+def check_reads_scorecard(actor: Actor, department: str | None) -> None:
+    """Raise OutOfScope unless the actor may read this department's scorecard (None: every department's)."""
+    check_reads(actor, SCORECARD_READERS, "department scorecards")
+    if actor.role is Role.DEPARTMENT and department != actor.unit:
+        raise OutOfScope(f"a department reads its own scorecard only: /v1/scorecards/{actor.unit}")
+
+
+def check_reads_volunteering(org: Organisation, actor: Actor, community_id: str) -> None:
+    """Raise OutOfScope unless the actor is staff over the community, or one of its organisers or volunteers."""
+    org.community(community_id)
+    if actor.role in SEE_EVERYTHING:
+        return
+    if actor.role in (Role.ORGANISER, Role.VOLUNTEER) and actor.unit == community_id:
+        return
+    if actor.role in UNIT_ROLES and actor.unit in org.units:
+        unit = org.units[actor.unit]
+        if (unit["kind"] == "grid" and unit["parent"] == community_id) or org.is_within(community_id, actor.unit):
+            return
+    raise OutOfScope(f"community {community_id}'s volunteering is outside this token's scope")
+
+
+def check_reads_volunteer(org: Organisation, actor: Actor, volunteer_id: str, community_id: str) -> None:
+    """Raise OutOfScope unless the actor is the volunteer, or reads their community's volunteering (not a volunteer)."""
+    if actor.role is Role.VOLUNTEER and actor.id == volunteer_id:
+        return
+    if actor.role is Role.VOLUNTEER:
+        raise OutOfScope("a volunteer reads their own points only")
+    check_reads_volunteering(org, actor, community_id)
+
+
+def check_reads_redemptions(org: Organisation, actor: Actor, community: str | None, volunteer: str | None) -> None:
+    """Raise OutOfScope unless the actor may list these redemptions: a volunteer their own, staff a community's."""
+    if actor.role is Role.VOLUNTEER:
+        if volunteer != actor.id:
+            raise OutOfScope(f"a volunteer reads their own redemptions: ?volunteer={actor.id}")
+    elif community:
+        check_reads_volunteering(org, actor, community)
+    elif actor.role not in SEE_EVERYTHING:
+        raise OutOfScope("name the community: ?community=ID")
+
+
+def check_reads_party_service(org: Organisation, actor: Actor, community: str | None) -> None:
+    """Raise OutOfScope unless the actor reads the community's party service, or county-wide (district and up)."""
+    if community:
+        check_reads_volunteering(org, actor, community)
+    elif actor.role not in COUNTY_READERS:
+        raise OutOfScope("name the community: ?community=ID (county-wide views need a district token)")
+
+
+def check_reads_county_participation(actor: Actor) -> None:
+    """Raise OutOfScope unless the actor may read every community's participation (district and up)."""
+    if actor.role not in COUNTY_READERS:
+        raise OutOfScope("county-wide participation is for district, admin, inspector and auditor tokens")
+
+
+def district_communities(org: Organisation, actor: Actor) -> set[str] | None:
+    """The communities a district token's county-wide views cover (its own district's); None: no such bound."""
+    if actor.role is not Role.DISTRICT:
+        return None
+    return {u for u, unit in org.units.items() if unit["kind"] == "community" and org.is_within(u, actor.unit or "")}
+
+
+def branch_scope(org: Organisation, actor: Actor) -> dict[str, str | None]:
+    """The branch board columns and values that bound the rows the actor may see ({}: every row)."""
+    if actor.role in SEE_EVERYTHING:
+        return {}
+    if actor.role is Role.SECRETARY:
+        return {"branch_id": actor.unit}
+    if actor.role is Role.DEPARTMENT:
+        return {"parent_kind": "department", "parent_id": actor.unit}
+    if actor.role in UNIT_ROLES and actor.unit in org.units:
+        kind = org.units[actor.unit]["kind"]
+        if kind == "grid":
+            return {"community_id": org.units[actor.unit]["parent"]}
+        if kind in ("community", "street", "district"):
+            return {f"{kind}_id": actor.unit}
+        if kind == "city":
+            return {}
+    raise OutOfScope(f"{article(actor.role.value)} token cannot read branches")
+
+
+def narrowed_branch_scope(org: Organisation, actor: Actor, **asked: str | None) -> dict[str, str | None]:
+    """The actor's branch scope narrowed by the query; a filter outside the scope is refused, never widened."""
+    filters = {**branch_scope(org, actor)}
+    for column, value in asked.items():
+        if value is not None:
+            if filters.get(column) not in (None, value):
+                raise OutOfScope(f"this token sees {column} {filters[column]} only")
+            filters[column] = value
+    return filters
+
+
+def check_in_branch_scope(scope: dict[str, str | None], row: dict[str, Any]) -> None:
+    """Raise OutOfScope unless the branch row lies within the scope branch_scope() gave."""
+    if any(row.get(column) != value for column, value in scope.items()):
+        raise OutOfScope("this branch is outside your scope")
+
+
+def department_system(code: str) -> Actor:
+    """The actor a department system's NATS command acts as: the department, bound to its own code."""
+    return Actor(Role.DEPARTMENT, code, f"nats:{code}")

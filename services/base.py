@@ -123,7 +123,7 @@ class BatonApplication(Application[UUID]):
                 aggregates, body = decide(self.clock.now())
             except Exception:
                 if key and (prior := self.store.commands.get(key)) is not None:
-                    return self.replay(prior, ctx)
+                    return replay(prior, ctx.fingerprint)
                 raise
             if not key and not any(a.pending_events for a in aggregates):
                 return Receipt(body=body)
@@ -135,7 +135,7 @@ class BatonApplication(Application[UUID]):
                 positions = self.group_commit.save(events, record)
             except IntegrityError:
                 if key and (prior := self.store.commands.get(key)) is not None:
-                    return self.replay(prior, ctx)
+                    return replay(prior, ctx.fingerprint)
                 log.info("command_conflict_retry", attempt=attempt)
                 time.sleep(random.uniform(0, 0.005 * attempt))  # let the competing writers through
                 continue
@@ -143,17 +143,17 @@ class BatonApplication(Application[UUID]):
             return Receipt(body=body, positions=positions)
         raise ConcurrentChange(f"the record changed {MAX_ATTEMPTS} times while this command ran; send it again")
 
-    @staticmethod
-    def replay(prior: CommandRecord, ctx: Context) -> Receipt:
-        """Answer a repeated command from the command log."""
-        if prior.fingerprint != ctx.fingerprint:
-            raise IdempotencyKeyReused(
-                "this idempotency key was already used for a different request; send a new key for a new request"
-            )
-        if prior.outcome.get("status") != "accepted":
-            raise PriorRejection(prior)
-        log.info("command_replayed", key=prior.key)
-        return Receipt(body=prior.outcome["body"], positions=prior.positions, replayed=True)
+
+def replay(prior: CommandRecord, fingerprint: str) -> Receipt:
+    """Answer a repeated command (HTTP Idempotency-Key or NATS command_id) from the command log."""
+    if prior.fingerprint != fingerprint:
+        raise IdempotencyKeyReused(
+            "this idempotency key was already used for a different request; send a new key for a new request"
+        )
+    if prior.outcome.get("status") != "accepted":
+        raise PriorRejection(prior)
+    log.info("command_replayed", key=prior.key)
+    return Receipt(body=prior.outcome["body"], positions=prior.positions, replayed=True)
 
 
 class BatchSpoiled(Exception):
