@@ -47,8 +47,8 @@ from audit.note import Checkpoint, NoteError, Signer, read_private_key
 from infra.notary import MerkleView, local_signing_key
 from infra.secrets import SECRETS_TABLE, SecretName, SecretStore, SecretTable, WrongMasterKey
 from infra.settings import Settings
+from infra.sql import Sql
 from infra.store import COMMANDS_TABLE, KEYS_TABLE, META_TABLE, Store, ensure_schema, views_datastore
-from projections.base import Sql
 
 log = structlog.get_logger("baton.backup")
 

@@ -44,9 +44,10 @@ from infra.notary import MerkleView, Notary, load_signer
 from infra.projector import ProjectorProcess
 from infra.relay import Relay, last_published
 from infra.settings import Settings, nats_servers, without_password
+from infra.sql import Cursor, Sql
 from infra.store import Store
 from infra.watcher import Watcher
-from projections.base import BatonProjection, Cursor, Sql, catch_up_together
+from projections.base import BatonProjection, catch_up_together
 from projections.branches import BranchProjection, BranchView
 from projections.scorecard import ScorecardProjection, ScorecardView
 from projections.volunteering import VolunteeringProjection, VolunteeringView

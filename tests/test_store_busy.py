@@ -23,7 +23,7 @@ from infra.bootstrap import Baton, bootstrap
 from infra.clock import ManualClock
 from infra.notary import canonical
 from infra.settings import Settings
-from projections.base import Tx
+from infra.sql import Tx
 from services.access import Actor, Context, Role
 from tests.conftest import ADMIN, START, Auth, seed_county_direct
 from tests.faults import Load, Sent, Served
