@@ -467,7 +467,7 @@ class History:
 
     @staticmethod
     def _next_due(w: Whistle) -> datetime | None:
-        """The earliest deadline of the whistle not yet recorded as missed (infra/watcher.py's index)."""
+        """The earliest deadline of the whistle not yet recorded as missed (the index services/watcher.py reads)."""
         due = []
         if w.pending_departments and "report_in" not in w.missed:
             due.append(w.report_in_due)

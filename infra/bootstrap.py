@@ -41,12 +41,11 @@ from infra.lease import ROLES, Fence, Leases, Role, Roles, default_instance, hol
 from infra.nats_auth import NatsAuth
 from infra.nats_server import EmbeddedNats
 from infra.notary import MerkleView, Notary, load_signer
-from infra.projector import ProjectorProcess
 from infra.relay import Relay, last_published
 from infra.settings import Settings, nats_servers, without_password
 from infra.sql import Cursor, Sql
 from infra.store import Store
-from infra.watcher import Watcher
+from infra.supervisor import ProjectorProcess
 from projections.base import BatonProjection, catch_up_together
 from projections.branches import BranchProjection, BranchView
 from projections.scorecard import ScorecardProjection, ScorecardView
@@ -58,6 +57,7 @@ from services.credentials import CredentialsApp
 from services.organisation import OrganisationApp
 from services.privacy import PrivacyApp
 from services.volunteering import VolunteeringApp
+from services.watcher import Due, Watcher
 from services.whistles import WhistleApp
 
 log = structlog.get_logger("baton.runtime")
@@ -163,6 +163,19 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> B
     )
 
 
+def deadline_watcher(baton: Baton) -> Watcher:
+    """The watcher, reading what is due from the read models' indexes and recording it through the applications."""
+    return Watcher(
+        baton.clock,
+        deadlines=Due(lambda now: baton.board.view.due_deadlines(now.isoformat()), baton.whistles.check_deadlines),
+        expiries=Due(lambda now: baton.volunteers.view.due_expiries(now.isoformat()), baton.volunteering.expire_points),
+        rectifications=Due(
+            lambda now: baton.branch_board.view.due_rectifications(baton.branches.today(now).isoformat()),
+            baton.branches.check_rectifications,
+        ),
+    )
+
+
 ALL, COMMANDS, PROJECTOR = "all", "commands", "projector"
 """Runtime parts: everything in one process; or the command side (NATS, relay, intake, inbox, watcher) with a
 projector process beside it (read models and notary), which `baton serve` starts and stops with itself."""
@@ -193,7 +206,7 @@ class Runtime:
         self.nc: Client | None = None
         self.publisher: JetStreamPublisher | None = None
         self.relay: Relay | None = None
-        self.watcher = Watcher(baton)
+        self.watcher = deadline_watcher(baton)
         self.departments: set[str] = set()
         self.instance = baton.settings.instance or default_instance(baton.settings.http_port)
         self.leases = Leases(baton.views, holder_name(self.instance), baton.settings.lease_ttl)
