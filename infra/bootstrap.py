@@ -15,7 +15,7 @@ from faststream.nats import NatsBroker
 from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client
 
-from consumers.common import durables, ensure_durables
+from consumers.common import durables, ensure_durables, install_prompt_batches
 from consumers.inbox import inbox_router
 from consumers.intake import INTAKE_DURABLE, Intake, OutcomeQueue, intake_router
 from consumers.projections import projection_router
@@ -41,9 +41,11 @@ from infra.lease import ROLES, Fence, Leases, Role, Roles, default_instance, hol
 from infra.nats_auth import NatsAuth
 from infra.nats_server import EmbeddedNats
 from infra.notary import MerkleView, Notary, load_signer
+from infra.patches import require_version
 from infra.relay import Relay, last_published
 from infra.settings import Settings, nats_servers, without_password
 from infra.sql import Cursor, Sql
+from infra.sqlite import EVENTSOURCING_VERSION
 from infra.store import Store
 from infra.supervisor import ProjectorProcess
 from projections.base import BatonProjection, catch_up_together
@@ -176,6 +178,15 @@ def deadline_watcher(baton: Baton) -> Watcher:
     )
 
 
+def install_patches() -> None:
+    """Apply Baton's fixes to third-party libraries (each checks the library's version first): at start-up, once
+    per process, before any consumer runs. Nothing is patched merely by importing a module."""
+    install_prompt_batches()
+    require_version(
+        "eventsourcing", EVENTSOURCING_VERSION, "infra.sqlite's datastore (it overrides private methods)", strict=False
+    )
+
+
 ALL, COMMANDS, PROJECTOR = "all", "commands", "projector"
 """Runtime parts: everything in one process; or the command side (NATS, relay, intake, inbox, watcher) with a
 projector process beside it (read models and notary), which `baton serve` starts and stops with itself."""
@@ -238,6 +249,7 @@ class Runtime:
 
     async def start(self) -> None:
         """Start NATS if embedded, declare streams, catch read models up, then relay and consume."""
+        install_patches()
         settings = self.baton.settings
         replicas = settings.nats_replicas
         self.departments = self._department_codes()

@@ -1,14 +1,19 @@
 """The import graph, read with ast: the domain stands alone, adapters sit below the services and read models, and
-only the composition root and the entry points import everything; no module cycle, not even through lazy imports."""
+only the composition root and the entry points import everything; no module cycle, not even through lazy imports.
+Third-party patches are installed at start-up, not on import, and only on the version they were written for."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES: list[str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
@@ -207,3 +212,81 @@ def test_no_import_cycle_hidden_by_a_lazy_import() -> None:
     """A function-level import that breaks a cycle only hides it: the modules still need each other."""
     cycles = _cycles(_edges(graph(), lazy=True))
     assert not cycles, f"modules needing one another (through function-level imports): {cycles}"
+
+
+# Third-party patches: explicit, at start-up, on the version they were written for -----------------------------
+
+
+def _pins() -> dict[str, str]:
+    """pyproject.toml's exact pins, by distribution name."""
+    pins: dict[str, str] = {}
+    for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        name, _, pinned = requirement.partition("==")
+        pins[name.split("[")[0]] = pinned
+    return pins
+
+
+def test_patches_name_the_pinned_versions() -> None:
+    from consumers.common import FASTSTREAM_VERSION
+    from infra.sqlite import EVENTSOURCING_VERSION
+
+    assert _pins()["faststream"] == FASTSTREAM_VERSION
+    assert _pins()["eventsourcing"] == EVENTSOURCING_VERSION
+
+
+def test_importing_baton_patches_nothing() -> None:
+    """Every module imported, FastStream's pull loop is still its own until the composition root installs ours."""
+    names = sorted(m for m in modules() if not m.endswith("__main__"))
+    check = (
+        "import importlib\n"
+        f"for name in {names!r}: importlib.import_module(name)\n"
+        "from faststream.nats.subscriber.usecases.stream_pull_subscriber import BatchPullStreamSubscriber as S\n"
+        "from consumers.common import _consume_promptly\n"
+        "assert S._consume_pull is not _consume_promptly, 'patched on import'\n"
+        "from infra.bootstrap import install_patches\n"
+        "install_patches()\n"
+        "assert S._consume_pull is _consume_promptly, 'not patched at start-up'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_patch_refuses_a_version_it_was_not_written_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    from faststream.nats.subscriber.usecases.stream_pull_subscriber import BatchPullStreamSubscriber
+
+    from consumers.common import install_prompt_batches
+    from infra import patches
+
+    def own_loop(self: Any) -> None: ...
+
+    monkeypatch.setattr(BatchPullStreamSubscriber, "_consume_pull", own_loop)
+    monkeypatch.setattr(patches, "version", lambda distribution: "0.8.0")
+    with pytest.raises(patches.UnexpectedVersion, match=r"written for faststream 0\.7\.8 .*0\.8\.0 is installed"):
+        install_prompt_batches()
+    assert BatchPullStreamSubscriber._consume_pull is own_loop
+    assert patches.require_version("faststream", "0.7.8", "a check", strict=False) is False  # warned, not raised
+
+
+def test_no_module_assigns_to_a_library_at_module_level() -> None:
+    """A library's attribute set by Baton (a monkey-patch) is set inside a function the start-up path calls."""
+    first = set(PACKAGES)
+    wrong = []
+    for module, path in modules().items():
+        tree = ast.parse(path.read_text())
+        libraries = {
+            alias.asname or alias.name.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            and not (isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] in first))
+            for alias in node.names
+            if not (isinstance(node, ast.Import) and alias.name.split(".")[0] in first)
+        }
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            for target in targets:
+                base = target
+                while isinstance(base, ast.Attribute):
+                    base = base.value
+                if isinstance(target, ast.Attribute) and isinstance(base, ast.Name) and base.id in libraries:
+                    wrong.append(f"{module}:{node.lineno} sets {ast.unparse(target)}")
+    assert not wrong, "\n".join(wrong)
