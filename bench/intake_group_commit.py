@@ -110,7 +110,7 @@ def seed(baton: Baton, n: int) -> list[str]:
     for start in range(0, n, 500):
         with baton.whistles.batch() as batch:
             receipts = [
-                baton.whistles.blow(
+                batch.app.blow(
                     COMMUNITY,
                     community_id="tishu",
                     category="drainage",

@@ -41,9 +41,10 @@ def seed_whistles(baton: Baton, clock: ManualClock, whistles: int) -> None:
     app = baton.whistles
     for start in range(0, whistles, 500):
         with app.batch() as batch:
+            batched = batch.app
             for i in range(start, min(start + 500, whistles)):
                 clock.advance(timedelta(minutes=10))
-                wid = app.blow(
+                wid = batched.blow(
                     COMMUNITY,
                     community_id="tishu",
                     category="drainage",
@@ -51,10 +52,10 @@ def seed_whistles(baton: Baton, clock: ManualClock, whistles: int) -> None:
                     description="Blocked",
                     summoned_departments=["HOUSING"],
                 ).body["whistle_id"]
-                app.report_in(HOUSING, wid)
-                app.dispatch(COMMUNITY, wid, lead_department="HOUSING")
-                app.complete(HOUSING, wid, summary="cleared")
-                app.feed_back(HOUSING, wid, result="cleared", resolved=True)
+                batched.report_in(HOUSING, wid)
+                batched.dispatch(COMMUNITY, wid, lead_department="HOUSING")
+                batched.complete(HOUSING, wid, summary="cleared")
+                batched.feed_back(HOUSING, wid, result="cleared", resolved=True)
             batch.save()
 
 
