@@ -45,7 +45,7 @@ cluster: $(STAMP) postgres
 
 ## nats-cluster: only the three nats-server nodes (JetStream, Baton's accounts) until Ctrl-C; prints BATON_NATS_URL
 nats-cluster: $(STAMP)
-	$(BIN)/python -m infra.nats_cluster $(DATA_DIR)/cluster
+	$(BIN)/python -m infra.installation --nats-only $(DATA_DIR)/cluster
 
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true

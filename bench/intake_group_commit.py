@@ -37,7 +37,7 @@ from faststream.nats import NatsBroker
 from psycopg import sql
 
 from consumers.intake import Decided, Incoming, Intake, intake_router
-from infra.bootstrap import Baton, Runtime, bootstrap
+from infra.bootstrap import Baton, Runtime, bootstrap, install_patches
 from infra.clock import SystemClock
 from infra.jetstream import INTAKE_STREAM, JetStreamPublisher, ensure_department_consumers, ensure_streams
 from infra.logging import configure_logging
@@ -110,7 +110,7 @@ def seed(baton: Baton, n: int) -> list[str]:
     for start in range(0, n, 500):
         with baton.whistles.batch() as batch:
             receipts = [
-                baton.whistles.blow(
+                batch.app.blow(
                     COMMUNITY,
                     community_id="tishu",
                     category="drainage",
@@ -167,6 +167,7 @@ async def intake_rate(baton: Baton, intake: Any, tmp: Path, whistles: list[str],
             runtime = Runtime(baton, nats_url=server.url, watch=False)
             await runtime.start()
         else:
+            install_patches()  # as Runtime.start() does before its brokers
             broker = NatsBroker(server.url, logger=None)
             broker.include_router(intake_router(intake, lambda: publisher, batch_size=batch_size))
             await broker.start()

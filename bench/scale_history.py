@@ -45,6 +45,7 @@ from infra.bootstrap import Baton
 from infra.clock import ManualClock
 from services.access import SYSTEM_ACTOR, Actor, Context, Role
 from services.base import CommandBatch, Receipt
+from services.whistles import WhistleApp
 
 log = structlog.get_logger("baton.bench.scale")
 
@@ -126,7 +127,7 @@ class History:
         self._queue: list[tuple[datetime, int, Iterator[datetime]]] = []
         self._meta: dict[tuple[str, str | None], Actor] = {}
         self.org: Any = None
-        self._batch: CommandBatch
+        self._batch: CommandBatch[WhistleApp]
         self.categories: dict[str, dict[str, Any]] = {}
         self.volunteers: dict[str, list[Volunteer]] = {}
         self.branches: list[tuple[Branch, int]] = []
@@ -369,6 +370,11 @@ class History:
 
     # Stories --------------------------------------------------------------------------------
 
+    @property
+    def whistles(self) -> WhistleApp:
+        """The whistles' application bound to the open batch (each run() opens one): its commands wait in it."""
+        return self._batch.app
+
     def command(self, step: Callable[..., Receipt], role: Role, unit: str | None, *args: Any, **kwargs: Any) -> Receipt:
         """One whistle command through WhistleApp, decided into the open batch; its events join the pending ones."""
         receipt = step(self.ctx(role, unit), *args, **kwargs)
@@ -381,7 +387,7 @@ class History:
 
     def whistle(self, start: datetime) -> Iterator[datetime]:
         """One whistle from blow to evaluation along a fate drawn at random, as demo/script.py plays it."""
-        rng, app = self.rng, self.baton.whistles
+        rng = self.rng
         fate = rng.choices([f for f, _ in FATES], weights=[w for _, w in FATES])[0]
         county = rng.choice(self.counties)
         community = rng.choice(county.communities)["id"]
@@ -400,9 +406,9 @@ class History:
             rng, community, category["code"], summoned, grid, via_grid=via_grid, urgent=urgent, address=False
         )
         blower = (Role.GRID, grid) if via_grid else (Role.COMMUNITY, community)
-        w = self.command(app.blow, *blower, **case).body["whistle_id"]
+        w = self.command(self.whistles.blow, *blower, **case).body["whistle_id"]
         staff = Role.COMMUNITY, community
-        limit = app.get(w).report_in_due - start
+        limit = self.whistles.get(w).report_in_due - start
         try:
             # 应哨: each summoned department reports in; the watcher records what is missed within the hour.
             laggard = summoned[-1]
@@ -411,63 +417,65 @@ class History:
                     continue
                 late = fate == "late_report_in" and code == laggard
                 yield from self._until(w, start + limit * (rng.uniform(1.3, 2.5) if late else rng.uniform(0.1, 0.8)))
-                self.command(app.report_in, Role.DEPARTMENT, code, w)
+                self.command(self.whistles.report_in, Role.DEPARTMENT, code, w)
             lead = county.code(category["departments"][0])
             yield from self._until(w, self.clock.now() + timedelta(minutes=rng.randint(20, 90)))
             if fate == "admission_list":
                 funding = {"amount_yuan": str(rng.choice([3000, 5000, 8000, 12000])), "from_department": lead}
-                self.command(app.dispatch, *staff, w, lead_department=community, funding=funding)
+                self.command(self.whistles.dispatch, *staff, w, lead_department=community, funding=funding)
                 yield self.clock.now() + timedelta(hours=rng.randint(12, 30))
-                self.command(app.record_progress, *staff, w, note="社区网格员协助施工")
+                self.command(self.whistles.record_progress, *staff, w, note="社区网格员协助施工")
                 yield from self._until(w, self.clock.now() + timedelta(hours=rng.randint(12, 30)))
-                self.command(app.complete, *staff, w, summary="已疏通")
-                self.command(app.feed_back, *staff, w, result="已处理并回访居民", resolved=True)
+                self.command(self.whistles.complete, *staff, w, summary="已疏通")
+                self.command(self.whistles.feed_back, *staff, w, result="已处理并回访居民", resolved=True)
                 yield self.clock.now() + timedelta(hours=rng.randint(2, 20))
-                self.command(app.evaluate, *staff, w, rating="satisfied")
+                self.command(self.whistles.evaluate, *staff, w, rating="satisfied")
                 return
             co = [d for d in summoned if d != lead][:1]
-            self.command(app.dispatch, *staff, w, lead_department=lead, co_departments=co)
+            self.command(self.whistles.dispatch, *staff, w, lead_department=lead, co_departments=co)
             if fate == "declined":
                 yield self.clock.now() + timedelta(hours=rng.randint(1, 8))
                 reason = "该事项不属于本部门职责，建议由其他部门牵头"
-                self.command(app.decline, Role.DEPARTMENT, lead, w, reason=reason)
+                self.command(self.whistles.decline, Role.DEPARTMENT, lead, w, reason=reason)
                 others = [c for c in county.departments.values() if c not in (lead, *co)]
                 lead = co[0] if co else rng.choice(others)
                 yield from self._until(w, self.clock.now() + timedelta(hours=rng.randint(1, 6)))
-                self.command(app.dispatch, *staff, w, lead_department=lead)
+                self.command(self.whistles.dispatch, *staff, w, lead_department=lead)
             rounds = {"reopened": 2, "reopened_twice": 3}.get(fate, 1)
             for round_ in range(1, rounds + 1):
                 if round_ > 1:
                     yield from self._until(w, self.clock.now() + timedelta(hours=rng.randint(2, 24)))
-                    self.command(app.dispatch, *staff, w, lead_department=lead)
+                    self.command(self.whistles.dispatch, *staff, w, lead_department=lead)
                 share = rng.uniform(1.2, 1.6) if fate == "late_feedback" else rng.uniform(0.2, 0.8)
-                whistle = app.get(w)
+                whistle = self.whistles.get(w)
                 assert whistle.dispatched_at is not None and whistle.feedback_due is not None
                 half = (whistle.feedback_due - whistle.dispatched_at) * share / 2
                 yield from self._until(w, self.clock.now() + half)
-                self.command(app.record_progress, Role.DEPARTMENT, lead, w, note="已到现场勘查，正在处理")
+                self.command(self.whistles.record_progress, Role.DEPARTMENT, lead, w, note="已到现场勘查，正在处理")
                 yield from self._until(w, self.clock.now() + half)
-                self.command(app.complete, Role.DEPARTMENT, lead, w, summary="处理完毕")
-                self.command(app.feed_back, Role.DEPARTMENT, lead, w, result="已处理并向社区和居民反馈", resolved=True)
+                self.command(self.whistles.complete, Role.DEPARTMENT, lead, w, summary="处理完毕")
+                self.command(
+                    self.whistles.feed_back, Role.DEPARTMENT, lead, w, result="已处理并向社区和居民反馈", resolved=True
+                )
                 yield self.clock.now() + timedelta(hours=rng.randint(4, 48))
                 happy = rng.choice(["satisfied", "satisfied", "basically_satisfied"])
-                self.command(app.evaluate, *staff, w, rating="dissatisfied" if round_ < rounds else happy)
+                self.command(self.whistles.evaluate, *staff, w, rating="dissatisfied" if round_ < rounds else happy)
         finally:
             self._batch.aggregates.pop(UUID(w), None)  # done with: the batch need not keep its copy
 
     def _until(self, w: str, moment: datetime) -> Iterator[datetime]:
         """Wait until moment; if a deadline passes first, the hourly watcher records it and escalates."""
-        due = self._next_due(self.baton.whistles.get(w))
+        due = self._next_due(self.whistles.get(w))
         if due is not None:
             watch = due + timedelta(minutes=self.rng.randint(1, 59))
             if watch < moment:
                 yield watch
-                self.command(self.baton.whistles.check_deadlines, Role.SYSTEM, None, w)
+                self.command(self.whistles.check_deadlines, Role.SYSTEM, None, w)
         yield moment
 
     @staticmethod
     def _next_due(w: Whistle) -> datetime | None:
-        """The earliest deadline of the whistle not yet recorded as missed (infra/watcher.py's index)."""
+        """The earliest deadline of the whistle not yet recorded as missed (the index services/watcher.py reads)."""
         due = []
         if w.pending_departments and "report_in" not in w.missed:
             due.append(w.report_in_due)

@@ -6,7 +6,8 @@ which FastStream does not catch (it expects nats.errors.TimeoutError): the batch
 dropped unacknowledged and waits out the consumer's ack_wait (30 s) before redelivery. Measured here:
 2 % of sporadic messages delayed 30 s. `install_prompt_batches` replaces that loop with one that hands
 over whatever a single fetch returns (nats-py returns as soon as messages are there), and never drops
-a fetched batch.
+a fetched batch. It replaces a private method, so it is installed only when asked (the composition root does at
+start-up, infra.bootstrap.install_patches) and only on the FastStream version it was written for.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from nats.errors import ConnectionClosedError
 from nats.js.api import ConsumerConfig
 
 from infra.jetstream import ensure_consumer
+from infra.patches import require_version
 
 log = structlog.get_logger("baton.consumers")
 
@@ -110,9 +112,15 @@ async def ensure_durables(nc: Client, broker: NatsBroker, replicas: int) -> None
         await ensure_consumer(nc, stream_name, config, replicas)
 
 
+FASTSTREAM_VERSION = "0.7.8"
+"""The FastStream whose BatchPullStreamSubscriber._consume_pull (a private method) _consume_promptly replaces: read
+for 0.7.8 with nats-py 2.16, both pinned in pyproject.toml. Another version may have fixed the loop, or renamed
+what _consume_promptly uses (self.subscription, self.pull_sub, self.running, self.consume)."""
+
+
 def install_prompt_batches() -> None:
-    """Use the prompt pull loop for every batched pull subscriber."""
-    BatchPullStreamSubscriber._consume_pull = _consume_promptly  # type: ignore[method-assign]
-
-
-install_prompt_batches()
+    """Use the prompt pull loop for every batched pull subscriber; UnexpectedVersion on another FastStream."""
+    require_version("faststream", FASTSTREAM_VERSION, "consumers.common.install_prompt_batches")
+    if BatchPullStreamSubscriber._consume_pull is not _consume_promptly:
+        BatchPullStreamSubscriber._consume_pull = _consume_promptly  # type: ignore[method-assign]
+        log.debug("patch_installed", patch="prompt_batches", faststream=FASTSTREAM_VERSION)

@@ -20,7 +20,7 @@ from consumers.common import BatchMessage, pull, stream
 from domain.common import DEPARTMENT_CODE
 from infra.envelope import Envelope, EventTypes
 from infra.jetstream import EVENTS_STREAM, JetStreamPublisher, Message, publish_all
-from projections.base import Cursor
+from infra.sql import Cursor
 
 log = structlog.get_logger("baton.inbox")
 

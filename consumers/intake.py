@@ -187,7 +187,7 @@ class Intake:
 
     def _take(
         self,
-        batch: CommandBatch,
+        batch: CommandBatch[WhistleApp],
         msg: Incoming,
         read: tuple[dict[str, Any] | Rejected, str | None],
         priors: dict[str, CommandRecord],
@@ -205,7 +205,7 @@ class Intake:
                 prior = seen.get(key) or priors.get(key)
                 if prior is not None:
                     return lambda: (msg.code, self._replay(prior, msg.fingerprint), msg.msg_id(command_id))
-                receipt = self._step(msg, body, command_id, org)
+                receipt = self._step(msg, body, command_id, org, batch.app)
                 # A repeat later in the batch replays this record; its positions (the receipt's) arrive on save.
                 accepted = {"status": "accepted", "body": receipt.body}
                 seen[key] = CommandRecord(key, msg.fingerprint, accepted, receipt.positions)
@@ -225,8 +225,15 @@ class Intake:
                 failed = self._failed(msg)
                 return lambda: failed
 
-    def _step(self, msg: Incoming, body: dict[str, Any], command_id: str, org: Callable[[], Organisation]) -> Receipt:
-        """Apply the command to its whistle; Rejected with the reason when it cannot be applied."""
+    def _step(
+        self,
+        msg: Incoming,
+        body: dict[str, Any],
+        command_id: str,
+        org: Callable[[], Organisation],
+        whistles: WhistleApp | None = None,
+    ) -> Receipt:
+        """Apply the command to its whistle (through `whistles`, a batch's app, if given); Rejected if it cannot be."""
         model = DEPARTMENT_COMMANDS.get(msg.action)
         if model is None:
             raise Rejected(
@@ -247,7 +254,7 @@ class Intake:
             fingerprint=msg.fingerprint,
         )
         try:
-            return STEPS[msg.action](self.whistles, ctx, command)
+            return STEPS[msg.action](whistles or self.whistles, ctx, command)
         except DomainError as exc:
             raise Rejected(exc.code, exc.message) from None
 

@@ -8,9 +8,6 @@ a ManualClock that the script moves forward, so weeks pass in seconds and the de
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import heapq
-import itertools
 import json
 import random
 import uuid
@@ -32,6 +29,7 @@ from api.tokens import Keyring, Tokens
 from demo.assessment import AssessmentDemo
 from demo.branches import BranchesDemo
 from demo.county import GIVEN, SURNAMES, County, build_county
+from demo.stories import run_stories
 from demo.volunteering import VolunteeringDemo
 from domain.common import year_end
 from infra.bootstrap import Baton, Runtime, bootstrap
@@ -374,26 +372,6 @@ class Demo:
         await self.runtime.wait_idle(timeout=60)
         await asyncio.to_thread(self.runtime.watcher.tick)
         await self.runtime.wait_idle(timeout=60)
-
-
-async def run_stories(clock: ManualClock, stories: list[AsyncIterator[datetime]], end: datetime) -> None:
-    """Interleave stories in time order: each yields when it next acts, and the clock moves there."""
-    counter = itertools.count()
-    queue: list[tuple[datetime, int, AsyncIterator[datetime]]] = []
-    for story in stories:
-        with contextlib.suppress(StopAsyncIteration):
-            heapq.heappush(queue, (await anext(story), next(counter), story))
-    while queue:
-        moment, _, story = heapq.heappop(queue)
-        if moment > end:
-            continue
-        if moment > clock.now():
-            clock.set(moment)
-        try:
-            heapq.heappush(queue, (await anext(story), next(counter), story))
-        except StopAsyncIteration:
-            pass
-    clock.set(max(clock.now(), end))
 
 
 def from_now(clock: ManualClock, hours: float) -> datetime:

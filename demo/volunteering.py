@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from demo.county import GIVEN, SURNAMES, County
+from demo.stories import run_stories
 from infra.bootstrap import Runtime
 from infra.clock import ManualClock
 
@@ -51,8 +52,6 @@ class VolunteeringDemo:
             self.counts[f"policy_{policy['kind']}"] += 1 if r.status_code < 400 else 0
             await self._register(community)
             await self._catalogue(community)
-        from demo.script import run_stories
-
         weeks = [
             self.activity_story(community, december + timedelta(days=7 * week + 5))
             for week in range(2)

@@ -47,8 +47,9 @@ from audit.note import Checkpoint, NoteError, Signer, read_private_key
 from infra.notary import MerkleView, local_signing_key
 from infra.secrets import SECRETS_TABLE, SecretName, SecretStore, SecretTable, WrongMasterKey
 from infra.settings import Settings
+from infra.sql import Sql
+from infra.sqlite import BatonSQLiteDatastore
 from infra.store import COMMANDS_TABLE, KEYS_TABLE, META_TABLE, Store, ensure_schema, views_datastore
-from projections.base import Sql
 
 log = structlog.get_logger("baton.backup")
 
@@ -678,9 +679,7 @@ def _check_signer(settings: Settings, origin: str, note: str | None, *, kept: bo
     return f"keys: {where} and signed the restored checkpoints"
 
 
-def _sqlite_datastore(path: Path, settings: Settings) -> Any:
-    from infra.sqlite import BatonSQLiteDatastore
-
+def _sqlite_datastore(path: Path, settings: Settings) -> BatonSQLiteDatastore:
     return BatonSQLiteDatastore(str(path), lock_timeout=settings.sqlite_busy_timeout, pool_size=1)
 
 

@@ -15,7 +15,7 @@ from faststream.nats import NatsBroker
 from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client
 
-from consumers.common import durables, ensure_durables
+from consumers.common import durables, ensure_durables, install_prompt_batches
 from consumers.inbox import inbox_router
 from consumers.intake import INTAKE_DURABLE, Intake, OutcomeQueue, intake_router
 from consumers.projections import projection_router
@@ -41,12 +41,14 @@ from infra.lease import ROLES, Fence, Leases, Role, Roles, default_instance, hol
 from infra.nats_auth import NatsAuth
 from infra.nats_server import EmbeddedNats
 from infra.notary import MerkleView, Notary, load_signer
-from infra.projector import ProjectorProcess
+from infra.patches import require_version
 from infra.relay import Relay, last_published
 from infra.settings import Settings, nats_servers, without_password
+from infra.sql import Cursor, Sql
+from infra.sqlite import EVENTSOURCING_VERSION
 from infra.store import Store, postgres_datastore
-from infra.watcher import Watcher
-from projections.base import BatonProjection, Cursor, Sql, catch_up_together
+from infra.supervisor import ProjectorProcess
+from projections.base import BatonProjection, catch_up_together
 from projections.branches import BranchProjection, BranchView
 from projections.scorecard import ScorecardProjection, ScorecardView
 from projections.volunteering import VolunteeringProjection, VolunteeringView
@@ -57,6 +59,7 @@ from services.credentials import CredentialsApp
 from services.organisation import OrganisationApp
 from services.privacy import PrivacyApp
 from services.volunteering import VolunteeringApp
+from services.watcher import Due, Watcher
 from services.whistles import WhistleApp
 
 log = structlog.get_logger("baton.runtime")
@@ -162,6 +165,28 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> B
     )
 
 
+def deadline_watcher(baton: Baton) -> Watcher:
+    """The watcher, reading what is due from the read models' indexes and recording it through the applications."""
+    return Watcher(
+        baton.clock,
+        deadlines=Due(lambda now: baton.board.view.due_deadlines(now.isoformat()), baton.whistles.check_deadlines),
+        expiries=Due(lambda now: baton.volunteers.view.due_expiries(now.isoformat()), baton.volunteering.expire_points),
+        rectifications=Due(
+            lambda now: baton.branch_board.view.due_rectifications(baton.branches.today(now).isoformat()),
+            baton.branches.check_rectifications,
+        ),
+    )
+
+
+def install_patches() -> None:
+    """Apply Baton's fixes to third-party libraries (each checks the library's version first): at start-up, once
+    per process, before any consumer runs. Nothing is patched merely by importing a module."""
+    install_prompt_batches()
+    require_version(
+        "eventsourcing", EVENTSOURCING_VERSION, "infra.sqlite's datastore (it overrides private methods)", strict=False
+    )
+
+
 ALL, COMMANDS, PROJECTOR = "all", "commands", "projector"
 """Runtime parts: everything in one process; or the command side (NATS, relay, intake, inbox, watcher) with a
 projector process beside it (read models and notary), which `baton serve` starts and stops with itself."""
@@ -192,7 +217,7 @@ class Runtime:
         self.nc: Client | None = None
         self.publisher: JetStreamPublisher | None = None
         self.relay: Relay | None = None
-        self.watcher = Watcher(baton)
+        self.watcher = deadline_watcher(baton)
         self.departments: set[str] = set()
         self.instance = baton.settings.instance or default_instance(baton.settings.http_port)
         # On PostgreSQL the leases have connections of their own: renewals must not wait for a pool that fenced
@@ -231,6 +256,7 @@ class Runtime:
 
     async def start(self) -> None:
         """Start NATS if embedded, declare streams, catch read models up, then relay and consume."""
+        install_patches()
         settings = self.baton.settings
         replicas = settings.nats_replicas
         self.departments = self._department_codes()

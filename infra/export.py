@@ -16,15 +16,27 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from infra.bootstrap import Baton
-from infra.notary import canonical
+from infra.envelope import EnvelopeCodec
+from infra.notary import Notary, canonical
+from infra.store import Store
 
 FORMAT = "baton-export/1"
 
 
-def export(baton: Baton, out: Path, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+class Exported(Protocol):
+    """What an export reads (infra.bootstrap.Baton has it): the store, its codec and the notary's tree."""
+
+    @property
+    def store(self) -> Store: ...
+    @property
+    def codec(self) -> EnvelopeCodec: ...
+    @property
+    def notary(self) -> Notary: ...
+
+
+def export(baton: Exported, out: Path, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Write the bundle; return its manifest."""
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):

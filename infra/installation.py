@@ -4,6 +4,7 @@ scale-out and failover (`make cluster`) and for `bench.instances`; not for produ
 failure domain).
 
     make cluster    # python -m infra.installation var/installation: until Ctrl-C; prints the URLs
+    make nats-cluster    # python -m infra.installation --nats-only var/cluster: only the NATS nodes
 
 What the instances share is exactly what the README's "Running several instances" says: BATON_STORE,
 BATON_MASTER_KEY, BATON_NATS_URL and BATON_NATS_REPLICAS. Each has its own data dir, HTTP port and name.
@@ -28,8 +29,10 @@ from typing import Any
 import httpx
 import structlog
 
+from infra.bootstrap import bootstrap
 from infra.keys import kept_secret
-from infra.nats_auth import NatsAuth
+from infra.logging import configure_logging
+from infra.nats_auth import NatsAuth, load_nats_secret
 from infra.nats_cluster import NatsCluster
 from infra.settings import Settings
 
@@ -104,8 +107,6 @@ class Installation:
 
     def ensure_demo(self) -> None:
         """Fill the store with the demo county, unless it holds events already."""
-        from infra.bootstrap import bootstrap
-
         settings = Settings(data_dir=self.root / "operator", store=self.store, master_key=self.master_key)
         baton = bootstrap(settings)
         try:
@@ -118,8 +119,6 @@ class Installation:
 
     def _auth(self) -> tuple[NatsAuth, list[str]]:
         """Baton's NATS accounts from the installation's secret, and the departments they are for."""
-        from infra.bootstrap import bootstrap
-
         settings = Settings(data_dir=self.root / "operator", store=self.store, master_key=self.master_key)
         baton = bootstrap(settings)
         try:
@@ -164,8 +163,6 @@ class Installation:
 
 
 async def _main(root: Path) -> None:
-    from infra.logging import configure_logging
-
     configure_logging("warning", "console")
     installation = Installation(root, os.environ.get("BATON_STORE", STORE))
     await asyncio.to_thread(installation.ensure_demo)
@@ -213,9 +210,54 @@ async def until_healthy(process: subprocess.Popen[bytes], url: str, log: Path, t
     raise RuntimeError(f"baton serve at {url} was not healthy within {timeout:.0f} s; see {log}")
 
 
+async def run_nats_cluster(root: Path) -> None:
+    """Only the three NATS nodes, with the accounts of the departments in BATON_STORE, until SIGINT or SIGTERM."""
+    settings = Settings()
+    configure_logging(settings.log_level, "console")
+    secret = load_nats_secret(root, settings.nats_secret)
+    saved = root / "ports.json"  # the same addresses on every start, so a running Baton's BATON_NATS_URL holds
+    ports = json.loads(saved.read_text()) if saved.exists() else None
+    cluster = NatsCluster(
+        root, NatsAuth(secret, root / "keys" / "nats-hashes.json"), _departments(settings), ports=ports
+    )
+    saved.write_text(json.dumps([[n.port, n.cluster_port, n.monitor_port] for n in cluster.nodes]))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the nodes start: a stop while they do is not lost
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        starting = asyncio.create_task(cluster.start())
+        await asyncio.wait([starting, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()
+            given = "" if settings.nats_secret else f" BATON_NATS_SECRET=$(cat {root / 'keys' / 'nats-secret'})"
+            print(f"BATON_NATS_URL={cluster.url} BATON_NATS_REPLICAS={len(cluster.nodes)}{given}", flush=True)
+            await stop.wait()
+        else:
+            starting.cancel()
+    finally:
+        await cluster.stop()
+
+
+def _departments(settings: Settings) -> list[str]:
+    """The departments of the organisation in BATON_STORE (none if there is no store yet): their NATS accounts."""
+    if not settings.is_postgres and not (settings.data_dir / "events.sqlite").exists():
+        return []
+    baton = bootstrap(settings)
+    try:
+        return sorted(baton.org.current().departments)
+    finally:
+        baton.close()
+
+
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", nargs="?", default="var/installation", help="where the instances and nodes keep data")
-    asyncio.run(_main(Path(parser.parse_args().root)))
+    parser.add_argument("root", nargs="?", default=None, help="where the instances and nodes keep data")
+    parser.add_argument("--nats-only", action="store_true", help="only the 3-node NATS cluster (make nats-cluster)")
+    args = parser.parse_args()
+    if args.nats_only:
+        asyncio.run(run_nats_cluster(Path(args.root or "var/cluster")))
+    else:
+        asyncio.run(_main(Path(args.root or "var/installation")))

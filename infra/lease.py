@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 
 from infra import metrics
-from projections.base import Sql, Tx
+from infra.sql import Sql, Tx
 
 log = structlog.get_logger("baton.lease")
 

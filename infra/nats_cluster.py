@@ -4,7 +4,8 @@ Each node has its own server_name, client port, cluster port and store_dir, rout
 JetStream fsyncing every write, and carries Baton's accounts block (NatsAuth, from the secret Baton instances
 get as BATON_NATS_SECRET). Nodes can be killed with SIGKILL and started again on the same ports and store.
 
-    make cluster    # python -m infra.nats_cluster DIR: three nodes until Ctrl-C; prints what `baton serve` needs
+    make nats-cluster    # python -m infra.installation --nats-only DIR (run_nats_cluster): three nodes until
+                         # Ctrl-C; prints what `baton serve` needs
 
 Departments added later need their accounts: stop it and start it again (the streams are kept in DIR).
 """
@@ -15,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,7 @@ import structlog
 from nats.aio.client import Client
 
 from infra.jetstream import jetstream_api
-from infra.nats_auth import NatsAuth, load_nats_secret
+from infra.nats_auth import NatsAuth
 from infra.nats_server import (
     check_version,
     free_port,
@@ -295,51 +295,3 @@ class NatsCluster:
         finally:
             if own:
                 await conn.close()
-
-
-async def _main(root: Path) -> None:
-    from infra.logging import configure_logging
-    from infra.settings import Settings
-
-    settings = Settings()
-    configure_logging(settings.log_level, "console")
-    secret = load_nats_secret(root, settings.nats_secret)
-    saved = root / "ports.json"  # the same addresses on every start, so a running Baton's BATON_NATS_URL holds
-    ports = json.loads(saved.read_text()) if saved.exists() else None
-    cluster = NatsCluster(
-        root, NatsAuth(secret, root / "keys" / "nats-hashes.json"), _departments(settings), ports=ports
-    )
-    saved.write_text(json.dumps([[n.port, n.cluster_port, n.monitor_port] for n in cluster.nodes]))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # before the nodes start: a stop while they do is not lost
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        starting = asyncio.create_task(cluster.start())
-        await asyncio.wait([starting, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-        if starting.done():
-            starting.result()
-            given = "" if settings.nats_secret else f" BATON_NATS_SECRET=$(cat {root / 'keys' / 'nats-secret'})"
-            print(f"BATON_NATS_URL={cluster.url} BATON_NATS_REPLICAS={len(cluster.nodes)}{given}", flush=True)
-            await stop.wait()
-        else:
-            starting.cancel()
-    finally:
-        await cluster.stop()
-
-
-def _departments(settings: Any) -> list[str]:
-    """The departments of the organisation in BATON_STORE (none if there is no store yet): their NATS accounts."""
-    from infra.bootstrap import bootstrap
-
-    if not settings.is_postgres and not (settings.data_dir / "events.sqlite").exists():
-        return []
-    baton = bootstrap(settings)
-    try:
-        return sorted(baton.org.current().departments)
-    finally:
-        baton.close()
-
-
-if __name__ == "__main__":
-    asyncio.run(_main(Path(sys.argv[1] if len(sys.argv) > 1 else "var/cluster")))

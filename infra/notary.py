@@ -28,8 +28,8 @@ from audit.merkle import EMPTY_ROOT, consistency_proof, inclusion_proof, leaf_ha
 from audit.note import Checkpoint, Signer, read_private_key
 from infra.envelope import Envelope, EnvelopeCodec
 from infra.secrets import LocalCopy, SecretName, SecretStore
+from infra.sql import Fenced, PositionMoved, Sql, Tx, View
 from infra.store import Store
-from projections.base import Fenced, PositionMoved, Sql, Tx, View
 
 log = structlog.get_logger("baton.notary")
 

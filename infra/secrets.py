@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from infra.ddl import serialise_ddl
-from projections.base import Sql
+from infra.sql import Sql
 
 log = structlog.get_logger("baton.secrets")
 

@@ -36,6 +36,10 @@ from eventsourcing.utils import Environment, EnvType
 
 from infra.store_faults import FaultState, StoreFault, StoreReadOnly, as_fault
 
+EVENTSOURCING_VERSION = "9.5.6"
+"""What the subclasses below were written for (pinned in pyproject.toml). They patch nothing, but override
+SQLiteConnectionPool._create_connection and read its _pool, _put_condition and SQLiteConnection._sqlite_conn, all
+private: infra.bootstrap.install_patches warns at start-up when another eventsourcing is installed."""
 STATEMENTS = 128
 """Prepared statements each connection keeps (sqlite3's own default)."""
 BUSY_TIMEOUT = 30

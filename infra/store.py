@@ -39,9 +39,9 @@ from infra.ddl import ddl_session, serialise_ddl
 from infra.privacy import KeyRow, SealedAsToken, Vault, load_master_key
 from infra.secrets import SecretStore, SecretTable, refuse_without_master_key
 from infra.settings import Settings
+from infra.sql import Sql
 from infra.sqlite import BatonSQLiteDatastore, BatonSQLiteFactory
 from infra.store_faults import FaultState, StoreFault, StoreReadOnly, as_fault
-from projections.base import Sql
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from typing import Any
 
 from domain.branches import Standard, month_key, quarter_key
 from infra.envelope import Envelope
-from projections.base import BatonProjection, Tx, View, dumps, handles, loads
+from infra.sql import Tx, View
+from projections.base import BatonProjection, dumps, handles, loads
 
 
 class BranchView(View):

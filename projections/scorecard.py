@@ -6,7 +6,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from infra.envelope import Envelope
-from projections.base import BatonProjection, Tx, View, handles
+from infra.sql import Tx, View
+from projections.base import BatonProjection, handles
 
 
 class ScorecardView(View):

@@ -9,7 +9,8 @@ from decimal import Decimal
 from typing import Any
 
 from infra.envelope import Envelope
-from projections.base import BatonProjection, Tx, View, handles
+from infra.sql import Tx, View
+from projections.base import BatonProjection, handles
 
 HUNDRED = Decimal(100)
 

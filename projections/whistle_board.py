@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.envelope import Envelope
-from projections.base import BatonProjection, Tx, View, dumps, handles, loads
+from infra.sql import Tx, View
+from projections.base import BatonProjection, dumps, handles, loads
 
 BOARD_COLUMNS = (
     "whistle_id",

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 import structlog
@@ -65,8 +65,6 @@ class Receipt:
 
 Decision = tuple[Sequence[Aggregate], dict[str, Any]]
 
-_BATCH: ContextVar[CommandBatch | None] = ContextVar("baton_command_batch", default=None)
-
 
 class BatonApplication(Application[UUID]):
     """An Application of one bounded context, writing into the shared governance log."""
@@ -76,6 +74,8 @@ class BatonApplication(Application[UUID]):
         self.clock = clock
         super().__init__(env={"AGGREGATE_CACHE_MAXSIZE": "5000"})
         self.group_commit = GroupCommit(self)
+        self.deciding_into: CommandBatch[Any] | None = None
+        """None, but on a batch's own copy of this application (CommandBatch.app): the batch its commands go to."""
 
     def construct_factory(self, env: Any) -> InfrastructureFactory:
         return self.store.factory
@@ -94,27 +94,30 @@ class BatonApplication(Application[UUID]):
         """The store belongs to whoever opened it; nothing to close here."""
 
     @contextmanager
-    def batch(self) -> Iterator[CommandBatch]:
-        """Within the block, this app's commands are decided into the batch, to be saved by batch.save()."""
+    def batch(self: App) -> Iterator[CommandBatch[App]]:
+        """A command batch: batch.app's commands are decided into it until batch.save(); this app saves as before."""
         batch = CommandBatch(self)
-        token = _BATCH.set(batch)
         try:
             yield batch
         finally:
-            _BATCH.reset(token)
+            batch.closed = True
+
+    def decide_into(self: App, batch: CommandBatch[App]) -> App:
+        """A copy of this app (same store, repository, other apps) whose load() and execute() use the batch."""
+        bound = copy.copy(self)
+        bound.deciding_into = batch
+        return bound
 
     def load(self, aggregate_id: UUID) -> Any:
-        """The aggregate as of now, for a command to change; in a batch, the batch's own copy."""
-        batch = _BATCH.get()
-        if batch is not None and batch.app is self:
-            return batch.load(aggregate_id)
+        """The aggregate as of now, for a command to change; on a batch's app, the batch's own copy."""
+        if self.deciding_into is not None:
+            return self.deciding_into.load(aggregate_id)
         return self.repository.get(aggregate_id)
 
     def execute(self, ctx: Context, decide: Callable[[datetime], Decision]) -> Receipt:
         """Run decide(now) and save what it changed in one transaction, at most once per idempotency key."""
-        batch = _BATCH.get()
-        if batch is not None and batch.app is self:
-            return batch.take(ctx, decide)
+        if self.deciding_into is not None:  # a batch's app (CommandBatch.app): saved with the batch, not here
+            return self.deciding_into.take(ctx, decide)
         # A repeated key is found when its save collides with the logged one (or deciding again fails): the
         # log is read only then, not before every command.
         key = ctx.idempotency_key
@@ -160,17 +163,24 @@ class BatchSpoiled(Exception):
     """A command of a batch failed halfway through changing an aggregate: the batch must not be saved."""
 
 
-class CommandBatch:
+App = TypeVar("App", bound=BatonApplication)
+
+
+class CommandBatch(Generic[App]):
     """Commands decided one after another on shared copies of their aggregates, then saved in one transaction.
 
-    Inside `with app.batch() as batch:`, app.execute(ctx, decide) does not save: app.load() hands decide
-    the batch's copy of each aggregate, so a command sees what the batch's earlier commands did to it, and
-    the command's events and command record wait for batch.save(). The caller answers repeated idempotency
-    keys itself; the store's version check still refuses the save if anything changed meanwhile.
+    In `with app.batch() as batch:`, the commands to batch are sent to batch.app, the application bound to this
+    batch: its execute(ctx, decide) does not save, its load() hands decide the batch's copy of each aggregate, so
+    a command sees what the batch's earlier commands did to it, and the command's events and command record wait
+    for batch.save(). `app` itself is not changed: its commands (another thread's HTTP requests, say) save as
+    usual. The caller answers repeated idempotency keys itself; the store's version check still refuses the save
+    if anything changed meanwhile.
     """
 
-    def __init__(self, app: BatonApplication) -> None:
-        self.app = app
+    def __init__(self, app: App) -> None:
+        self.app: App = app.decide_into(self)
+        """The application whose commands are decided into this batch."""
+        self.closed = False
         self.aggregates: dict[UUID, Aggregate] = {}
         self.events: list[CanMutateAggregate[UUID]] = []
         self.records: list[CommandRecord] = []
@@ -200,6 +210,8 @@ class CommandBatch:
 
     def take(self, ctx: Context, decide: Callable[[datetime], Decision]) -> Receipt:
         """Decide a command into the batch; its receipt's positions are filled in when the batch is saved."""
+        if self.closed:
+            raise RuntimeError("this command batch's block has ended: send the command to the application itself")
         key = ctx.idempotency_key
         if key in self.keys:
             raise ValueError(f"idempotency key {key!r} is already in this batch; answer the repeat from the first")

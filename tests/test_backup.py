@@ -25,9 +25,10 @@ from infra.bootstrap import Baton, bootstrap
 from infra.cli import app as cli
 from infra.lock import DataDirLock
 from infra.settings import Settings
+from infra.sql import Sql
 from infra.sqlite import BatonSQLiteDatastore
 from infra.store import ensure_schema, postgres_datastore
-from projections.base import Sql, catch_up_together
+from projections.base import catch_up_together
 from services.access import Actor, Context, Role
 from tests.conftest import PG_URL, blow_direct, seed_county_direct
 from tests.faults import BATON, Load, Served, settle

@@ -12,7 +12,7 @@ import pytest
 from faststream.nats import NatsBroker
 
 from consumers.intake import Intake, OutcomeQueue, intake_router
-from infra.bootstrap import Baton
+from infra.bootstrap import Baton, install_patches
 from infra.jetstream import INTAKE_STREAM, JetStreamPublisher, ensure_department_consumers, ensure_streams
 from infra.nats_server import EmbeddedNats
 from tests.conftest import DepartmentFeed, blow_direct, body, seed_county_direct
@@ -62,6 +62,7 @@ async def queue_commands(js: Any, whistles: list[str]) -> list[str]:
 
 
 async def running_intake(baton: Baton, url: str, publisher: HeldPublisher, queue: OutcomeQueue) -> NatsBroker:
+    install_patches()  # as Runtime.start() does before its brokers
     broker = NatsBroker(url, logger=None)
     intake = Intake(baton.whistles, baton.org, baton.store.commands)
     broker.include_router(intake_router(intake, lambda: publisher, batch_size=BATCH, outcomes=queue))  # type: ignore[arg-type, return-value]

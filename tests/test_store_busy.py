@@ -23,7 +23,7 @@ from infra.bootstrap import Baton, bootstrap
 from infra.clock import ManualClock
 from infra.notary import canonical
 from infra.settings import Settings
-from projections.base import Tx
+from infra.sql import Tx
 from services.access import Actor, Context, Role
 from tests.conftest import ADMIN, START, Auth, seed_county_direct
 from tests.faults import Load, Sent, Served
@@ -41,9 +41,10 @@ def seed_whistles(baton: Baton, clock: ManualClock, whistles: int) -> None:
     app = baton.whistles
     for start in range(0, whistles, 500):
         with app.batch() as batch:
+            batched = batch.app
             for i in range(start, min(start + 500, whistles)):
                 clock.advance(timedelta(minutes=10))
-                wid = app.blow(
+                wid = batched.blow(
                     COMMUNITY,
                     community_id="tishu",
                     category="drainage",
@@ -51,10 +52,10 @@ def seed_whistles(baton: Baton, clock: ManualClock, whistles: int) -> None:
                     description="Blocked",
                     summoned_departments=["HOUSING"],
                 ).body["whistle_id"]
-                app.report_in(HOUSING, wid)
-                app.dispatch(COMMUNITY, wid, lead_department="HOUSING")
-                app.complete(HOUSING, wid, summary="cleared")
-                app.feed_back(HOUSING, wid, result="cleared", resolved=True)
+                batched.report_in(HOUSING, wid)
+                batched.dispatch(COMMUNITY, wid, lead_department="HOUSING")
+                batched.complete(HOUSING, wid, summary="cleared")
+                batched.feed_back(HOUSING, wid, result="cleared", resolved=True)
             batch.save()
 
 

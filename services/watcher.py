@@ -6,15 +6,13 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import datetime
 
 import structlog
 
+from infra.clock import Clock
 from services.access import SYSTEM_ACTOR, Context
 from services.base import Receipt
-
-if TYPE_CHECKING:
-    from infra.bootstrap import Baton
 
 log = structlog.get_logger("baton.watcher")
 
@@ -28,23 +26,32 @@ class Tick:
     overdue: int = 0
 
 
-class Watcher:
-    """Asks each aggregate with something due (from the read models' indexes) to check itself against the clock."""
+@dataclass(frozen=True)
+class Due:
+    """One kind of thing that falls due: the ids of those due by a moment (a read model's index), and the command
+    that has one check itself against the clock (None when it had nothing to record)."""
 
-    def __init__(self, baton: Baton) -> None:
-        self.baton = baton
+    ids: Callable[[datetime], list[str]]
+    check: Callable[[Context, str], Receipt | None]
+
+
+class Watcher:
+    """Asks each aggregate with something due to check itself against the clock; the composition root says where
+    the due ids come from (infra.bootstrap.deadline_watcher)."""
+
+    def __init__(self, clock: Clock, *, deadlines: Due, expiries: Due, rectifications: Due) -> None:
+        self.clock = clock
+        self.deadlines = deadlines
+        self.expiries = expiries
+        self.rectifications = rectifications
 
     def tick(self) -> Tick:
         """Check everything due by now."""
-        b = self.baton
-        now = b.clock.now()
+        now = self.clock.now()
         tick = Tick(
-            escalated=self._each(b.board.view.due_deadlines(now.isoformat()), b.whistles.check_deadlines),
-            expired=self._each(b.volunteers.view.due_expiries(now.isoformat()), b.volunteering.expire_points),
-            overdue=self._each(
-                b.branch_board.view.due_rectifications(b.branches.today(now).isoformat()),
-                b.branches.check_rectifications,
-            ),
+            escalated=self._each(self.deadlines, now),
+            expired=self._each(self.expiries, now),
+            overdue=self._each(self.rectifications, now),
         )
         if tick.escalated or tick.expired or tick.overdue:
             log.info(
@@ -56,11 +63,11 @@ class Watcher:
         return tick
 
     @staticmethod
-    def _each(ids: list[str], check: Callable[[Context, str], Receipt | None]) -> int:
+    def _each(due: Due, now: datetime) -> int:
         changed = 0
-        for aggregate_id in ids:
+        for aggregate_id in due.ids(now):
             ctx = Context(actor=SYSTEM_ACTOR, correlation_id=f"watch-{uuid.uuid4().hex[:12]}")
-            if check(ctx, aggregate_id) is not None:
+            if due.check(ctx, aggregate_id) is not None:
                 changed += 1
         return changed
 
