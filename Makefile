@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DATA_DIR ?= $(or $(BATON_DATA_DIR),./var)
 
-.PHONY: run serve demo test bench bench-scale postgres docs clean cluster nats-cluster corpus
+.PHONY: run serve demo test test-fast bench bench-scale postgres docs clean cluster nats-cluster corpus
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(STAMP) postgres
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict domain/
 	$(BIN)/pytest -q
+
+## test-fast: the unit tier only (domain and pure logic with in-memory parts; no services needed): seconds
+test-fast: $(STAMP)
+	$(BIN)/pytest -q tests/unit
 
 ## bench: every path's speed as a ratio of the bare substrate measured in the same run (SQLite and PostgreSQL)
 bench: $(STAMP) postgres

@@ -3,38 +3,16 @@
 from __future__ import annotations
 
 import copy
-import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from domain.branches import Branch, BranchStandard, Standard, assess, previous_periods
 from domain.errors import Conflict, DuplicateEntry, InvalidCommand
+from tests.scenarios import AUDITOR_FULL, DOCUMENT, STANDARD, full_year_log
 
-DOCUMENT = json.loads((Path(__file__).parent.parent / "standards" / "branch-standard-2026.1.json").read_text())
-STANDARD = Standard.parse(DOCUMENT)
 META = {"actor": {"role": "inspector", "unit": None, "id": "zhou"}, "correlation_id": "c"}
-AUDITOR_FULL = {c.code: c.max for a in STANDARD.aspects for c in a.criteria if c.source == "auditor"}
-
-
-def full_year_log(skip: set[tuple[str, str]] = frozenset()) -> tuple[list[tuple[str, str]], dict[str, str]]:
-    """Every meeting the cadence asks for, March 2025 to February 2026, and dues on time; minus `skip`."""
-    meetings = []
-    for month in [f"2025-{m:02d}" for m in range(1, 13)] + ["2026-01", "2026-02"]:
-        for kind in ("committee_meeting", "group_meeting", "themed_party_day"):
-            if (kind, month) not in skip:
-                meetings.append((kind, f"{month}-10"))
-        if month[5:] in ("01", "04", "07", "10"):
-            for kind in ("general_meeting", "party_lecture"):
-                if (kind, month) not in skip:
-                    meetings.append((kind, f"{month}-20"))
-    dues = {f"2025-{m:02d}": f"2025-{m:02d}-25" for m in range(1, 13)} | {
-        "2026-01": "2026-01-25",
-        "2026-02": "2026-02-25",
-    }
-    return meetings, dues
 
 
 def test_the_repository_standard_parses_with_nine_aspects_and_weights_adding_to_100() -> None:

@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.scenarios import ROOT
+
 ROWS = ["1", "2", "3a", "3b", "3c", "4", "5", "6", "6a", "6b"]
 
 

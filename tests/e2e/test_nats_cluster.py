@@ -39,6 +39,7 @@ from infra.nats_cluster import NatsCluster
 from infra.settings import Settings
 from tests.conftest import DEPARTMENTS, START, blow_direct, seed_county_direct
 from tests.faults import HealthSamples, Load, Served, audit, recoveries, settle
+from tests.scenarios import ROOT
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -197,7 +198,7 @@ async def test_a_department_system_reaches_baton_through_any_node(
             for stream, durable in [(INTAKE_STREAM, "baton_intake"), (DEPT_STREAM, "dept_HOUSING")]:
                 await cluster.stream_leader(stream, nc)  # the survivors have elected new leaders
                 await cluster.consumer_leader(stream, durable, nc)
-            example = Path(__file__).resolve().parent.parent / "examples" / "department_system.py"
+            example = ROOT / "examples" / "department_system.py"
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 str(example),

@@ -11,51 +11,7 @@ import httpx
 from infra.bootstrap import Runtime
 from infra.clock import ManualClock
 from tests.conftest import Auth, seed_county
-from tests.test_branches_domain import AUDITOR_FULL, DOCUMENT, full_year_log
-
-
-class Branches:
-    def __init__(self, client: httpx.AsyncClient, auth: Auth) -> None:
-        self.client, self.auth = client, auth
-        self.inspector = auth("inspector", None, "zhou")
-
-    async def post(self, path: str, payload: dict, headers: dict, status: int = 201) -> dict:
-        r = await self.client.post(path, json=payload, headers=headers)
-        assert r.status_code == status, r.text
-        return dict(r.json())
-
-    async def publish(self, document: dict) -> None:
-        await self.post("/v1/standards", document, self.auth("admin"))
-
-    async def register(self, name: str = "提署社区第一党支部", community: str = "tishu") -> tuple[str, dict]:
-        body = {
-            "name": name,
-            "parent_kind": "community",
-            "parent_id": community,
-            "members": 23,
-            "established_on": "2024-06-01",
-        }
-        branch_id = (await self.post("/v1/branches", body, self.auth("community", community)))["branch_id"]
-        return branch_id, self.auth("secretary", branch_id, "secretary-li")
-
-    async def log_year(self, branch_id: str, secretary: dict, skip: set = frozenset()) -> None:
-        meetings, dues = full_year_log(skip)
-        for kind, day in meetings:
-            await self.post(
-                f"/v1/branches/{branch_id}/meetings",
-                {"kind": kind, "held_on": day, "attendance": 20, "topic": "学习党章"},
-                secretary,
-            )
-        for period, collected_on in dues.items():
-            await self.post(
-                f"/v1/branches/{branch_id}/dues",
-                {"period": period, "amount_yuan": "460", "members_paid": 23, "collected_on": collected_on},
-                secretary,
-            )
-
-    async def audit(self, branch_id: str, findings: list | None = None, **scores) -> dict:
-        body = {"scores": {**{k: str(v) for k, v in AUDITOR_FULL.items()}, **scores}, "findings": findings or []}
-        return await self.post(f"/v1/branches/{branch_id}/audits", body, self.inspector)
+from tests.scenarios import AUDITOR_FULL, DOCUMENT, Branches
 
 
 async def test_audits_grades_versions_and_rectifications(

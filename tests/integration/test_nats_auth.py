@@ -28,6 +28,7 @@ from infra.nats_server import free_port, nats_server_binary
 from infra.settings import Settings
 from services.access import Actor, Context, Role
 from tests.conftest import ADMIN, blow_direct, seed_county_direct
+from tests.scenarios import ROOT
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # NATS auth does not depend on the store
 
@@ -277,7 +278,7 @@ async def test_the_example_department_system_runs_on_issued_credentials(
     assert issued.exit_code == 0, issued.output
     creds = tmp_path / "housing.json"
     creds.write_text(issued.stdout)
-    example = Path(__file__).resolve().parent.parent / "examples" / "department_system.py"
+    example = ROOT / "examples" / "department_system.py"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(example),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,6 +18,7 @@ from infra.nats_server import EmbeddedNats
 from services.access import Actor, Context, Role
 from services.base import CommandBatch
 from tests.conftest import DepartmentFeed, blow_direct, body, seed_county_direct, stream_messages
+from tests.scenarios import Transactions, history
 
 COMMUNITY = Context(actor=Actor(Role.COMMUNITY, "tishu", "wang"), correlation_id="test")
 
@@ -37,23 +36,6 @@ def command(
 def numbered(messages: list[tuple[str, bytes]], first: int = 1) -> list[tuple[str, bytes, int]]:
     """The messages with stream sequences, as the intake receives them."""
     return [(subject, data, seq) for seq, (subject, data) in enumerate(messages, first)]
-
-
-class Transactions:
-    """Counts the store's write transactions by wrapping the recorder."""
-
-    def __init__(self, baton: Baton, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
-        recorder = baton.store.recorder
-        for name in ("insert_events", "put", "put_all"):
-            monkeypatch.setattr(recorder, name, self._counted(getattr(recorder, name)))
-
-    def _counted(self, method: Callable[..., Any]) -> Callable[..., Any]:
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.count += 1
-            return method(*args, **kwargs)
-
-        return counted
 
 
 def blow_two(baton: Baton, n: int = 1) -> list[str]:
@@ -83,12 +65,6 @@ def blow_edu(baton: Baton) -> str:
         summoned_departments=["EDU"],
     )
     return str(receipt.body["whistle_id"])
-
-
-def history(baton: Baton, whistle_id: str) -> list[tuple[str, str | None]]:
-    """(event type, department) of each of the whistle's events, oldest first."""
-    events = baton.whistles.repository.event_store.get(uuid.UUID(whistle_id))
-    return [(type(e).__name__, getattr(e, "department", None)) for e in events]
 
 
 def positions_of(baton: Baton, after: int) -> list[tuple[str, str]]:

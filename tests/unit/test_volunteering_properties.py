@@ -14,7 +14,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from domain.errors import DomainError
 from domain.privacy import Sealed
 from domain.volunteering import Reward, Volunteer, redeem
-from tests.test_volunteering_domain import META, T0
+from tests.scenarios import VOLUNTEERING_META as META
+from tests.scenarios import VOLUNTEERING_T0 as T0
 
 points = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("500"), places=2)
 

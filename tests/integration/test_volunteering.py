@@ -3,68 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
 
 from infra.bootstrap import Runtime
 from infra.clock import ManualClock
 from tests.conftest import Auth, body, seed_county, stream_messages
-
-
-class Volunteering:
-    """Helpers for one community's organiser, volunteers and catalogue."""
-
-    def __init__(self, client: httpx.AsyncClient, auth: Auth, clock: ManualClock, community: str = "tishu"):
-        self.client, self.auth, self.clock, self.community = client, auth, clock, community
-        self.organiser = auth("organiser", community, "zhao")
-        self.starts: dict[str, datetime] = {}
-
-    async def post(self, path: str, payload: dict | None, headers: dict, status: int = 201) -> dict:
-        r = await self.client.post(path, json=payload, headers=headers)
-        assert r.status_code == status, r.text
-        return dict(r.json())
-
-    async def volunteer(self, name: str = "李敏", **extra) -> str:
-        result = await self.post(
-            "/v1/volunteers", {"community_id": self.community, "name": name, **extra}, self.organiser
-        )
-        return str(result["volunteer_id"])
-
-    def as_volunteer(self, volunteer_id: str) -> dict:
-        return self.auth("volunteer", self.community, volunteer_id)
-
-    async def activity(self, capacity: int = 30, max_hours: str = "4") -> str:
-        start = self.clock.now() + timedelta(hours=1)
-        payload = {
-            "community_id": self.community,
-            "title": "敬老院义务理发",
-            "starts_at": start.isoformat(),
-            "ends_at": (start + timedelta(hours=3)).isoformat(),
-            "place": "敬老院",
-            "capacity": capacity,
-            "points_per_hour": "10",
-            "max_hours_per_person": max_hours,
-        }
-        activity_id = str((await self.post("/v1/activities", payload, self.organiser))["activity_id"])
-        self.starts[activity_id] = start
-        return activity_id
-
-    async def serve(self, activity_id: str, volunteer_id: str, hours: str = "3", headers: dict | None = None) -> dict:
-        await self.post(
-            f"/v1/activities/{activity_id}/signups", {"volunteer_id": volunteer_id}, self.as_volunteer(volunteer_id)
-        )
-        if self.clock.now() < self.starts[activity_id]:
-            self.clock.set(self.starts[activity_id] + timedelta(minutes=30))  # the service happens
-        return await self.post(
-            f"/v1/activities/{activity_id}/attendance",
-            {"volunteer_id": volunteer_id, "hours": hours},
-            {**self.organiser, **(headers or {})},
-        )
-
-    async def reward(self, stock: int, cost: str = "20", name: str = "大米 5kg") -> str:
-        payload = {"community_id": self.community, "name": name, "cost": cost, "stock": stock}
-        return str((await self.post("/v1/rewards", payload, self.organiser))["reward_id"])
+from tests.scenarios import Volunteering
 
 
 async def test_points_flow_from_service_to_a_gift(

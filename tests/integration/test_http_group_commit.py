@@ -21,7 +21,7 @@ from infra.sqlite import StoreBusy
 from services.access import Actor, Context, Role
 from services.base import BatonApplication, Receipt
 from tests.conftest import ADMIN, Auth, seed_county, seed_county_direct
-from tests.test_group_commit import Transactions, history
+from tests.scenarios import Transactions, history
 
 WANG = Actor(Role.COMMUNITY, "tishu", "wang")
 

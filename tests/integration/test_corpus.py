@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import shutil
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,69 +15,16 @@ import pytest
 
 from audit.verify import verify
 from domain.events import catalogue, event_classes, upcasters
-from infra.backup import backup, restore
-from infra.bootstrap import Baton, bootstrap
-from infra.clock import ManualClock
 from infra.export import export
 from infra.settings import Settings
 from projections.base import catch_up_together
-from tests.corpus.record import decompress, read_figures
-
-CORPUS = Path(__file__).parent / "corpus"
-CORPORA = sorted(p for p in CORPUS.iterdir() if (p / "corpus.json").is_file())
+from tests.corpus.record import read_figures
+from tests.scenarios import CORPORA, differences, load, old_bundle, recorded
 
 
 @pytest.fixture(params=CORPORA, ids=[p.name for p in CORPORA])
 def corpus(request: pytest.FixtureRequest) -> Path:
     return Path(request.param)
-
-
-def recorded(corpus: Path) -> dict[str, Any]:
-    return dict(json.loads((corpus / "corpus.json").read_text()))
-
-
-def unpack(corpus: Path, data_dir: Path) -> None:
-    """The corpus's store and keys as a data dir (the read models are not kept: they rebuild)."""
-    data_dir.mkdir(parents=True)
-    decompress(corpus / "events.sqlite.xz", data_dir / "events.sqlite")
-    shutil.copytree(corpus / "keys", data_dir / "keys")
-
-
-def old_bundle(corpus: Path, out: Path) -> Path:
-    """The export bundle as the corpus's release wrote it."""
-    shutil.copytree(corpus / "export", out)
-    decompress(out / "events.jsonl.xz", out / "events.jsonl")
-    (out / "events.jsonl.xz").unlink()
-    return out
-
-
-def load(corpus: Path, data_dir: Path, store: str = "sqlite") -> Baton:
-    """The corpus opened by today's code at the clock it was recorded at; on PostgreSQL, moved there first with
-    `baton backup` and `baton restore` (every event at its position)."""
-    unpack(corpus, data_dir)
-    if store != "sqlite":
-        backup(Settings(data_dir=data_dir, store="sqlite"), data_dir.parent / "corpus.backup")
-        (data_dir / "events.sqlite").unlink()
-        restore(Settings(data_dir=data_dir, store=store), data_dir.parent / "corpus.backup")
-    clock = ManualClock(datetime.fromisoformat(recorded(corpus)["recorded_at"]))
-    return bootstrap(Settings(data_dir=data_dir, store=store), clock)
-
-
-def differences(then: Any, now: Any, where: str = "") -> list[str]:
-    """Where NOW disagrees with THEN; keys NOW has beyond THEN's are additions, not differences."""
-    if isinstance(then, dict) and isinstance(now, dict):
-        out = []
-        for key, value in then.items():
-            if key not in now:
-                out.append(f"{where}.{key}: gone (was {value!r})")
-            else:
-                out.extend(differences(value, now[key], f"{where}.{key}"))
-        return out
-    if isinstance(then, list) and isinstance(now, list):
-        if len(then) != len(now):
-            return [f"{where}: {len(now)} items, recorded {len(then)}"]
-        return [d for i, (a, b) in enumerate(zip(then, now, strict=True)) for d in differences(a, b, f"{where}[{i}]")]
-    return [] if then == now else [f"{where}: {now!r}, recorded {then!r}"]
 
 
 def test_the_corpus_is_as_recorded(corpus: Path) -> None:

@@ -27,8 +27,9 @@ from infra.sql import Tx
 from services.access import Actor, Context, Role
 from tests.conftest import ADMIN, START, Auth, seed_county_direct
 from tests.faults import Load, Sent, Served
+from tests.scenarios import ROOT
 
-SCHEME = json.loads((Path(__file__).parent.parent / "standards" / "assessment-scheme-2026.1.json").read_text())
+SCHEME = json.loads((ROOT / "standards" / "assessment-scheme-2026.1.json").read_text())
 COMMUNITY = Context(actor=Actor(Role.COMMUNITY, "tishu", "wang"), correlation_id="seed")
 HOUSING = Context(actor=Actor(Role.DEPARTMENT, "HOUSING", "duty"), correlation_id="seed")
 YEARS = (2024, 2025)

@@ -31,7 +31,7 @@ from infra.settings import Settings
 from projections.base import catch_up_together
 from tests.conftest import DEPARTMENTS, blow_direct, seed_county_direct
 from tests.faults import Load, Served, audit, settle
-from tests.test_relay import assert_stream_matches_store
+from tests.scenarios import assert_stream_matches_store
 
 SECRET = "nats-loss-tests-secret-long-enough-0123456789"
 FAULTS = ("stream_deleted", "data_dir_lost")

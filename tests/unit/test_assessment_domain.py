@@ -5,15 +5,15 @@ from __future__ import annotations
 import copy
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from domain.assessment import Assessment, MutualEvaluation, Scheme, schemes_in, score
 from domain.errors import Conflict, InvalidCommand, NotFinal, YearNotOver
+from tests.scenarios import ROOT
 
-SCHEME = json.loads((Path(__file__).parent.parent / "standards" / "assessment-scheme-2026.1.json").read_text())
+SCHEME = json.loads((ROOT / "standards" / "assessment-scheme-2026.1.json").read_text())
 
 
 def event(

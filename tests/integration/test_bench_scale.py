@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.scenarios import ROOT
 
 
 def test_small_scale_run_measures_every_operation(tmp_path: Path) -> None:

@@ -21,8 +21,9 @@ from audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from tests.scenarios import ROOT
 
-VECTORS = Path(__file__).resolve().parent.parent.parent / "shared" / "testvectors" / "rfc6962"
+VECTORS = ROOT.parent / "shared" / "testvectors" / "rfc6962"
 
 
 def cases(kind: str) -> list[Path]:

@@ -29,7 +29,7 @@ from infra.export import export
 from infra.nats_server import EmbeddedNats
 from infra.settings import Settings
 from tests.conftest import START, Auth
-from tests.test_baton import governed_year
+from tests.scenarios import ROOT, governed_year
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +222,7 @@ def test_a_voiding_must_name_the_finalisation_that_stands(bundle: Path, tmp_path
 
 
 def test_finalisations_and_voidings_take_turns_and_an_early_one_is_named() -> None:
-    scheme = json.loads((Path(__file__).parent.parent / "standards" / "assessment-scheme-2026.1.json").read_text())
+    scheme = json.loads((ROOT / "standards" / "assessment-scheme-2026.1.json").read_text())
 
     def step(position: int, cutoff: int) -> dict:
         return {

@@ -8,17 +8,8 @@ from pathlib import Path
 from infra.bootstrap import Baton, Runtime, bootstrap
 from infra.nats_server import EmbeddedNats
 from infra.settings import Settings
-from tests.conftest import blow_direct, body, seed_county_direct, stream_messages
-
-
-async def assert_stream_matches_store(nc, baton: Baton) -> int:
-    """BATON_EVENTS holds each stored event exactly once, in store order, with its dedupe id."""
-    messages = await stream_messages(nc, "BATON_EVENTS")
-    stored = await asyncio.to_thread(baton.source.envelopes, 0, 1_000_000)
-    assert [int(m.headers["Baton-Position"]) for m in messages] == [e.position for e in stored]
-    assert [m.headers["Nats-Msg-Id"] for m in messages] == [e.msg_id for e in stored]
-    assert [body(m) for m in messages] == [e.body() for e in stored]
-    return len(messages)
+from tests.conftest import blow_direct, seed_county_direct, stream_messages
+from tests.scenarios import assert_stream_matches_store
 
 
 async def test_relay_survives_nats_server_killed_mid_stream(baton: Baton, nats_server: EmbeddedNats, nc) -> None:

@@ -13,7 +13,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from domain.errors import DomainError, StepOutOfOrder
 from domain.organisation import resolve_deadlines
 from domain.whistle import STEPS_BY_STATUS, TRANSITIONS, Status, Whistle
-from tests.test_whistle_domain import META, T0
+from tests.scenarios import WHISTLE_META as META
+from tests.scenarios import WHISTLE_T0 as T0
 
 DEPARTMENTS = ["HOUSING", "PSB", "EDU"]
 HANDLERS = [*DEPARTMENTS, "tishu"]

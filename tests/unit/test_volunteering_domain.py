@@ -21,9 +21,9 @@ from domain.volunteering import (
     expiry_for,
     redeem,
 )
+from tests.scenarios import VOLUNTEERING_META as META
+from tests.scenarios import VOLUNTEERING_T0 as T0
 
-T0 = datetime(2026, 12, 5, 1, 0, tzinfo=UTC)
-META = {"actor": {"role": "organiser", "unit": "tishu", "id": "zhao"}, "correlation_id": "c"}
 D = Decimal
 
 

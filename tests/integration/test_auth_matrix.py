@@ -27,8 +27,7 @@ from infra.bootstrap import Baton
 from infra.clock import ManualClock
 from services.access import Role
 from tests.conftest import START, Auth, seed_county
-from tests.test_baton import SCHEME
-from tests.test_branches_domain import AUDITOR_FULL, DOCUMENT
+from tests.scenarios import AUDITOR_FULL, DOCUMENT, SCHEME
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 

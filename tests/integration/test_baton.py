@@ -24,36 +24,7 @@ from infra.clock import ManualClock
 from infra.export import export
 from infra.settings import Settings
 from tests.conftest import Auth, seed_county, stream_messages
-from tests.test_rebuild import play
-
-SCHEME = json.loads((Path(__file__).parent.parent / "standards" / "assessment-scheme-2026.1.json").read_text())
-
-
-async def governed_year(client: httpx.AsyncClient, auth: Auth, clock: ManualClock, runtime: Runtime) -> None:
-    """Whistles, volunteering, branches, two-way ratings and a published scheme."""
-    await seed_county(client, auth)
-    await play(client, auth, clock, runtime)  # whistles, volunteering and branches
-    year = clock.now().year
-    for rater, ratee, rating in [
-        ("tishu", "PSB", "excellent"),
-        ("tishu", "HOUSING", "fair"),
-        ("qingshan", "HOUSING", "poor"),
-    ]:
-        r = await client.post(
-            "/v1/evaluations", json={"year": year, "ratee": ratee, "rating": rating}, headers=auth("community", rater)
-        )
-        assert r.status_code == 201, r.text
-    r = await client.post(
-        "/v1/evaluations", json={"year": year, "ratee": "tishu", "rating": "good"}, headers=auth("department", "PSB")
-    )
-    assert r.status_code == 201, r.text
-    again = await client.post(
-        "/v1/evaluations", json={"year": year, "ratee": "PSB", "rating": "bad"}, headers=auth("community", "tishu")
-    )
-    assert again.status_code == 409
-    r = await client.post("/v1/assessment-schemes", json=SCHEME, headers=auth("admin"))
-    assert r.status_code == 201, r.text
-    await runtime.wait_idle()
+from tests.scenarios import SCHEME, governed_year
 
 
 async def test_scores_are_reproducible_final_and_replay_from_an_export(

@@ -11,7 +11,6 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -45,13 +44,14 @@ from infra.clock import ManualClock
 from infra.settings import Settings
 from tests.conftest import START, Auth, blow, seed_county
 from tests.faults import Served
+from tests.scenarios import ROOT
 
-STANDARDS = Path(__file__).parent.parent / "standards"
+STANDARDS = ROOT / "standards"
 DOCUMENT = openapi_document()
 
 
 # Every check of `schemathesis run --checks all` but two: object_level_authorization needs identities from an
-# auth provider (tests/test_auth_matrix.py checks every route for every role instead), and max_response_time
+# auth provider (tests/integration/test_auth_matrix.py checks every route for every role instead), and max_response_time
 # is a timed assertion. use_after_free and ensure_resource_availability look at the cases a case was derived
 # from; with no DELETE and no stateful phase they find none here, and run in case that changes.
 CHECKS = [

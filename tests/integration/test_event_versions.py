@@ -25,7 +25,7 @@ from infra.export import export
 from infra.settings import Settings
 from projections.base import catch_up_together
 from tests.corpus.record import read_figures
-from tests.test_corpus import CORPUS, differences, load, old_bundle
+from tests.scenarios import CORPUS, differences, load, old_bundle
 
 FIRST = CORPUS / "0.1.0"
 

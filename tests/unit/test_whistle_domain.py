@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -16,9 +16,9 @@ from domain.errors import (
 )
 from domain.organisation import resolve_deadlines
 from domain.whistle import Status, Whistle
+from tests.scenarios import WHISTLE_META as META
+from tests.scenarios import WHISTLE_T0 as T0
 
-T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
-META = {"actor": {"role": "community", "unit": "tishu", "id": "wang"}, "correlation_id": "c"}
 DRAINAGE = {
     "code": "drainage",
     "duty": "department",

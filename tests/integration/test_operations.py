@@ -28,8 +28,9 @@ from infra.nats_auth import NatsAuth
 from infra.nats_server import EmbeddedNats
 from infra.settings import Settings
 from tests.conftest import Auth, seed_county, stream_messages
+from tests.scenarios import ROOT
 
-DOCS = Path(__file__).parent.parent / "docs"
+DOCS = ROOT / "docs"
 
 
 async def test_embedded_nats_fsyncs_on_loopback_restarts_when_killed_and_stops(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from infra.clock import ManualClock
 from infra.export import export
 from infra.nats_server import EmbeddedNats
 from tests.conftest import Auth, seed_county, stream_messages
-from tests.test_baton import SCHEME
+from tests.scenarios import SCHEME
 
 NAME, PHONE, ADDRESS = "张秀兰", "13905556677", "提署社区3栋2单元401"
 VOLUNTEER, VOLUNTEER_PHONE = "李建国", "13811112222"
