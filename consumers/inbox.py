@@ -18,7 +18,7 @@ from faststream.nats import NatsRouter
 
 from consumers.common import BatchMessage, pull, stream
 from domain.common import DEPARTMENT_CODE
-from infra.envelope import Envelope, EventTypes
+from infra.envelope import EventTypes
 from infra.jetstream import EVENTS_STREAM, JetStreamPublisher, Message, publish_all
 from infra.sql import Cursor
 
@@ -41,7 +41,7 @@ def recipients(body: dict[str, Any], types: EventTypes) -> list[str]:
     route = ROUTES.get(body["type"]) if body.get("aggregate") == "whistle" else None
     if route is None:
         return []
-    data = types.current(Envelope.from_body(body)).data
+    data = types.current_body(body)["data"]
     return [code for code in dict.fromkeys(route(data)) if code and DEPARTMENT_CODE.match(code)]
 
 

@@ -49,7 +49,7 @@ from infra.secrets import SECRETS_TABLE, SecretName, SecretStore, SecretTable, W
 from infra.settings import Settings
 from infra.sql import Sql
 from infra.sqlite import BatonSQLiteDatastore
-from infra.store import COMMANDS_TABLE, KEYS_TABLE, META_TABLE, Store, ensure_schema, views_datastore
+from infra.store import COMMANDS_TABLE, KEYS_TABLE, META_TABLE, Store, ensure_schema, pg_connect, views_datastore
 
 log = structlog.get_logger("baton.backup")
 
@@ -687,16 +687,7 @@ def _sqlite_datastore(path: Path, settings: Settings) -> BatonSQLiteDatastore:
 
 
 def _pg_connect(settings: Settings) -> psycopg.Connection[Any]:
-    pg = settings.postgres_env()
-    return psycopg.connect(
-        dbname=pg["POSTGRES_DBNAME"],
-        host=pg["POSTGRES_HOST"],
-        port=pg["POSTGRES_PORT"],
-        user=pg["POSTGRES_USER"],
-        password=pg["POSTGRES_PASSWORD"],
-        connect_timeout=int(float(pg["POSTGRES_CONNECT_TIMEOUT"])),
-        row_factory=tuple_row,
-    )
+    return pg_connect(settings, row_factory=tuple_row)
 
 
 def _pg_where(settings: Settings) -> str:

@@ -70,13 +70,7 @@ class Instance:
         return await until_healthy(self.process, self.url, self.data_dir / "serve.log", timeout)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
 
 class Installation:
@@ -193,6 +187,17 @@ async def _main(root: Path) -> None:
         await stop.wait()
     finally:
         await installation.stop()
+
+
+def terminate(process: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> None:
+    """SIGTERM a child still running, SIGKILL it if it has not exited within TIMEOUT seconds."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 async def until_healthy(process: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> dict[str, Any]:

@@ -548,19 +548,10 @@ class Store:
 
     def _listen(self) -> None:
         """LISTEN on the channel eventsourcing NOTIFYs in every insert of events, whoever inserts them."""
-        pg = self.settings.postgres_env()
         channel = SQL("LISTEN {0}").format(Identifier(self.recorder.channel_name))
         while not self._closing.is_set():
             try:
-                with psycopg.connect(
-                    dbname=pg["POSTGRES_DBNAME"],
-                    host=pg["POSTGRES_HOST"],
-                    port=pg["POSTGRES_PORT"],
-                    user=pg["POSTGRES_USER"],
-                    password=pg["POSTGRES_PASSWORD"],
-                    connect_timeout=int(float(pg["POSTGRES_CONNECT_TIMEOUT"])),
-                    autocommit=True,
-                ) as conn:
+                with pg_connect(self.settings, autocommit=True) as conn:
                     conn.execute(channel)
                     self.saved(0)  # whatever was saved while nobody listened
                     while not self._closing.is_set():
@@ -597,6 +588,20 @@ def views_datastore(settings: Settings) -> BatonSQLiteDatastore | PostgresDatast
         return postgres_datastore(settings, pool_size=4, max_overflow=8)
     return BatonSQLiteDatastore(
         str(settings.data_dir / "views.sqlite"), lock_timeout=settings.sqlite_busy_timeout, pool_size=6
+    )
+
+
+def pg_connect(settings: Settings, **options: Any) -> psycopg.Connection[Any]:
+    """A plain connection to BATON_STORE's database (outside eventsourcing's pools), with psycopg's OPTIONS."""
+    pg = settings.postgres_env()
+    return psycopg.connect(
+        dbname=pg["POSTGRES_DBNAME"],
+        host=pg["POSTGRES_HOST"],
+        port=pg["POSTGRES_PORT"],
+        user=pg["POSTGRES_USER"],
+        password=pg["POSTGRES_PASSWORD"],
+        connect_timeout=int(float(pg["POSTGRES_CONNECT_TIMEOUT"])),
+        **options,
     )
 
 

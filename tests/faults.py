@@ -25,7 +25,7 @@ from nats.aio.client import Client
 
 from api.tokens import Keyring, Tokens
 from infra.bootstrap import bootstrap
-from infra.installation import until_healthy
+from infra.installation import terminate, until_healthy
 from infra.jetstream import DEPT_STREAM, department_durable
 from infra.nats_auth import NatsAuth
 from infra.nats_server import free_port
@@ -126,13 +126,7 @@ class Served:
         return pid
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
     async def departments_admitted(self, codes: set[str], timeout: float = 60.0) -> None:
         """Wait until serve gave these departments their NATS logins (the embedded server restarts for that)."""

@@ -145,7 +145,7 @@ def record(out: Path) -> dict[str, Any]:
         catch_up_together(list(baton.projections.values()))
         figures = asyncio.run(read_figures(baton))
         envelopes = baton.source.envelopes(0, 1_000_000)
-        types = Counter(f"{e.name} v{e.type_version if hasattr(e, 'type_version') else 1}" for e in envelopes)
+        types = Counter(f"{e.name} v{e.type_version}" for e in envelopes)
     finally:
         baton.close()
     out.mkdir(parents=True)
