@@ -20,11 +20,11 @@ from api.tokens import Tokens
 from api.volunteering import volunteering_router
 from api.whistles import scorecard_router, whistle_router
 from infra import metrics
-from infra.bootstrap import Baton, Runtime
+from infra.bootstrap import Container, Runtime
 
 
 def create_app(
-    baton: Baton,
+    baton: Container,
     tokens: Tokens,
     runtime: Runtime | None = None,
     *,
@@ -55,7 +55,7 @@ def create_app(
         ),
         lifespan=lifespan,
     )
-    app.state.baton = baton
+    app.state.assessment = baton.assessment  # the years the history reaches, for paths with a year
     app.state.runtime = runtime
     settings = baton.settings
     app.add_middleware(RequestGuard, max_bytes=settings.http_max_body if max_body is None else max_body)
@@ -69,14 +69,17 @@ def create_app(
     install_error_handlers(app)
     install_openapi(app)
     app.include_router(_health_router(runtime))
-    app.include_router(org_router(baton, tokens))
-    app.include_router(whistle_router(baton, tokens))
-    app.include_router(scorecard_router(baton, tokens))
-    app.include_router(volunteering_router(baton, tokens))
-    app.include_router(branch_router(baton, tokens))
-    app.include_router(assessment_router(baton, tokens))
-    app.include_router(privacy_router(baton, tokens))
-    app.include_router(credentials_router(baton, tokens))
+    vault = baton.store.vault
+    app.include_router(org_router(baton.org, tokens))
+    app.include_router(whistle_router(baton.whistles, baton.board, baton.org, vault, tokens))
+    app.include_router(scorecard_router(baton.scorecard.view, baton.org, tokens))
+    app.include_router(
+        volunteering_router(baton.volunteering, baton.volunteers.view, baton.org, vault, baton.clock, tokens)
+    )
+    app.include_router(branch_router(baton.branches, baton.branch_board.view, baton.org, baton.clock, tokens))
+    app.include_router(assessment_router(baton.assessment, baton.notary, tokens))
+    app.include_router(privacy_router(baton.privacy, tokens))
+    app.include_router(credentials_router(baton.credentials, tokens))
     tokens.attach(baton.credentials.current)
     return app
 

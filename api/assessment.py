@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import rfc8785
@@ -22,8 +22,9 @@ from api.common import (
 from api.schemas import Accepted
 from api.tokens import Tokens
 from domain.errors import InvalidCommand, NotFound, Thing
-from infra.bootstrap import Baton
+from infra.notary import Notary
 from services.access import ASSESSMENT_READERS, AUDIT_READERS, SEE_EVERYTHING, Actor, Context, check_reads
+from services.assessment import AssessmentApp
 from services.base import Receipt
 from services.schemas import Strict
 
@@ -97,22 +98,16 @@ class AuditKey(BaseModel):
 
 Position = path_id(Thing.POSITION, int, ge=1, le=MAX_POSITION)
 TreeSize = path_id(Thing.TREE_SIZE, int, ge=1, le=MAX_POSITION)
-# Events count in the year of their scheme's timezone, so a year is in the history if any zone (UTC-12 to
-# UTC+14) puts the first event in it or an earlier one, and the clock's now in it or a later one.
-EARLIEST_ZONE, LATEST_ZONE = timedelta(hours=-12), timedelta(hours=14)
-
-
 YearInPath = path_id(Thing.YEAR, int, ge=2000, le=2100)
 
 
 def known_year(request: Request, year: YearInPath) -> int:
     """The year in the path, if the history reaches it: from the first recorded event's year to the current one."""
-    baton: Baton = request.app.state.baton
-    first = baton.store.select(0, 1)
-    if not first:
+    assessment: AssessmentApp = request.app.state.assessment
+    years = assessment.years()
+    if years is None:
         raise NotFound(f"year {year} has no history: nothing is recorded yet", Thing.YEAR, year)
-    since = (datetime.fromisoformat(baton.codec.envelope(first[0]).occurred_at) + EARLIEST_ZONE).year
-    until = (baton.clock.now() + LATEST_ZONE).year
+    since, until = years
     if not since <= year <= until:
         raise NotFound(f"year {year} is outside the history, which runs from {since} to {until}", Thing.YEAR, year)
     return year
@@ -133,13 +128,11 @@ def b64(value: bytes) -> str:
     return base64.b64encode(value).decode()
 
 
-def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
+def assessment_router(app: AssessmentApp, notary: Notary, tokens: Tokens) -> APIRouter:
     actor_dep = Depends(actor_dependency(tokens))
     # On the router too, so the token is checked before a dependency looks up the year in the path.
     router = APIRouter(prefix="/v1", responses=ERRORS, dependencies=[actor_dep])
     command = Commands(router, actor_dep)
-    app = baton.assessment
-    notary = baton.notary
 
     @command.post(
         "/assessment-schemes",
@@ -334,9 +327,9 @@ def assessment_router(baton: Baton, tokens: Tokens) -> APIRouter:
     )
     def canonical_event(position: Position, actor: Actor = actor_dep) -> Response:
         check_reads(actor, SEE_EVERYTHING, "events one by one (their text reaches beyond a district)")
-        found = baton.store.select(position - 1, 1, stop=position)
-        if not found:
+        body = app.recorded(position)
+        if body is None:
             raise NotFound(f"no event at position {position}", Thing.POSITION, position)
-        return Response(rfc8785.dumps(baton.codec.recorded(found[0]).body()), media_type="application/json")
+        return Response(rfc8785.dumps(body), media_type="application/json")
 
     return router

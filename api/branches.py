@@ -30,9 +30,12 @@ from api.schemas import (
 )
 from api.tokens import Tokens
 from domain.errors import NotFound, Thing
-from infra.bootstrap import Baton
+from infra.clock import Clock
+from projections.branches import BranchView
 from services.access import Actor, Context, branch_scope, check_in_branch_scope, narrowed_branch_scope
 from services.base import Receipt
+from services.branches import BranchApp
+from services.organisation import OrganisationApp
 
 StandardDocument = document(
     "branch_standard",
@@ -41,12 +44,10 @@ StandardDocument = document(
 )
 
 
-def branch_router(baton: Baton, tokens: Tokens) -> APIRouter:
+def branch_router(app: BranchApp, view: BranchView, org: OrganisationApp, clock: Clock, tokens: Tokens) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["branches"], responses=ERRORS)
     actor_dep = Depends(actor_dependency(tokens))
     command = Commands(router, actor_dep)
-    app = baton.branches
-    view = baton.branch_board.view
 
     @command.post(
         "/standards",
@@ -126,14 +127,12 @@ def branch_router(baton: Baton, tokens: Tokens) -> APIRouter:
     def board(
         actor: Actor = actor_dep, community: str | None = None, street: str | None = None, grade: str | None = None
     ) -> list[dict[str, Any]]:
-        filters = narrowed_branch_scope(
-            baton.org.current(), actor, community_id=community, street_id=street, grade=grade
-        )
-        return view.board_with_cadence(filters, app.today(baton.clock.now()))
+        filters = narrowed_branch_scope(org.current(), actor, community_id=community, street_id=street, grade=grade)
+        return view.board_with_cadence(filters, app.today(clock.now()))
 
     @router.get("/branches/overview", response_model=BranchOverview, summary="Branches by grade")
     def overview(actor: Actor = actor_dep, street: str | None = None) -> dict[str, Any]:
-        return view.overview(narrowed_branch_scope(baton.org.current(), actor, street_id=street))
+        return view.overview(narrowed_branch_scope(org.current(), actor, street_id=street))
 
     @router.get(
         "/branches/{branch_id}",
@@ -141,8 +140,8 @@ def branch_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="A branch: grade, cadence this quarter, audit history, rectifications, recent log",
     )
     def detail(branch_id: BranchId, actor: Actor = actor_dep) -> dict[str, Any]:
-        scope = branch_scope(baton.org.current(), actor)
-        row = view.detail(branch_id, app.today(baton.clock.now()))
+        scope = branch_scope(org.current(), actor)
+        row = view.detail(branch_id, app.today(clock.now()))
         if row is None:
             missing = f"branch {branch_id} does not exist (or is not in the read model yet)"
             raise NotFound(missing, Thing.BRANCH, branch_id)

@@ -10,12 +10,12 @@ from api.common import ERRORS, Commands, actor_dependency
 from api.schemas import RevocationIn, RevocationOut
 from api.tokens import InvalidToken, Tokens
 from domain.errors import InvalidCommand
-from infra.bootstrap import Baton
 from services.access import Context
 from services.base import Receipt
+from services.credentials import CredentialsApp
 
 
-def credentials_router(baton: Baton, tokens: Tokens) -> APIRouter:
+def credentials_router(credentials: CredentialsApp, tokens: Tokens) -> APIRouter:
     router = APIRouter(prefix="/v1/tokens", tags=["credentials"], responses=ERRORS)
     command = Commands(router, Depends(actor_dependency(tokens)))
 
@@ -34,10 +34,10 @@ def credentials_router(baton: Baton, tokens: Tokens) -> APIRouter:
             if "jti" not in claims:
                 raise InvalidCommand("token: it carries no token id (jti); revoke its actor instead")
             expires = datetime.fromtimestamp(float(claims["exp"]), UTC)
-            receipt = baton.credentials.revoke_token(ctx, claims["jti"], expires, body.reason)
+            receipt = credentials.revoke_token(ctx, claims["jti"], expires, body.reason)
         else:
             assert body.actor is not None
-            receipt = baton.credentials.revoke_actor(ctx, body.actor, body.reason)
+            receipt = credentials.revoke_actor(ctx, body.actor, body.reason)
         tokens.refresh()
         return receipt
 

@@ -9,42 +9,42 @@ from fastapi import APIRouter, Depends
 from api.common import ERRORS, CadreId, Commands, actor_dependency
 from api.schemas import Accepted, CadreIn, CategoryIn, DepartmentIn, OrgTree, SecondmentIn, UnitIn
 from api.tokens import Tokens
-from infra.bootstrap import Baton
 from services.access import Actor, Context
 from services.base import Receipt
+from services.organisation import OrganisationApp
 
 
-def org_router(baton: Baton, tokens: Tokens) -> APIRouter:
+def org_router(org: OrganisationApp, tokens: Tokens) -> APIRouter:
     router = APIRouter(prefix="/v1/org", tags=["organisation"], responses=ERRORS)
     actor_dep = Depends(actor_dependency(tokens))
     command = Commands(router, actor_dep)
 
     @router.get("", response_model=OrgTree, summary="The organisation: units, departments, categories, cadres")
     def get_org(actor: Actor = actor_dep) -> dict[str, Any]:
-        org = baton.org.current()
+        current = org.current()
         return {
-            "units": list(org.units.values()),
-            "departments": list(org.departments.values()),
-            "categories": list(org.categories.values()),
-            "cadres": list(org.cadres.values()),
+            "units": list(current.units.values()),
+            "departments": list(current.departments.values()),
+            "categories": list(current.categories.values()),
+            "cadres": list(current.cadres.values()),
         }
 
     @command.post("/units", status_code=201, response_model=Accepted, summary="Add a unit (admin)")
     def add_unit(ctx: Context, body: UnitIn) -> Receipt:
-        return baton.org.add_unit(
+        return org.add_unit(
             ctx, unit_id=body.id, kind=body.kind, parent_id=body.parent, name=body.name, residents=body.residents
         )
 
     @command.post("/departments", status_code=201, response_model=Accepted, summary="Add a department (admin)")
     def add_department(ctx: Context, body: DepartmentIn) -> Receipt:
-        return baton.org.add_department(ctx, code=body.code, name=body.name)
+        return org.add_department(ctx, code=body.code, name=body.name)
 
     @command.post("/categories", status_code=201, response_model=Accepted, summary="Define a category (admin)")
     def define_category(ctx: Context, body: CategoryIn) -> Receipt:
         overrides = body.model_dump(
             include={"report_in_minutes", "feedback_hours", "urgent_report_in_minutes", "urgent_feedback_hours"}
         )
-        return baton.org.define_category(
+        return org.define_category(
             ctx,
             code=body.code,
             name=body.name,
@@ -56,7 +56,7 @@ def org_router(baton: Baton, tokens: Tokens) -> APIRouter:
 
     @command.post("/cadres", status_code=201, response_model=Accepted, summary="Register a cadre (admin)")
     def register_cadre(ctx: Context, body: CadreIn) -> Receipt:
-        return baton.org.register_cadre(
+        return org.register_cadre(
             ctx, cadre_id=body.id, name=body.name, department=body.department, unit_id=body.unit, title=body.title
         )
 
@@ -67,6 +67,6 @@ def org_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Second a department cadre part-time to a community (admin)",
     )
     def second_cadre(ctx: Context, cadre_id: CadreId, body: SecondmentIn) -> Receipt:
-        return baton.org.second_cadre(ctx, cadre_id=cadre_id, community_id=body.community_id)
+        return org.second_cadre(ctx, cadre_id=cadre_id, community_id=body.community_id)
 
     return router

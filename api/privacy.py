@@ -9,19 +9,19 @@ from fastapi import APIRouter, Depends
 from api.common import ERRORS, Commands, PersonId, actor_dependency
 from api.schemas import EraseIn, PersonOut
 from api.tokens import Tokens
-from infra.bootstrap import Baton
 from services.access import Actor, Context
 from services.base import Receipt
+from services.privacy import PrivacyApp
 
 
-def privacy_router(baton: Baton, tokens: Tokens) -> APIRouter:
+def privacy_router(privacy: PrivacyApp, tokens: Tokens) -> APIRouter:
     router = APIRouter(prefix="/v1/people", tags=["personal data"], responses=ERRORS)
     actor_dep = Depends(actor_dependency(tokens))
     command = Commands(router, actor_dep)
 
     @router.get("/{person_id}", response_model=PersonOut, summary="Whether a person's data is held or erased")
     def person(person_id: PersonId, actor: Actor = actor_dep) -> dict[str, Any]:
-        return baton.privacy.person(actor, person_id)
+        return privacy.person(actor, person_id)
 
     @command.post(
         "/{person_id}/erase",
@@ -29,6 +29,6 @@ def privacy_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Erase a resident's personal data: their key is destroyed, the history stays verifiable",
     )
     def erase(ctx: Context, person_id: PersonId, body: EraseIn) -> Receipt:
-        return baton.privacy.erase(ctx, person_id, reason=body.reason)
+        return privacy.erase(ctx, person_id, reason=body.reason)
 
     return router

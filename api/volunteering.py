@@ -41,7 +41,9 @@ from api.schemas import (
 )
 from api.tokens import Tokens
 from domain.errors import NotFound, Thing
-from infra.bootstrap import Baton
+from infra.clock import Clock
+from infra.privacy import Vault
+from projections.volunteering import VolunteeringView
 from services.access import (
     Actor,
     Context,
@@ -54,25 +56,27 @@ from services.access import (
     sees_personal_data,
 )
 from services.base import Receipt
+from services.organisation import OrganisationApp
+from services.volunteering import VolunteeringApp
 
 Year = Annotated[int | None, Query(ge=2000, le=2100, description="Default: this year.")]
 Community = Annotated[str, Query(description=f"A community's unit id{UNKNOWN_IN_QUERY}.")]
 CommunityFilter = Annotated[str | None, Query(description=f"Only this community (a unit id){UNKNOWN_IN_QUERY}.")]
 
 
-def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
+def volunteering_router(
+    app: VolunteeringApp, view: VolunteeringView, org: OrganisationApp, vault: Vault, clock: Clock, tokens: Tokens
+) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["volunteering"], responses=ERRORS)
     actor_dep = Depends(actor_dependency(tokens))
     command = Commands(router, actor_dep)
-    app = baton.volunteering
-    view = baton.volunteers.view
 
     def personal(actor: Actor, value: Any) -> Any:
         """Reveal sealed personal data to those who may see it; null where erased."""
-        return baton.store.vault.reveal_in(value, visible=sees_personal_data(actor))
+        return vault.reveal_in(value, visible=sees_personal_data(actor))
 
     def this_year(year: int | None) -> int:
-        return year or baton.clock.now().year
+        return year or clock.now().year
 
     # Commands ----------------------------------------------------------------------------------
 
@@ -153,8 +157,8 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         if row is None:
             missing = f"volunteer {volunteer_id} does not exist (or is not in the read model yet)"
             raise NotFound(missing, Thing.VOLUNTEER, volunteer_id)
-        check_reads_volunteer(baton.org.current(), actor, volunteer_id, row["community_id"])
-        person = baton.store.vault.person(UUID(row["volunteer_id"]))
+        check_reads_volunteer(org.current(), actor, volunteer_id, row["community_id"])
+        person = vault.person(UUID(row["volunteer_id"]))
         return {**personal(actor, row), "erased": person is None or person.erased}
 
     @router.get(
@@ -165,7 +169,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
     def leaderboard(
         community_id: CommunityId, actor: Actor = actor_dep, limit: Annotated[int, Query(ge=1, le=200)] = 20
     ) -> list[dict[str, Any]]:
-        check_reads_volunteering(baton.org.current(), actor, community_id)
+        check_reads_volunteering(org.current(), actor, community_id)
         return personal(actor, view.leaderboard(community_id, limit))
 
     @router.get(
@@ -174,7 +178,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         summary="Volunteers with confirmed service in a year per 1,000 residents",
     )
     def participation(community_id: CommunityId, actor: Actor = actor_dep, year: Year = None) -> dict[str, Any]:
-        check_reads_volunteering(baton.org.current(), actor, community_id)
+        check_reads_volunteering(org.current(), actor, community_id)
         rows = view.participation(this_year(year), community_id)
         if not rows:
             raise NotFound(f"community {community_id} is not in the read model yet")
@@ -187,13 +191,13 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
     )
     def participation_all(actor: Actor = actor_dep, year: Year = None) -> list[dict[str, Any]]:
         check_reads_county_participation(actor)
-        communities = district_communities(baton.org.current(), actor)
+        communities = district_communities(org.current(), actor)
         rows = view.participation(this_year(year), None)
         return [r for r in rows if communities is None or r["community_id"] in communities]
 
     @router.get("/activities", response_model=list[ActivitySummary], summary="A community's activities")
     def activities(community: Community, actor: Actor = actor_dep) -> list[dict[str, Any]]:
-        check_reads_volunteering(baton.org.current(), actor, community)
+        check_reads_volunteering(org.current(), actor, community)
         return view.activities(community)
 
     @router.get("/activities/{activity_id}", response_model=ActivityDetail, summary="An activity and its roster")
@@ -202,19 +206,19 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
         if row is None:
             missing = f"activity {activity_id} does not exist (or is not in the read model yet)"
             raise NotFound(missing, Thing.ACTIVITY, activity_id)
-        check_reads_volunteering(baton.org.current(), actor, row["community_id"])
+        check_reads_volunteering(org.current(), actor, row["community_id"])
         return personal(actor, row)
 
     @router.get("/rewards", response_model=list[RewardOut], summary="A community's catalogue, with stock")
     def rewards(community: Community, actor: Actor = actor_dep) -> list[dict[str, Any]]:
-        check_reads_volunteering(baton.org.current(), actor, community)
+        check_reads_volunteering(org.current(), actor, community)
         return view.catalogue(community)
 
     @router.get("/redemptions", response_model=list[RedemptionOut], summary="Redemptions, newest first")
     def redemptions(
         actor: Actor = actor_dep, community: CommunityFilter = None, volunteer: str | None = None
     ) -> list[dict[str, Any]]:
-        check_reads_redemptions(baton.org.current(), actor, community, volunteer)
+        check_reads_redemptions(org.current(), actor, community, volunteer)
         return view.redemptions(community, volunteer)
 
     @router.get(
@@ -225,8 +229,8 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
     def party_service(
         actor: Actor = actor_dep, year: Year = None, community: CommunityFilter = None, branch: str | None = None
     ) -> list[dict[str, Any]]:
-        check_reads_party_service(baton.org.current(), actor, community)
-        rows = view.party_service(this_year(year), community, branch, district_communities(baton.org.current(), actor))
+        check_reads_party_service(org.current(), actor, community)
+        rows = view.party_service(this_year(year), community, branch, district_communities(org.current(), actor))
         return personal(actor, rows)
 
     @router.get(
@@ -237,7 +241,7 @@ def volunteering_router(baton: Baton, tokens: Tokens) -> APIRouter:
     def branch_service(
         actor: Actor = actor_dep, year: Year = None, community: CommunityFilter = None
     ) -> list[dict[str, Any]]:
-        check_reads_party_service(baton.org.current(), actor, community)
-        return view.branch_service(this_year(year), community, district_communities(baton.org.current(), actor))
+        check_reads_party_service(org.current(), actor, community)
+        return view.branch_service(this_year(year), community, district_communities(org.current(), actor))
 
     return router

@@ -20,9 +20,9 @@ from api.common import (
 from api.schemas import Scorecard, StepAccepted, WhistleCreated, WhistleDetail, WhistlePage
 from api.tokens import Tokens
 from domain.errors import NotFound, OutOfScope, Thing
-from infra.bootstrap import Baton
-from projections.scorecard import empty_scorecard
-from projections.whistle_board import BoardQuery
+from infra.privacy import Vault
+from projections.scorecard import ScorecardView, empty_scorecard
+from projections.whistle_board import BoardQuery, WhistleBoardProjection
 from services.access import (
     Actor,
     Context,
@@ -32,16 +32,19 @@ from services.access import (
     whistle_board_scope,
 )
 from services.base import Receipt
+from services.organisation import OrganisationApp
 from services.schemas import BlowWhistle, Complete, Decline, Dispatch, Evaluate, Feedback, Progress
+from services.whistles import WhistleApp
 
 log = structlog.get_logger("baton.http")
 
 
-def whistle_router(baton: Baton, tokens: Tokens) -> APIRouter:
+def whistle_router(
+    whistles: WhistleApp, projection: WhistleBoardProjection, org: OrganisationApp, vault: Vault, tokens: Tokens
+) -> APIRouter:
     router = APIRouter(prefix="/v1/whistles", tags=["whistles"], responses=ERRORS)
     actor_dep = Depends(actor_dependency(tokens))
     command = Commands(router, actor_dep)
-    whistles = baton.whistles
 
     @command.post("", status_code=201, response_model=WhistleCreated, summary="吹哨 Blow a whistle")
     def blow(ctx: Context, body: BlowWhistle) -> Receipt:
@@ -93,7 +96,7 @@ def whistle_router(baton: Baton, tokens: Tokens) -> APIRouter:
         cursor: Annotated[str | None, Query(pattern=r"^\d+$", description="next_cursor of the previous page")] = None,
         min_position: MinPosition = None,
     ) -> dict[str, Any]:
-        _wait_for(baton, min_position)
+        _wait_for(projection, min_position)
         query = BoardQuery(
             community=community,
             department=department,
@@ -102,8 +105,8 @@ def whistle_router(baton: Baton, tokens: Tokens) -> APIRouter:
             limit=limit,
             before_position=int(cursor) if cursor else None,
         )
-        query = replace(query, **whistle_board_scope(baton.org.current(), actor, community, department))
-        items = baton.board.view.query(query)
+        query = replace(query, **whistle_board_scope(org.current(), actor, community, department))
+        items = projection.view.query(query)
         next_cursor = str(items[-1]["blown_position"]) if len(items) == limit else None
         return {"items": items, "next_cursor": next_cursor}
 
@@ -113,15 +116,14 @@ def whistle_router(baton: Baton, tokens: Tokens) -> APIRouter:
         actor: Actor = actor_dep,
         min_position: MinPosition = None,
     ) -> dict[str, Any]:
-        _wait_for(baton, min_position)
-        row = baton.board.view.get(whistle_id)
+        _wait_for(projection, min_position)
+        row = projection.view.get(whistle_id)
         if row is None:
             missing = f"whistle {whistle_id} does not exist (or is not on the board yet)"
             raise NotFound(missing, Thing.WHISTLE, whistle_id)
-        departments = baton.board.view.departments_of(whistle_id)
-        if not can_read_whistle(baton.org.current(), actor, row["community_id"], departments):
+        departments = projection.view.departments_of(whistle_id)
+        if not can_read_whistle(org.current(), actor, row["community_id"], departments):
             raise OutOfScope("this whistle is outside your scope")
-        vault = baton.store.vault
         row = vault.reveal_in(row, visible=sees_personal_data(actor))
         if row["reporter"] is not None:
             person = vault.person(UUID(row["reporter"]["person_id"]))
@@ -131,22 +133,22 @@ def whistle_router(baton: Baton, tokens: Tokens) -> APIRouter:
     return router
 
 
-def _wait_for(baton: Baton, position: int | None) -> None:
+def _wait_for(board: WhistleBoardProjection, position: int | None) -> None:
     if position:
         try:
-            baton.board.view.wait(baton.board.name, position, timeout=5.0)
+            board.view.wait(board.name, position, timeout=5.0)
         except TimeoutError:
             log.info("read_model_behind", wanted=position)
 
 
-def scorecard_router(baton: Baton, tokens: Tokens) -> APIRouter:
+def scorecard_router(scorecards: ScorecardView, org: OrganisationApp, tokens: Tokens) -> APIRouter:
     router = APIRouter(prefix="/v1/scorecards", tags=["scorecards"], responses=ERRORS)
     actor_dep = Depends(actor_dependency(tokens))
 
     def cards(actor: Actor, department: str | None) -> list[dict[str, Any]]:
         check_reads_scorecard(actor, department)
-        known = baton.org.current().departments
-        return [c for c in baton.scorecard.view.scorecards(department) if c["department"] in known]
+        known = org.current().departments
+        return [c for c in scorecards.scorecards(department) if c["department"] in known]
 
     @router.get("", response_model=list[Scorecard], summary="Every department's scorecard")
     def all_scorecards(actor: Actor = actor_dep) -> list[dict[str, Any]]:
@@ -156,7 +158,7 @@ def scorecard_router(baton: Baton, tokens: Tokens) -> APIRouter:
     def one_scorecard(code: DepartmentCode, actor: Actor = actor_dep) -> dict[str, Any]:
         found = cards(actor, code)
         if not found:
-            if code not in baton.org.current().departments:
+            if code not in org.current().departments:
                 raise NotFound(f"department {code} does not exist", Thing.DEPARTMENT, code)
             return empty_scorecard(code)
         return found[0]

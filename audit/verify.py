@@ -29,10 +29,15 @@ import rfc8785
 
 from audit.merkle import EMPTY_ROOT, leaf_hash, node_hash
 from audit.note import Checkpoint, NoteError, Verifier
-from domain.assessment import Scheme, score
+from audit.scoring import score
+from domain.assessment import Assessment, AssessmentScheme, Scheme
 from domain.errors import DomainError
+from domain.events import name_of
 from infra.envelope import EventTypes
 
+FINALISED, VOIDED, PUBLISHED = (
+    name_of(e) for e in (Assessment.Finalised, Assessment.FinalisationVoided, AssessmentScheme.Published)
+)
 OK, UNREADABLE, SIGNATURE, EVENTS, SCORES = 0, 2, 3, 4, 5
 
 
@@ -274,12 +279,13 @@ def _check_events(
         versions[body["aggregate_id"]] = body["version"]
         previous_position = position
         body = types.current_body(body)  # signed as recorded; read as the code reads it now
-        if body["aggregate"] == "assessment" and body["type"] == "finalised":
+        name = f"{body['aggregate']}.{body['type']}"
+        if name == FINALISED:
             history.finalised.append({"position": position, **body["data"]})
             history.finalised_at[position] = body["occurred_at"]
-        elif body["aggregate"] == "assessment" and body["type"] == "finalisation_voided":
+        elif name == VOIDED:
             history.voidings.append({"position": position, **body["data"]})
-        elif body["aggregate"] == "assessment_scheme" and body["type"] == "published":
+        elif name == PUBLISHED:
             history.schemes[body["data"]["version"]] = body["data"]["document"]
         if progress and index % 5000 == 0:
             progress(index, len(leaves))

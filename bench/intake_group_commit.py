@@ -37,7 +37,7 @@ from faststream.nats import NatsBroker
 from psycopg import sql
 
 from consumers.intake import Decided, Incoming, Intake, intake_router
-from infra.bootstrap import Baton, Runtime, bootstrap, install_patches
+from infra.bootstrap import Container, Runtime, bootstrap, install_patches
 from infra.clock import SystemClock
 from infra.jetstream import INTAKE_STREAM, JetStreamPublisher, ensure_department_consumers, ensure_streams
 from infra.logging import configure_logging
@@ -90,7 +90,7 @@ def bare_rate(settings: Settings, n: int) -> float:
         app.close()
 
 
-def seed(baton: Baton, n: int) -> list[str]:
+def seed(baton: Container, n: int) -> list[str]:
     """One community, HOUSING, a category it answers for, and n whistles summoning it (500 per transaction)."""
     org = baton.org
     org.add_unit(ADMIN, unit_id="dangtu", kind="district", parent_id=None, name="当涂县", residents=None)
@@ -129,7 +129,7 @@ def commands(whistles: list[str], prefix: str) -> list[bytes]:
     return [json.dumps({"command_id": f"{prefix}-{i}", "whistle_id": w}).encode() for i, w in enumerate(whistles)]
 
 
-def decision_rate(baton: Baton, whistles: list[str], batch_size: int) -> float:
+def decision_rate(baton: Container, whistles: list[str], batch_size: int) -> float:
     """Commands per second through Intake.decide_batch, without NATS."""
     intake = Intake(baton.whistles, baton.org, baton.store.commands)
     items = [(SUBJECT, data, seq) for seq, data in enumerate(commands(whistles, "direct"), 1)]
@@ -140,7 +140,9 @@ def decision_rate(baton: Baton, whistles: list[str], batch_size: int) -> float:
     return len(items) / (time.perf_counter() - started)
 
 
-async def intake_rate(baton: Baton, intake: Any, tmp: Path, whistles: list[str], full: bool, batch_size: int) -> float:
+async def intake_rate(
+    baton: Container, intake: Any, tmp: Path, whistles: list[str], full: bool, batch_size: int
+) -> float:
     """Commands per second: a backlog of one report_in per whistle, from starting the intake until all are acked."""
     server = EmbeddedNats(tmp)
     await server.start()

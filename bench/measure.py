@@ -30,7 +30,7 @@ from api.tokens import Tokens
 from audit.verify import verify
 from bench.substrate import BARE_STREAM, Timing, bare_publish, bare_read, bare_saves, bare_sha256
 from demo.county import County, build_county
-from infra.bootstrap import ALL, COMMANDS, Baton, Runtime, bootstrap
+from infra.bootstrap import ALL, COMMANDS, Container, Runtime, bootstrap
 from infra.cli import _rebuild
 from infra.export import export
 from infra.jetstream import (
@@ -205,7 +205,7 @@ class Bench:
         self.tokens = Tokens(b"bench-secret-that-is-long-enough-for-hs256!")
         self.headers: dict[tuple[str, str | None], dict[str, str]] = {}
         self.rng = random.Random(7)
-        self.baton: Baton | None = None
+        self.baton: Container | None = None
         self.server: EmbeddedNats | None = None
         self.runtime: Runtime | None = None
         self.http: httpx.AsyncClient | None = None
@@ -277,7 +277,7 @@ class Bench:
         assert self.runtime is not None
         return self.runtime
 
-    def _baton(self) -> Baton:
+    def _baton(self) -> Container:
         assert self.baton is not None
         return self.baton
 

@@ -41,7 +41,7 @@ from domain.assessment import MutualEvaluation
 from domain.branches import Branch
 from domain.volunteering import Activity, Volunteer
 from domain.whistle import Status, Whistle
-from infra.bootstrap import Baton
+from infra.bootstrap import Container
 from infra.clock import ManualClock
 from services.access import SYSTEM_ACTOR, Actor, Context, Role
 from services.base import CommandBatch, Receipt
@@ -117,7 +117,7 @@ class Tally:
 class History:
     """Plays the ten counties forward in simulated time and writes their events in batched transactions."""
 
-    def __init__(self, baton: Baton, clock: ManualClock, seed: int = 2019) -> None:
+    def __init__(self, baton: Container, clock: ManualClock, seed: int = 2019) -> None:
         self.baton, self.clock = baton, clock
         self.rng = random.Random(seed)
         self.counties = counties(seed)

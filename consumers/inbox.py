@@ -18,6 +18,8 @@ from faststream.nats import NatsRouter
 
 from consumers.common import BatchMessage, pull, stream
 from domain.common import DEPARTMENT_CODE
+from domain.events import name_of
+from domain.whistle import Whistle
 from infra.envelope import EventTypes
 from infra.jetstream import EVENTS_STREAM, JetStreamPublisher, Message, publish_all
 from infra.sql import Cursor
@@ -27,18 +29,20 @@ log = structlog.get_logger("baton.inbox")
 PATIENCE = 20.0
 """Seconds a batch's copies are retried while BATON_DEPT has no leader, before the batch is nacked (ack wait: 30 s)."""
 
-ROUTES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
-    "blown": lambda d: d["summoned_departments"],
-    "dispatched": lambda d: [d["lead_department"], *d["co_departments"]],
-    "evaluated": lambda d: d["departments"],
-    "deadline_missed": lambda d: d["departments"],
-    "escalated": lambda d: d["departments"],
+ROUTES: dict[type, Callable[[dict[str, Any]], list[str]]] = {
+    Whistle.Blown: lambda d: d["summoned_departments"],
+    Whistle.Dispatched: lambda d: [d["lead_department"], *d["co_departments"]],
+    Whistle.Evaluated: lambda d: d["departments"],
+    Whistle.DeadlineMissed: lambda d: d["departments"],
+    Whistle.Escalated: lambda d: d["departments"],
 }
+"""The whistle events a department's inbox gets, and which departments each concerns."""
+_ROUTES = {name_of(event): route for event, route in ROUTES.items()}
 
 
 def recipients(body: dict[str, Any], types: EventTypes) -> list[str]:
     """Department codes that must see this whistle event (a community handling a work order is not one)."""
-    route = ROUTES.get(body["type"]) if body.get("aggregate") == "whistle" else None
+    route = _ROUTES.get(f"{body['aggregate']}.{body['type']}")
     if route is None:
         return []
     data = types.current_body(body)["data"]

@@ -32,7 +32,7 @@ from demo.county import GIVEN, SURNAMES, County, build_county
 from demo.stories import run_stories
 from demo.volunteering import VolunteeringDemo
 from domain.common import year_end
-from infra.bootstrap import Baton, Runtime, bootstrap
+from infra.bootstrap import Container, Runtime, bootstrap
 from infra.clock import ManualClock
 from infra.jetstream import DEPT_STREAM, department_durable
 from infra.nats_auth import JS_API_PREFIX
@@ -117,7 +117,7 @@ class Demo:
     """Drives the county through the HTTP API and the NATS intake."""
 
     def __init__(
-        self, baton: Baton, runtime: Runtime, http: httpx.AsyncClient, tokens: Tokens, clock: ManualClock, days: int
+        self, baton: Container, runtime: Runtime, http: httpx.AsyncClient, tokens: Tokens, clock: ManualClock, days: int
     ) -> None:
         self.days = days
         self.baton = baton
@@ -399,7 +399,7 @@ def run_demo(settings: Settings, days: int = DAYS) -> int:
 
 
 async def _play(
-    baton: Baton, clock: ManualClock, settings: Settings, console: Console, days: int, start: datetime
+    baton: Container, clock: ManualClock, settings: Settings, console: Console, days: int, start: datetime
 ) -> int:
     runtime = Runtime(baton, watch=False)
     keyring = Keyring.load(settings.data_dir, settings.token_secret, baton.store.secrets)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from eventsourcing.domain import CanMutateAggregate
 
@@ -54,6 +54,35 @@ def public_name(qualname: str) -> str:
     parts = qualname.split(".")
     aggregate = snake(parts[-2]) if len(parts) > 1 else "event"
     return f"{aggregate}.{snake(parts[-1])}"
+
+
+def name_of(event: type) -> str:
+    """The class Whistle.ReportedIn -> whistle.reported_in: readers name events by class, never by a typed string."""
+    return public_name(event.__qualname__)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handles(*events: type) -> Callable[[F], F]:
+    """Mark a method as the handler of these event classes (renaming a class renames what it handles)."""
+
+    def mark(fn: F) -> F:
+        fn.handles = tuple(name_of(event) for event in events)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def handlers_of(cls: type) -> dict[str, Callable[..., Any]]:
+    """Event name -> the method of cls marked to handle it."""
+    found: dict[str, Callable[..., Any]] = {}
+    for attr in dir(cls):
+        for name in getattr(getattr(cls, attr), "handles", ()):
+            if name in found:
+                raise TypeError(f"{cls.__name__} handles {name} twice")
+            found[name] = getattr(cls, attr)
+    return found
 
 
 def event_classes() -> list[tuple[str, str, type]]:

@@ -77,7 +77,7 @@ class StoreEventSource:
 
 
 @dataclass
-class Baton:
+class Container:
     """The applications, read models and their shared store: everything but the network."""
 
     settings: Settings
@@ -105,7 +105,7 @@ class Baton:
         self.store.close()
 
 
-def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> Baton:
+def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> Container:
     """Open the store and read models and build the applications on them."""
     settings = settings or Settings()
     clock = clock or SystemClock()
@@ -142,7 +142,7 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> B
     scorecard = ScorecardProjection(ScorecardView(views), source)
     volunteers = VolunteeringProjection(VolunteeringView(views), source)
     branch_board = BranchProjection(BranchView(views), source)
-    return Baton(
+    return Container(
         settings=settings,
         clock=clock,
         store=store,
@@ -165,7 +165,7 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> B
     )
 
 
-def deadline_watcher(baton: Baton) -> Watcher:
+def deadline_watcher(baton: Container) -> Watcher:
     """The watcher, reading what is due from the read models' indexes and recording it through the applications."""
     return Watcher(
         baton.clock,
@@ -197,7 +197,7 @@ class Runtime:
 
     def __init__(
         self,
-        baton: Baton,
+        baton: Container,
         *,
         nats_url: str | None = None,
         watch: bool = True,

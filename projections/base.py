@@ -9,6 +9,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
 
+from domain.events import handlers_of
 from infra.envelope import Envelope
 from infra.sql import Fenced, PositionMoved, Tx, View
 
@@ -35,11 +36,7 @@ class BatonProjection(Projection[TView], Generic[TView]):
         self.source = source
         self.fence: Fenced | None = None
         """Set while this process holds the projections' lease: every batch checks it before it commits."""
-        self.handlers: dict[str, Handler] = {}
-        for attr in dir(type(self)):
-            handled = getattr(getattr(type(self), attr), "handles", ())
-            for name in handled:
-                self.handlers[name] = getattr(type(self), attr)
+        self.handlers: dict[str, Handler] = handlers_of(type(self))
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         """Apply one envelope (the eventsourcing Projection interface)."""
@@ -117,16 +114,6 @@ def catch_up_together(
         position = batch[-1].position
         if progress is not None:
             progress(position)
-
-
-def handles(*names: str) -> Callable[[Handler], Handler]:
-    """Mark a projection method as the handler of events named aggregate.type."""
-
-    def mark(fn: Handler) -> Handler:
-        fn.handles = names  # type: ignore[attr-defined]
-        return fn
-
-    return mark
 
 
 def dumps(value: Any) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from domain.branches import Standard, month_key, quarter_key
+from domain.branches import Branch, BranchStandard, Standard, month_key, quarter_key
+from domain.events import handles
 from infra.envelope import Envelope
 from infra.sql import Tx, View
-from projections.base import BatonProjection, dumps, handles, loads
+from projections.base import BatonProjection, dumps, loads
 
 
 class BranchView(View):
@@ -217,7 +218,7 @@ class BranchProjection(BatonProjection[BranchView]):
             (branch_id, branch_id, branch_id),
         )
 
-    @handles("branch_standard.published")
+    @handles(BranchStandard.Published)
     def _published(self, tx: Tx, e: Envelope) -> None:
         tx.execute(
             self.view.q(
@@ -227,7 +228,7 @@ class BranchProjection(BatonProjection[BranchView]):
             (e.data["version"], e.data["digest"], dumps(e.data["document"]), e.occurred_at, e.position),
         )
 
-    @handles("branch.registered")
+    @handles(Branch.Registered)
     def _registered(self, tx: Tx, e: Envelope) -> None:
         d = e.data
         chain = [*d["escalation_chain"], None, None]
@@ -253,14 +254,14 @@ class BranchProjection(BatonProjection[BranchView]):
             ),
         )
 
-    @handles("branch.members_counted")
+    @handles(Branch.MembersCounted)
     def _members(self, tx: Tx, e: Envelope) -> None:
         tx.execute(
             self.view.q("UPDATE {baton_branches} SET members = %s WHERE branch_id = %s"),
             (e.data["members"], e.aggregate_id),
         )
 
-    @handles("branch.meeting_held")
+    @handles(Branch.MeetingHeld)
     def _meeting(self, tx: Tx, e: Envelope) -> None:
         d = e.data
         tx.execute(
@@ -271,7 +272,7 @@ class BranchProjection(BatonProjection[BranchView]):
             (e.aggregate_id, d["meeting_id"], d["kind"], d["held_on"], d["attendance"], d["topic"]),
         )
 
-    @handles("branch.dues_collected")
+    @handles(Branch.DuesCollected)
     def _dues(self, tx: Tx, e: Envelope) -> None:
         d = e.data
         tx.execute(
@@ -282,7 +283,7 @@ class BranchProjection(BatonProjection[BranchView]):
             (e.aggregate_id, d["period"], d["amount_yuan"], d["members_paid"], d["collected_on"]),
         )
 
-    @handles("branch.audited")
+    @handles(Branch.Audited)
     def _audited(self, tx: Tx, e: Envelope) -> None:
         d = e.data
         auditor = (e.actor or {}).get("id")
@@ -324,7 +325,7 @@ class BranchProjection(BatonProjection[BranchView]):
         )
         self._recount(tx, e.aggregate_id)
 
-    @handles("branch.rectification_completed")
+    @handles(Branch.RectificationCompleted)
     def _completed(self, tx: Tx, e: Envelope) -> None:
         d = e.data
         tx.execute(
@@ -336,7 +337,7 @@ class BranchProjection(BatonProjection[BranchView]):
         )
         self._recount(tx, e.aggregate_id)
 
-    @handles("branch.rectification_overdue")
+    @handles(Branch.RectificationOverdue)
     def _overdue(self, tx: Tx, e: Envelope) -> None:
         d = e.data
         tx.execute(

@@ -5,9 +5,11 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from domain.events import handles
+from domain.whistle import Whistle
 from infra.envelope import Envelope
 from infra.sql import Tx, View
-from projections.base import BatonProjection, handles
+from projections.base import BatonProjection
 
 
 class ScorecardView(View):
@@ -132,7 +134,7 @@ class ScorecardProjection(BatonProjection[ScorecardView]):
 
     name = "department_scorecard"
 
-    @handles("whistle.blown")
+    @handles(Whistle.Blown)
     def _blown(self, tx: Tx, e: Envelope) -> None:
         tx.executemany(
             self.view.q(
@@ -142,7 +144,7 @@ class ScorecardProjection(BatonProjection[ScorecardView]):
             [(e.aggregate_id, d) for d in e.data["summoned_departments"]],
         )
 
-    @handles("whistle.reported_in")
+    @handles(Whistle.ReportedIn)
     def _reported_in(self, tx: Tx, e: Envelope) -> None:
         tx.execute(
             self.view.q(
@@ -151,7 +153,7 @@ class ScorecardProjection(BatonProjection[ScorecardView]):
             ("late" if e.data["late"] else "on_time", e.data["minutes"], e.aggregate_id, e.data["department"]),
         )
 
-    @handles("whistle.dispatched")
+    @handles(Whistle.Dispatched)
     def _dispatched(self, tx: Tx, e: Envelope) -> None:
         tx.execute(
             self.view.q(
@@ -161,13 +163,13 @@ class ScorecardProjection(BatonProjection[ScorecardView]):
             (e.aggregate_id, e.data["round"], e.data["lead_department"]),
         )
 
-    @handles("whistle.declined")
+    @handles(Whistle.Declined)
     def _declined(self, tx: Tx, e: Envelope) -> None:
         self.view.bump(tx, e.data["department"], "declines")
         if e.data["role"] == "lead":
             self._set_order(tx, e.aggregate_id, e.data["round"], "declined", None)
 
-    @handles("whistle.fed_back")
+    @handles(Whistle.FedBack)
     def _fed_back(self, tx: Tx, e: Envelope) -> None:
         tx.execute(
             self.view.q(
@@ -177,7 +179,7 @@ class ScorecardProjection(BatonProjection[ScorecardView]):
             ("on_time" if e.data["on_time"] else "late", e.data["minutes"], e.aggregate_id, e.aggregate_id),
         )
 
-    @handles("whistle.deadline_missed")
+    @handles(Whistle.DeadlineMissed)
     def _deadline_missed(self, tx: Tx, e: Envelope) -> None:
         if e.data["step"] == "report_in":
             tx.executemany(
@@ -199,7 +201,7 @@ class ScorecardProjection(BatonProjection[ScorecardView]):
             (state, minutes, whistle_id, round_),
         )
 
-    @handles("whistle.evaluated")
+    @handles(Whistle.Evaluated)
     def _evaluated(self, tx: Tx, e: Envelope) -> None:
         if e.data.get("department"):
             tx.execute(
@@ -212,7 +214,7 @@ class ScorecardProjection(BatonProjection[ScorecardView]):
             if e.data["status"] == "reopened":
                 self.view.bump(tx, e.data["department"], "reopens")
 
-    @handles("whistle.escalated")
+    @handles(Whistle.Escalated)
     def _escalated(self, tx: Tx, e: Envelope) -> None:
         for department in e.data["departments"]:
             self.view.bump(tx, department, "escalations")

@@ -8,9 +8,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from domain.events import handles
+from domain.organisation import Organisation
+from domain.volunteering import Activity, Reward, Volunteer
 from infra.envelope import Envelope
 from infra.sql import Tx, View
-from projections.base import BatonProjection, handles
+from projections.base import BatonProjection
 
 HUNDRED = Decimal(100)
 
@@ -333,7 +336,7 @@ class VolunteeringProjection(BatonProjection[VolunteeringView]):
             (volunteer_id, int(served_on[:4]), hours),
         )
 
-    @handles("organisation.unit_added")
+    @handles(Organisation.UnitAdded)
     def _unit_added(self, tx: Tx, e: Envelope) -> None:
         if e.data["kind"] == "community":
             tx.execute(
@@ -344,7 +347,7 @@ class VolunteeringProjection(BatonProjection[VolunteeringView]):
                 (e.data["unit_id"], e.data.get("residents")),
             )
 
-    @handles("volunteer.registered")
+    @handles(Volunteer.Registered)
     def _registered(self, tx: Tx, e: Envelope) -> None:
         d = e.data
         tx.execute(
@@ -364,7 +367,7 @@ class VolunteeringProjection(BatonProjection[VolunteeringView]):
             ),
         )
 
-    @handles("volunteer.points_awarded")
+    @handles(Volunteer.PointsAwarded)
     def _awarded(self, tx: Tx, e: Envelope) -> None:
         self._ledger(tx, e, "award", e.data["activity_id"])
         hours = cents(e.data["hours"])
@@ -376,7 +379,7 @@ class VolunteeringProjection(BatonProjection[VolunteeringView]):
         )
         self._service_hours(tx, e.aggregate_id, e.data["served_on"], hours)
 
-    @handles("volunteer.award_voided")
+    @handles(Volunteer.AwardVoided)
     def _voided(self, tx: Tx, e: Envelope) -> None:
         self._ledger(tx, e, "void", e.data["activity_id"], e.data["reason"])
         tx.execute(
@@ -396,7 +399,7 @@ class VolunteeringProjection(BatonProjection[VolunteeringView]):
             )
             self._service_hours(tx, e.aggregate_id, award["served_on"], -award["hours"])
 
-    @handles("volunteer.points_redeemed")
+    @handles(Volunteer.PointsRedeemed)
     def _redeemed(self, tx: Tx, e: Envelope) -> None:
         self._ledger(tx, e, "redeem", e.data["reward_id"])
         tx.execute(
@@ -416,11 +419,11 @@ class VolunteeringProjection(BatonProjection[VolunteeringView]):
             ),
         )
 
-    @handles("volunteer.points_expired")
+    @handles(Volunteer.PointsExpired)
     def _expired(self, tx: Tx, e: Envelope) -> None:
         self._ledger(tx, e, "expire", None)
 
-    @handles("volunteer.pledged")
+    @handles(Volunteer.Pledged)
     def _pledged(self, tx: Tx, e: Envelope) -> None:
         d = e.data
         tx.execute(
@@ -431,7 +434,7 @@ class VolunteeringProjection(BatonProjection[VolunteeringView]):
             (e.aggregate_id, d["year"], None if d["hours"] is None else cents(d["hours"]), d["service"], d["branch"]),
         )
 
-    @handles("activity.published")
+    @handles(Activity.Published)
     def _published(self, tx: Tx, e: Envelope) -> None:
         d = e.data
         tx.execute(
@@ -453,7 +456,7 @@ class VolunteeringProjection(BatonProjection[VolunteeringView]):
             ),
         )
 
-    @handles("activity.signed_up")
+    @handles(Activity.SignedUp)
     def _signed_up(self, tx: Tx, e: Envelope) -> None:
         tx.execute(
             self.view.q(
@@ -467,7 +470,7 @@ class VolunteeringProjection(BatonProjection[VolunteeringView]):
             (e.data["signups"], e.aggregate_id),
         )
 
-    @handles("activity.attendance_confirmed")
+    @handles(Activity.AttendanceConfirmed)
     def _confirmed(self, tx: Tx, e: Envelope) -> None:
         d = e.data
         tx.execute(
@@ -489,7 +492,7 @@ class VolunteeringProjection(BatonProjection[VolunteeringView]):
             (e.aggregate_id,),
         )
 
-    @handles("activity.credit_voided")
+    @handles(Activity.CreditVoided)
     def _credit_voided(self, tx: Tx, e: Envelope) -> None:
         tx.execute(
             self.view.q("UPDATE {baton_activities} SET status = 'voided', voided_reason = %s WHERE activity_id = %s"),
@@ -497,7 +500,7 @@ class VolunteeringProjection(BatonProjection[VolunteeringView]):
         )
         tx.execute(self.view.q("UPDATE {baton_roster} SET voided = 1 WHERE activity_id = %s"), (e.aggregate_id,))
 
-    @handles("reward.listed")
+    @handles(Reward.Listed)
     def _listed(self, tx: Tx, e: Envelope) -> None:
         d = e.data
         tx.execute(
@@ -508,14 +511,14 @@ class VolunteeringProjection(BatonProjection[VolunteeringView]):
             (e.aggregate_id, d["community_id"], d["name"], cents(d["cost"]), d["stock"]),
         )
 
-    @handles("reward.restocked")
+    @handles(Reward.Restocked)
     def _restocked(self, tx: Tx, e: Envelope) -> None:
         tx.execute(
             self.view.q("UPDATE {baton_rewards} SET stock = %s WHERE reward_id = %s"),
             (e.data["stock"], e.aggregate_id),
         )
 
-    @handles("reward.handed_out")
+    @handles(Reward.HandedOut)
     def _handed_out(self, tx: Tx, e: Envelope) -> None:
         tx.execute(
             self.view.q("UPDATE {baton_rewards} SET stock = %s, handed_out = handed_out + 1 WHERE reward_id = %s"),

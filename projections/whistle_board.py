@@ -6,9 +6,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from domain.events import handles
+from domain.whistle import Whistle
 from infra.envelope import Envelope
 from infra.sql import Tx, View
-from projections.base import BatonProjection, dumps, handles, loads
+from projections.base import BatonProjection, dumps, loads
 
 BOARD_COLUMNS = (
     "whistle_id",
@@ -284,7 +286,7 @@ class WhistleBoardProjection(BatonProjection[WhistleBoardView]):
         if rows:
             self.view.save_rows(tx, rows.values())
 
-    @handles("whistle.blown")
+    @handles(Whistle.Blown)
     def _blown(self, tx: Tx, e: Envelope) -> None:
         d = e.data
         chain = [*d["escalation_chain"], None, None, None]
@@ -329,13 +331,13 @@ class WhistleBoardProjection(BatonProjection[WhistleBoardView]):
         self.view.link_departments(tx, e.aggregate_id, d["summoned_departments"])
         self.view.set_deadline(tx, e.aggregate_id, "report_in", d["report_in_due"])
 
-    @handles("whistle.reported_in")
+    @handles(Whistle.ReportedIn)
     def _reported_in(self, tx: Tx, e: Envelope, row: dict[str, Any]) -> None:
         row["reported"] = [*row["reported"], e.data["department"]]
         if set(row["summoned"]) <= set(row["reported"]):
             self.view.set_deadline(tx, e.aggregate_id, "report_in", None)
 
-    @handles("whistle.dispatched")
+    @handles(Whistle.Dispatched)
     def _dispatched(self, tx: Tx, e: Envelope, row: dict[str, Any]) -> None:
         d = e.data
         row.update(
@@ -348,7 +350,7 @@ class WhistleBoardProjection(BatonProjection[WhistleBoardView]):
         self.view.link_departments(tx, e.aggregate_id, [d["lead_department"], *d["co_departments"]])
         self.view.set_deadline(tx, e.aggregate_id, "feedback", d["due_at"])
 
-    @handles("whistle.declined")
+    @handles(Whistle.Declined)
     def _declined(self, tx: Tx, e: Envelope, row: dict[str, Any]) -> None:
         row["declines"] += 1
         if e.data["role"] == "lead":
@@ -357,22 +359,22 @@ class WhistleBoardProjection(BatonProjection[WhistleBoardView]):
         else:
             row["co_departments"] = [c for c in row["co_departments"] if c != e.data["department"]]
 
-    @handles("whistle.progress_recorded", "whistle.completed")
+    @handles(Whistle.ProgressRecorded, Whistle.Completed)
     def _handled(self, tx: Tx, e: Envelope, row: dict[str, Any]) -> None:
         """Only the status changes (kept in apply)."""
 
-    @handles("whistle.fed_back")
+    @handles(Whistle.FedBack)
     def _fed_back(self, tx: Tx, e: Envelope, row: dict[str, Any]) -> None:
         row.update(resolved=e.data["resolved"], feedback_missed=False)
         self.view.set_deadline(tx, e.aggregate_id, "feedback", None)
 
-    @handles("whistle.evaluated")
+    @handles(Whistle.Evaluated)
     def _evaluated(self, tx: Tx, e: Envelope, row: dict[str, Any]) -> None:
         row.update(rating=e.data["rating"], reopens=e.data["reopens"])
         if e.data["status"] == "reopened":
             row.update(lead_department=None, co_departments=[], feedback_due=None)
 
-    @handles("whistle.deadline_missed")
+    @handles(Whistle.DeadlineMissed)
     def _deadline_missed(self, tx: Tx, e: Envelope, row: dict[str, Any]) -> None:
         if e.data["step"] == "report_in":
             row["missed_report_in"] = sorted(set(row["missed_report_in"]) | set(e.data["departments"]))
@@ -381,6 +383,6 @@ class WhistleBoardProjection(BatonProjection[WhistleBoardView]):
             row["feedback_missed"] = True
             self.view.set_deadline(tx, e.aggregate_id, "feedback", None)
 
-    @handles("whistle.escalated")
+    @handles(Whistle.Escalated)
     def _escalated(self, tx: Tx, e: Envelope, row: dict[str, Any]) -> None:
         row.update(escalation_level=e.data["level"], escalated_to=e.data["to_unit"])

@@ -6,12 +6,13 @@ import base64
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.utils import get_topic
 
+from audit.scoring import schemes_in, score
 from domain.assessment import (
     SCHEME_ID,
     UNIT_TYPES,
@@ -21,8 +22,6 @@ from domain.assessment import (
     Scheme,
     assessment_id,
     evaluation_id,
-    schemes_in,
-    score,
 )
 from domain.errors import Conflict, DuplicateEntry, InvalidCommand, NotFinal, OutOfScope
 from infra.clock import Clock
@@ -34,6 +33,11 @@ from services.organisation import OrganisationApp
 
 Tree = Callable[[int], tuple[int, bytes]]
 """Given a cut-off position: (tree size, root) of the Merkle tree over the events up to it."""
+
+
+# Events count in the year of their scheme's timezone, so a year is in the history if any zone puts the first event
+# in it or an earlier one, and the clock's now in it or a later one.
+EARLIEST_ZONE, LATEST_ZONE = timedelta(hours=-12), timedelta(hours=14)
 
 
 class AssessmentApp(BatonApplication):
@@ -110,6 +114,19 @@ class AssessmentApp(BatonApplication):
             for n in notifications:
                 yield self.codec.envelope(n).body()
             after = notifications[-1].id
+
+    def recorded(self, position: int) -> dict[str, Any] | None:
+        """The event at a position, as recorded (its body's canonical bytes are its Merkle leaf)."""
+        found = self.store.select(position - 1, 1, stop=position)
+        return self.codec.recorded(found[0]).body() if found else None
+
+    def years(self) -> tuple[int, int] | None:
+        """The first and last year the history reaches in any timezone (UTC-12 to UTC+14); None before any event."""
+        first = self.store.select(0, 1)
+        if not first:
+            return None
+        since = (datetime.fromisoformat(self.codec.envelope(first[0]).occurred_at) + EARLIEST_ZONE).year
+        return since, (self.clock.now() + LATEST_ZONE).year
 
     def cutoff(self, as_of: datetime | None) -> int:
         """The position of the last event at or before as_of (default: the last event)."""

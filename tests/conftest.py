@@ -19,7 +19,7 @@ from psycopg import sql
 
 from api.app import create_app
 from api.tokens import Tokens
-from infra.bootstrap import Baton, Runtime, bootstrap
+from infra.bootstrap import Container, Runtime, bootstrap
 from infra.clock import ManualClock
 from infra.jetstream import DEPT_STREAM, department_durable
 from infra.nats_server import EmbeddedNats
@@ -87,7 +87,7 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def baton(settings: Settings, clock: ManualClock) -> Iterator[Baton]:
+def baton(settings: Settings, clock: ManualClock) -> Iterator[Container]:
     b = bootstrap(settings, clock)
     yield b
     b.close()
@@ -103,7 +103,7 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
 
 
 @pytest.fixture
-async def runtime(baton: Baton, nats_server: EmbeddedNats) -> AsyncIterator[Runtime]:
+async def runtime(baton: Container, nats_server: EmbeddedNats) -> AsyncIterator[Runtime]:
     rt = Runtime(baton, nats_url=nats_server.url, watch=False)
     await rt.start()
     yield rt
@@ -116,7 +116,7 @@ def tokens() -> Tokens:
 
 
 @pytest.fixture
-async def client(baton: Baton, tokens: Tokens) -> AsyncIterator[httpx.AsyncClient]:
+async def client(baton: Container, tokens: Tokens) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(baton, tokens)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://baton.test") as c:
         yield c
@@ -194,7 +194,7 @@ async def seed_county(client: httpx.AsyncClient, auth: Auth) -> None:
         assert r.status_code == 201, r.text
 
 
-def seed_county_direct(baton: Baton) -> None:
+def seed_county_direct(baton: Container) -> None:
     """The same county, through the application services (no HTTP)."""
     ctx = Context(actor=ADMIN, correlation_id="seed")
     for u in UNITS:
@@ -220,7 +220,7 @@ def seed_county_direct(baton: Baton) -> None:
         )
 
 
-def blow_direct(baton: Baton, n: int = 1, community: str = "tishu") -> list[str]:
+def blow_direct(baton: Container, n: int = 1, community: str = "tishu") -> list[str]:
     """Blow n whistles through the application service; return their ids."""
     ctx = Context(actor=Actor(Role.COMMUNITY, community, "wang"), correlation_id="direct")
     return [

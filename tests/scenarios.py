@@ -16,7 +16,7 @@ import pytest
 
 from domain.branches import Standard
 from infra.backup import backup, restore
-from infra.bootstrap import Baton, Runtime, bootstrap
+from infra.bootstrap import Container, Runtime, bootstrap
 from infra.clock import ManualClock
 from infra.settings import Settings
 from tests.conftest import Auth, blow, body, seed_county, stream_messages
@@ -266,7 +266,7 @@ class Volunteering:
         return str((await self.post("/v1/rewards", payload, self.organiser))["reward_id"])
 
 
-def history(baton: Baton, whistle_id: str) -> list[tuple[str, str | None]]:
+def history(baton: Container, whistle_id: str) -> list[tuple[str, str | None]]:
     """(event type, department) of each of the whistle's events, oldest first."""
     events = baton.whistles.repository.event_store.get(uuid.UUID(whistle_id))
     return [(type(e).__name__, getattr(e, "department", None)) for e in events]
@@ -275,7 +275,7 @@ def history(baton: Baton, whistle_id: str) -> list[tuple[str, str | None]]:
 class Transactions:
     """Counts the store's write transactions by wrapping the recorder."""
 
-    def __init__(self, baton: Baton, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, baton: Container, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
         recorder = baton.store.recorder
         for name in ("insert_events", "put", "put_all"):
@@ -289,7 +289,7 @@ class Transactions:
         return counted
 
 
-async def assert_stream_matches_store(nc, baton: Baton) -> int:
+async def assert_stream_matches_store(nc, baton: Container) -> int:
     """BATON_EVENTS holds each stored event exactly once, in store order, with its dedupe id."""
     messages = await stream_messages(nc, "BATON_EVENTS")
     stored = await asyncio.to_thread(baton.source.envelopes, 0, 1_000_000)
@@ -316,7 +316,7 @@ def differences(then: Any, now: Any, where: str = "") -> list[str]:
     return [] if then == now else [f"{where}: {now!r}, recorded {then!r}"]
 
 
-def load(corpus: Path, data_dir: Path, store: str = "sqlite") -> Baton:
+def load(corpus: Path, data_dir: Path, store: str = "sqlite") -> Container:
     """The corpus opened by today's code at the clock it was recorded at; on PostgreSQL, moved there first with
     `baton backup` and `baton restore` (every event at its position)."""
     unpack(corpus, data_dir)

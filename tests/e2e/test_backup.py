@@ -21,7 +21,7 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from infra.backup import VERSION, backup, events_table, read_summary
-from infra.bootstrap import Baton, bootstrap
+from infra.bootstrap import Container, bootstrap
 from infra.cli import app as cli
 from infra.lock import DataDirLock
 from infra.settings import Settings
@@ -101,7 +101,7 @@ def commands(settings: Settings) -> dict[str, list[int]]:
 class Clipped:
     """A store's events up to a position, as projections read them."""
 
-    def __init__(self, baton: Baton, stop: int) -> None:
+    def __init__(self, baton: Container, stop: int) -> None:
         self.source, self.stop = baton.source, stop
 
     def envelopes(self, after: int, limit: int, stop: int | None = None) -> list[Any]:

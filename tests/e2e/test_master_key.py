@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from api.app import create_app
 from api.tokens import InvalidToken, Keyring, Tokens
 from domain.privacy import Sealed
-from infra.bootstrap import Baton, bootstrap
+from infra.bootstrap import Container, bootstrap
 from infra.cli import app as cli
 from infra.clock import ManualClock
 from infra.nats_auth import NatsAuth
@@ -61,9 +61,9 @@ def instance(data_dir: Path, store: str, master_key: str | None, **overrides: An
 
 
 @contextmanager
-def opened(*settings: Settings) -> Iterator[list[Baton]]:
+def opened(*settings: Settings) -> Iterator[list[Container]]:
     """bootstrap() each, closed afterwards."""
-    batons: list[Baton] = []
+    batons: list[Container] = []
     try:
         for s in settings:
             batons.append(bootstrap(s, ManualClock(START)))
@@ -90,7 +90,7 @@ def local_keys(data_dir: Path) -> list[str]:
     return sorted(p.name for p in keys.iterdir()) if keys.exists() else []
 
 
-def blow_with_reporter(baton: Baton) -> tuple[str, str]:
+def blow_with_reporter(baton: Container) -> tuple[str, str]:
     receipt = baton.whistles.blow(
         STAFF,
         community_id="tishu",
@@ -102,7 +102,7 @@ def blow_with_reporter(baton: Baton) -> tuple[str, str]:
     return receipt.body["whistle_id"], receipt.body["reporter_id"]
 
 
-def reporter_name(baton: Baton, whistle_id: str) -> str | None:
+def reporter_name(baton: Container, whistle_id: str) -> str | None:
     """The whistle's reporter name as this instance's vault reveals it (from the event itself, not a read model)."""
     (blown, *_) = baton.store.recorder.select_events_of([uuid.UUID(whistle_id)])
     token = baton.store.mapper.to_domain_event(blown).reporter["name"]
@@ -111,7 +111,7 @@ def reporter_name(baton: Baton, whistle_id: str) -> str | None:
 
 
 @asynccontextmanager
-async def client(baton: Baton, tokens: Tokens) -> AsyncIterator[httpx.AsyncClient]:
+async def client(baton: Container, tokens: Tokens) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(baton, tokens)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://baton.test") as c:
         yield c
@@ -308,7 +308,7 @@ def test_two_writers_sealing_one_new_person_at_once_leave_no_unreadable_data(
             monkeypatch.setattr(baton.store.vault, "_key_for", racing)
         results: list[Any] = [None, None]
 
-        def blow(i: int, baton: Baton) -> None:
+        def blow(i: int, baton: Container) -> None:
             try:
                 results[i] = blow_with_reporter(baton)
             except BaseException as exc:

@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 from typer.testing import CliRunner
 
-from infra.bootstrap import Baton, Runtime, bootstrap
+from infra.bootstrap import Container, Runtime, bootstrap
 from infra.cli import app as cli
 from infra.clock import ManualClock
 from infra.jetstream import (
@@ -157,7 +157,7 @@ def sqlite_cluster_settings(tmp_path: Path, cluster: NatsCluster) -> Settings:
 
 
 @pytest.fixture
-def cluster_baton(sqlite_cluster_settings: Settings) -> Iterator[Baton]:
+def cluster_baton(sqlite_cluster_settings: Settings) -> Iterator[Container]:
     baton = bootstrap(sqlite_cluster_settings, ManualClock(START))
     seed_county_direct(baton)
     yield baton
@@ -167,7 +167,7 @@ def cluster_baton(sqlite_cluster_settings: Settings) -> Iterator[Baton]:
 async def test_a_department_system_reaches_baton_through_any_node(
     cluster: NatsCluster,
     nc: Client,
-    cluster_baton: Baton,
+    cluster_baton: Container,
     sqlite_cluster_settings: Settings,
     tmp_path: Path,
     monkeypatch: Any,

@@ -22,7 +22,7 @@ from nats.aio.client import Client
 from structlog.testing import capture_logs
 
 from consumers.inbox import recipients
-from infra.bootstrap import Baton, Runtime
+from infra.bootstrap import Container, Runtime
 from infra.jetstream import DEPT_STREAM, EVENTS_STREAM, department_durable
 from infra.nats_auth import NatsAuth
 from infra.nats_server import EmbeddedNats
@@ -126,7 +126,7 @@ class Department:
             await asyncio.sleep(quiet)
 
 
-def expected_copies(baton: Baton, code: str) -> dict[str, int]:
+def expected_copies(baton: Container, code: str) -> dict[str, int]:
     """Every inbox copy department CODE must get from the store's history: its Nats-Msg-Id and position."""
     out: dict[str, int] = {}
     after = 0
@@ -224,7 +224,7 @@ async def connect(url: str, **login: Any) -> Client:
 
 @pytest.mark.parametrize("fault", FAULTS)
 async def test_the_runtime_rebuilds_nats_from_the_store(
-    baton: Baton, nats_server: EmbeddedNats, fault: str, backend: str
+    baton: Container, nats_server: EmbeddedNats, fault: str, backend: str
 ) -> None:
     """In-process Runtime: whistles blown and HOUSING reporting in over NATS while the fault strikes."""
     await asyncio.to_thread(seed_county_direct, baton)

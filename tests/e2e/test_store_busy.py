@@ -19,7 +19,7 @@ from api.app import create_app
 from api.tokens import Tokens
 from audit.merkle import leaf_hash, root_of
 from domain.assessment import UNIT_TYPES
-from infra.bootstrap import Baton, bootstrap
+from infra.bootstrap import Container, bootstrap
 from infra.clock import ManualClock
 from infra.notary import canonical
 from infra.settings import Settings
@@ -37,7 +37,7 @@ ROUNDS = 3  # each (year, unit type) finalised this often: recorded once, then r
 WORKERS = 4
 
 
-def seed_whistles(baton: Baton, clock: ManualClock, whistles: int) -> None:
+def seed_whistles(baton: Container, clock: ManualClock, whistles: int) -> None:
     """Whistles blown, reported in, dispatched, completed and fed back: five events each, 500 whistles a save."""
     app = baton.whistles
     for start in range(0, whistles, 500):
@@ -145,7 +145,7 @@ def test_two_notaries_catching_up_at_once_append_every_leaf_once(settings: Setti
         second.notary.view.locked_position = second_reads  # type: ignore[method-assign]
         sizes: dict[str, int | BaseException] = {}
 
-        def catch_up(name: str, baton: Baton) -> None:
+        def catch_up(name: str, baton: Container) -> None:
             if name == "second":
                 inside.wait(timeout=30)
             try:

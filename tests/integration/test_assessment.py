@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from audit.note import Checkpoint, Verifier
+from audit.scoring import score
 from audit.verify import OK, verify
-from domain.assessment import score
 from domain.common import year_end
-from infra.bootstrap import Baton, Runtime
+from infra.bootstrap import Container, Runtime
 from infra.cli import app as cli
 from infra.clock import ManualClock
 from infra.export import export
@@ -32,7 +32,7 @@ async def test_scores_are_reproducible_final_and_replay_from_an_export(
     auth: Auth,
     clock: ManualClock,
     runtime: Runtime,
-    baton: Baton,
+    baton: Container,
     settings: Settings,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -130,7 +130,7 @@ async def test_scores_are_reproducible_final_and_replay_from_an_export(
 
 
 async def test_checkpoints_are_signed_published_and_prove_inclusion_and_consistency(
-    client: httpx.AsyncClient, auth: Auth, runtime: Runtime, baton: Baton, nc
+    client: httpx.AsyncClient, auth: Auth, runtime: Runtime, baton: Container, nc
 ) -> None:
     await seed_county(client, auth)
     auditor = auth("auditor")

@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from api.app import create_app
 from api.common import FIND
 from api.tokens import ISSUABLE, Tokens
-from infra.bootstrap import Baton
+from infra.bootstrap import Container
 from infra.clock import ManualClock
 from services.access import Role
 from tests.conftest import START, Auth, seed_county
@@ -464,7 +464,7 @@ class World:
         return value
 
 
-async def build_world(client: httpx.AsyncClient, auth: Auth, baton: Baton) -> World:
+async def build_world(client: httpx.AsyncClient, auth: Auth, baton: Container) -> World:
     """The test county plus a second district and grid, whistles at every step, volunteering, branches, a scheme."""
     world = World()
     ids = world.ids
@@ -671,7 +671,7 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def matrix_app(baton: Baton, tokens: Tokens) -> FastAPI:
+def matrix_app(baton: Container, tokens: Tokens) -> FastAPI:
     """The real app without its rate limit (one token sends dozens of requests a second here)."""
     return create_app(baton, tokens, rate_limit=0)
 
@@ -684,7 +684,7 @@ async def matrix_client(matrix_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]
         yield client
 
 
-def test_the_policy_table_lists_every_route_and_role(baton: Baton, tokens: Tokens) -> None:
+def test_the_policy_table_lists_every_route_and_role(baton: Container, tokens: Tokens) -> None:
     """A route the app serves must have a row in POLICY (and every row a route); every issuable role has tokens."""
     served = app_routes(create_app(baton, tokens)) - DOCS
     assert not served - set(POLICY), f"routes without a row in POLICY: {sorted(served - set(POLICY))}"
@@ -701,7 +701,7 @@ def test_the_policy_table_lists_every_route_and_role(baton: Baton, tokens: Token
 
 
 async def test_every_route_every_role_every_scope(
-    matrix_client: httpx.AsyncClient, tokens: Tokens, auth: Auth, baton: Baton
+    matrix_client: httpx.AsyncClient, tokens: Tokens, auth: Auth, baton: Container
 ) -> None:
     """Each route, sent by every role in and out of scope, answers as POLICY says; no or a bad token is 401."""
     started = time.monotonic()
@@ -804,7 +804,7 @@ def renamed(value: Any, known: str, unknown: str) -> Any:
 
 
 async def test_an_unknown_id_in_the_path_is_404_for_every_route(
-    matrix_app: FastAPI, matrix_client: httpx.AsyncClient, tokens: Tokens, auth: Auth, baton: Baton
+    matrix_app: FastAPI, matrix_client: httpx.AsyncClient, tokens: Tokens, auth: Auth, baton: Container
 ) -> None:
     """An id nothing has in any path parameter is 404 not_found, naming it and where ids are listed, for every role."""
     # Everything else is POLICY's request, so the id in the path is the only thing wrong; a token scoped to the

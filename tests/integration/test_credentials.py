@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from api.app import create_app
 from api.tokens import InvalidToken, Keyring, Tokens
-from infra.bootstrap import Baton
+from infra.bootstrap import Container
 from infra.cli import app as cli
 from infra.settings import Settings
 from services.access import Actor, Context, Role
@@ -21,7 +21,7 @@ from services.access import Actor, Context, Role
 ADMIN_CTX = Context(actor=Actor(Role.ADMIN, None, "root"), correlation_id="test")
 
 
-def _events(baton: Baton, prefix: str) -> list[dict[str, object]]:
+def _events(baton: Container, prefix: str) -> list[dict[str, object]]:
     out = []
     for n in baton.store.select(0, 100_000):
         envelope = baton.codec.envelope(n)
@@ -45,7 +45,7 @@ def test_expiry_reads_the_injected_clock(tmp_path: Path) -> None:
         tokens.verify(token)
 
 
-async def test_rotation_keeps_old_tokens_until_their_key_is_retired(baton: Baton, tmp_path: Path) -> None:
+async def test_rotation_keeps_old_tokens_until_their_key_is_retired(baton: Container, tmp_path: Path) -> None:
     keyring = Keyring.load(tmp_path / "ring")
     tokens = Tokens(keyring)
     app = create_app(baton, tokens)
@@ -72,7 +72,7 @@ async def test_rotation_keeps_old_tokens_until_their_key_is_retired(baton: Baton
 
 
 async def test_revocation_is_an_event_and_takes_effect_at_once(
-    client: httpx.AsyncClient, tokens: Tokens, baton: Baton
+    client: httpx.AsyncClient, tokens: Tokens, baton: Container
 ) -> None:
     admin = {"Authorization": f"Bearer {tokens.issue('admin', None, 'root')}"}
     first, second = tokens.issue("community", "tishu", "wang"), tokens.issue("community", "tishu", "wang")
@@ -118,7 +118,7 @@ async def test_revocation_is_an_event_and_takes_effect_at_once(
 
 
 async def test_a_revocation_from_the_cli_reaches_a_running_server_within_a_second(
-    baton: Baton, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    baton: Container, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BATON_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("BATON_STORE", settings.store)

@@ -12,7 +12,7 @@ from eventsourcing.persistence import OperationalError
 
 from consumers.intake import Intake
 from domain.whistle import Whistle
-from infra.bootstrap import Baton, Runtime
+from infra.bootstrap import Container, Runtime
 from infra.jetstream import ensure_streams
 from infra.nats_server import EmbeddedNats
 from services.access import Actor, Context, Role
@@ -38,7 +38,7 @@ def numbered(messages: list[tuple[str, bytes]], first: int = 1) -> list[tuple[st
     return [(subject, data, seq) for seq, (subject, data) in enumerate(messages, first)]
 
 
-def blow_two(baton: Baton, n: int = 1) -> list[str]:
+def blow_two(baton: Container, n: int = 1) -> list[str]:
     """Whistles that summon HOUSING and PSB."""
     return [
         baton.whistles.blow(
@@ -53,7 +53,7 @@ def blow_two(baton: Baton, n: int = 1) -> list[str]:
     ]
 
 
-def blow_edu(baton: Baton) -> str:
+def blow_edu(baton: Container) -> str:
     """A whistle of taibai that summons EDU only."""
     ctx = Context(actor=Actor(Role.COMMUNITY, "taibai", "li"), correlation_id="test")
     receipt = baton.whistles.blow(
@@ -67,13 +67,13 @@ def blow_edu(baton: Baton) -> str:
     return str(receipt.body["whistle_id"])
 
 
-def positions_of(baton: Baton, after: int) -> list[tuple[str, str]]:
+def positions_of(baton: Container, after: int) -> list[tuple[str, str]]:
     """(aggregate id, event type) of each event stored after `after`, in store order."""
     return [(str(n.originator_id), n.topic.split(":")[-1]) for n in baton.store.select(after, 1000)]
 
 
 def test_a_batch_is_one_transaction_and_each_command_logs_its_own_positions(
-    baton: Baton, monkeypatch: pytest.MonkeyPatch
+    baton: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_county_direct(baton)
     whistles = blow_direct(baton, 30)
@@ -105,7 +105,7 @@ def test_a_batch_is_one_transaction_and_each_command_logs_its_own_positions(
 
 
 def test_commands_on_one_whistle_in_one_batch_apply_in_message_order(
-    baton: Baton, monkeypatch: pytest.MonkeyPatch
+    baton: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_county_direct(baton)
     first, second = blow_two(baton, 2)
@@ -249,7 +249,7 @@ def check_mixed(
 
 
 def test_a_mixed_batch_gives_one_answer_per_message_and_events_only_for_accepted_commands(
-    baton: Baton, monkeypatch: pytest.MonkeyPatch
+    baton: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_county_direct(baton)
     whistles = blow_direct(baton, 4)
@@ -286,7 +286,7 @@ def test_a_mixed_batch_gives_one_answer_per_message_and_events_only_for_accepted
 
 
 def test_a_conflict_with_a_concurrent_writer_falls_back_to_one_by_one(
-    baton: Baton, monkeypatch: pytest.MonkeyPatch
+    baton: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_county_direct(baton)
     whistles = blow_two(baton, 5)
@@ -325,7 +325,7 @@ def test_a_conflict_with_a_concurrent_writer_falls_back_to_one_by_one(
 
 
 def test_a_command_failing_halfway_spoils_the_batch_and_nothing_of_it_is_saved(
-    baton: Baton, monkeypatch: pytest.MonkeyPatch
+    baton: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_county_direct(baton)
     whistles = blow_direct(baton, 3)
@@ -347,7 +347,7 @@ def test_a_command_failing_halfway_spoils_the_batch_and_nothing_of_it_is_saved(
 
 
 def test_a_transient_store_error_leaves_nothing_and_the_batch_is_decided_again(
-    baton: Baton, monkeypatch: pytest.MonkeyPatch
+    baton: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_county_direct(baton)
     whistles = blow_direct(baton, 3)
@@ -371,7 +371,7 @@ def _store_down(*args: Any, **kwargs: Any) -> Any:
 
 
 async def test_a_backlog_over_nats_is_one_transaction_with_one_outcome_per_message(
-    baton: Baton, nats_server: EmbeddedNats, nc: nats.aio.client.Client, monkeypatch: pytest.MonkeyPatch
+    baton: Container, nats_server: EmbeddedNats, nc: nats.aio.client.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_county_direct(baton)
     whistles = blow_direct(baton, 4)

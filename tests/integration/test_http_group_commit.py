@@ -15,7 +15,7 @@ import httpx
 import pytest
 from eventsourcing.persistence import DataError, OperationalError
 
-from infra.bootstrap import Baton, bootstrap
+from infra.bootstrap import Container, bootstrap
 from infra.settings import Settings
 from infra.sqlite import StoreBusy
 from services.access import Actor, Context, Role
@@ -33,7 +33,7 @@ class HeldFirstSave:
     there, and from the second on `fail_with` (if set; only once if `fail_once`) is raised instead of saving.
     """
 
-    def __init__(self, baton: Baton, app: BatonApplication, behind: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, baton: Container, app: BatonApplication, behind: int, monkeypatch: pytest.MonkeyPatch) -> None:
         self.app = app
         self.behind = behind
         self.fail_with: BaseException | None = None
@@ -82,7 +82,7 @@ def concurrently(calls: list[Callable[[], Receipt]]) -> list[Receipt | BaseExcep
         return list(pool.map(run, calls))
 
 
-def blow_call(baton: Baton, i: int) -> Callable[[], Receipt]:
+def blow_call(baton: Container, i: int) -> Callable[[], Receipt]:
     return lambda: baton.whistles.blow(
         ctx(f"blow-{i}"),
         community_id="tishu",
@@ -94,7 +94,7 @@ def blow_call(baton: Baton, i: int) -> Callable[[], Receipt]:
 
 
 def test_commands_queued_behind_a_save_share_one_transaction_and_keep_their_own_positions(
-    baton: Baton, monkeypatch: pytest.MonkeyPatch
+    baton: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_county_direct(baton)
     before = baton.store.max_position()
@@ -114,7 +114,7 @@ def test_commands_queued_behind_a_save_share_one_transaction_and_keep_their_own_
 
 
 def test_a_group_whose_commands_change_one_aggregate_is_split_and_every_command_lands(
-    baton: Baton, monkeypatch: pytest.MonkeyPatch
+    baton: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_county_direct(baton)
     first = blow_call(baton, 0)()
@@ -139,7 +139,7 @@ def test_a_group_whose_commands_change_one_aggregate_is_split_and_every_command_
 
 
 def test_a_store_failure_of_a_joined_save_is_every_members_answer_and_nothing_of_it_is_saved(
-    baton: Baton, monkeypatch: pytest.MonkeyPatch
+    baton: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_county_direct(baton)
     before = baton.store.max_position()
@@ -161,7 +161,7 @@ def test_a_store_failure_of_a_joined_save_is_every_members_answer_and_nothing_of
 
 
 def test_commands_queued_while_the_store_could_not_be_reached_get_that_answer_without_another_wait(
-    baton: Baton, monkeypatch: pytest.MonkeyPatch
+    baton: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_county_direct(baton)
     before = baton.store.max_position()
@@ -178,7 +178,7 @@ def test_commands_queued_while_the_store_could_not_be_reached_get_that_answer_wi
 
 
 def test_a_save_that_found_the_store_busy_is_the_answer_of_its_own_commands_only(
-    baton: Baton, monkeypatch: pytest.MonkeyPatch
+    baton: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_county_direct(baton)
     before = baton.store.max_position()
@@ -195,7 +195,7 @@ def test_a_save_that_found_the_store_busy_is_the_answer_of_its_own_commands_only
 
 
 def test_a_joined_save_refused_for_one_commands_data_is_split_and_the_others_land(
-    baton: Baton, monkeypatch: pytest.MonkeyPatch
+    baton: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_county_direct(baton)
     held = HeldFirstSave(baton, baton.whistles, behind=4, monkeypatch=monkeypatch)
@@ -208,7 +208,7 @@ def test_a_joined_save_refused_for_one_commands_data_is_split_and_the_others_lan
 
 
 def test_when_a_split_groups_member_finds_the_store_gone_every_member_is_answered(
-    baton: Baton, monkeypatch: pytest.MonkeyPatch
+    baton: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_county_direct(baton)
     before = baton.store.max_position()
@@ -248,7 +248,7 @@ def test_when_a_split_groups_member_finds_the_store_gone_every_member_is_answere
 
 
 async def test_concurrent_http_commands_are_answered_each_and_saved_together(
-    baton: Baton, client: httpx.AsyncClient, auth: Auth, monkeypatch: pytest.MonkeyPatch
+    baton: Container, client: httpx.AsyncClient, auth: Auth, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await seed_county(client, auth)
     before = baton.store.max_position()
@@ -272,7 +272,7 @@ async def test_concurrent_http_commands_are_answered_each_and_saved_together(
 
 
 def test_a_new_key_is_not_looked_up_and_a_repeated_one_is_answered_even_where_deciding_again_fails(
-    baton: Baton, monkeypatch: pytest.MonkeyPatch
+    baton: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_county_direct(baton)
     whistle_id = blow_call(baton, 0)().body["whistle_id"]
@@ -316,7 +316,7 @@ def test_the_organisation_another_process_changes_is_seen_within_a_second_and_ou
         theirs.close()
 
 
-def test_commands_from_many_threads_are_each_accepted_at_positions_of_their_own(baton: Baton) -> None:
+def test_commands_from_many_threads_are_each_accepted_at_positions_of_their_own(baton: Container) -> None:
     seed_county_direct(baton)
     receipts = concurrently([blow_call(baton, i) for i in range(24)])
     assert all(isinstance(r, Receipt) for r in receipts), receipts

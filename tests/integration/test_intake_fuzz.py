@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from consumers.intake import MAX_BODY, Intake
-from infra.bootstrap import Baton, Runtime
+from infra.bootstrap import Container, Runtime
 from services.schemas import DEPARTMENT_COMMANDS
 from tests.conftest import Auth, blow, blow_direct, seed_county, seed_county_direct
 
@@ -186,7 +186,7 @@ def expected_key(message: Message, data: bytes, seq: int) -> str:
     return f"nats:{message.code}:{command_id}" if command_id else f"nats:{message.code}:seq:{seq}"
 
 
-def test_intake_decide_rejects_every_hostile_message(baton: Baton) -> None:
+def test_intake_decide_rejects_every_hostile_message(baton: Container) -> None:
     seed_county_direct(baton)
     (whistle_id,) = blow_direct(baton)
     intake = Intake(baton.whistles, baton.org, baton.store.commands)
@@ -292,7 +292,7 @@ async def test_hostile_commands_over_nats_each_get_one_rejected_outcome(
     )
 
 
-def test_what_the_fuzz_found_is_rejected_with_a_reason(baton: Baton) -> None:
+def test_what_the_fuzz_found_is_rejected_with_a_reason(baton: Container) -> None:
     seed_county_direct(baton)
     (whistle_id,) = blow_direct(baton)
     intake = Intake(baton.whistles, baton.org, baton.store.commands)
@@ -305,7 +305,7 @@ def test_what_the_fuzz_found_is_rejected_with_a_reason(baton: Baton) -> None:
 
 
 def test_a_message_that_breaks_a_step_is_rejected_and_the_next_one_is_decided(
-    baton: Baton, monkeypatch: pytest.MonkeyPatch
+    baton: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_county_direct(baton)
     (whistle_id,) = blow_direct(baton)

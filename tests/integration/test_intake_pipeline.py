@@ -12,7 +12,7 @@ import pytest
 from faststream.nats import NatsBroker
 
 from consumers.intake import Intake, OutcomeQueue, intake_router
-from infra.bootstrap import Baton, install_patches
+from infra.bootstrap import Container, install_patches
 from infra.jetstream import INTAKE_STREAM, JetStreamPublisher, ensure_department_consumers, ensure_streams
 from infra.nats_server import EmbeddedNats
 from tests.conftest import DepartmentFeed, blow_direct, body, seed_county_direct
@@ -61,7 +61,7 @@ async def queue_commands(js: Any, whistles: list[str]) -> list[str]:
     return ids
 
 
-async def running_intake(baton: Baton, url: str, publisher: HeldPublisher, queue: OutcomeQueue) -> NatsBroker:
+async def running_intake(baton: Container, url: str, publisher: HeldPublisher, queue: OutcomeQueue) -> NatsBroker:
     install_patches()  # as Runtime.start() does before its brokers
     broker = NatsBroker(url, logger=None)
     intake = Intake(baton.whistles, baton.org, baton.store.commands)
@@ -78,7 +78,7 @@ async def until(check: Any, timeout: float = 30.0) -> None:
 
 
 async def test_a_batch_is_acked_only_once_its_outcomes_are_stored_and_outcomes_keep_command_order(
-    baton: Baton, nats_server: EmbeddedNats, js_publisher: tuple[Any, JetStreamPublisher]
+    baton: Container, nats_server: EmbeddedNats, js_publisher: tuple[Any, JetStreamPublisher]
 ) -> None:
     js, inner = js_publisher
     seed_county_direct(baton)
@@ -117,7 +117,7 @@ async def test_a_batch_is_acked_only_once_its_outcomes_are_stored_and_outcomes_k
 
 
 async def test_outcomes_that_fail_to_publish_come_again_from_the_command_log_once_each(
-    baton: Baton, nats_server: EmbeddedNats, js_publisher: tuple[Any, JetStreamPublisher]
+    baton: Container, nats_server: EmbeddedNats, js_publisher: tuple[Any, JetStreamPublisher]
 ) -> None:
     js, inner = js_publisher
     seed_county_direct(baton)

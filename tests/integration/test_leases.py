@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from infra.bootstrap import Baton, Runtime, bootstrap
+from infra.bootstrap import Container, Runtime, bootstrap
 from infra.clock import ManualClock
 from infra.lease import Fence, LeaseLost, Leases, Roles
 from infra.nats_server import EmbeddedNats
@@ -31,7 +31,7 @@ def wait_until(condition, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def test_a_lease_is_held_by_one_renewed_by_it_and_taken_once_expired(baton: Baton) -> None:
+def test_a_lease_is_held_by_one_renewed_by_it_and_taken_once_expired(baton: Container) -> None:
     a, b = Leases(baton.views, "a/1", ttl=0.4), Leases(baton.views, "b/1", ttl=0.4)
     first = a.ask("relay")
     assert first is not None and first.epoch == 1
@@ -49,7 +49,7 @@ def test_a_lease_is_held_by_one_renewed_by_it_and_taken_once_expired(baton: Bato
     assert again is not None and again.epoch == 3
 
 
-def test_a_holder_that_lost_its_lease_has_its_writes_refused(baton: Baton) -> None:
+def test_a_holder_that_lost_its_lease_has_its_writes_refused(baton: Container) -> None:
     seed_county_direct(baton)
     blow_direct(baton, 3)
     old, new = Leases(baton.views, "old/1", ttl=0.3), Leases(baton.views, "new/1", ttl=5)
@@ -88,7 +88,7 @@ def test_two_writers_of_one_read_model_apply_each_event_once(postgres_url: str, 
         errors: list[BaseException] = []
         start = threading.Barrier(6)
 
-        def catch_up(baton: Baton) -> None:
+        def catch_up(baton: Container) -> None:
             start.wait()
             try:
                 baton.scorecard.catch_up(batch_size=3)
@@ -131,7 +131,7 @@ def test_instances_starting_at_once_on_an_empty_database_all_start(postgres_url:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-async def test_each_role_runs_in_one_process_and_moves_when_its_holder_dies(baton: Baton) -> None:
+async def test_each_role_runs_in_one_process_and_moves_when_its_holder_dies(baton: Container) -> None:
     running: dict[str, list[str]] = {"relay": [], "watcher": []}
 
     def role(name: str, holder: str):
@@ -173,7 +173,7 @@ async def test_each_role_runs_in_one_process_and_moves_when_its_holder_dies(bato
 
 
 async def test_read_models_follow_the_store_when_nothing_reaches_them_over_nats(
-    baton: Baton, nats_server: EmbeddedNats
+    baton: Container, nats_server: EmbeddedNats
 ) -> None:
     """Another process holds the relay but publishes nothing (its NATS is elsewhere): the read models still
     catch up, from the store, within seconds."""

@@ -10,7 +10,7 @@ import pytest
 from api.app import create_app
 from api.limits import RateLimit
 from api.tokens import Tokens
-from infra.bootstrap import Baton
+from infra.bootstrap import Container
 from tests.conftest import Auth
 
 
@@ -25,7 +25,7 @@ def http(app) -> httpx.AsyncClient:
 
 
 @pytest.fixture
-async def small(baton: Baton, tokens: Tokens) -> AsyncIterator[httpx.AsyncClient]:
+async def small(baton: Container, tokens: Tokens) -> AsyncIterator[httpx.AsyncClient]:
     """A client of an app that takes bodies of at most 1 KiB and 5 requests per second in bursts of 3."""
     async with http(create_app(baton, tokens, max_body=1024, rate_limit=5, rate_burst=3)) as c:
         yield c
@@ -88,7 +88,7 @@ async def test_requests_without_a_valid_token_share_their_address_bucket(small: 
     assert statuses[:3] == [401, 401, 401] and statuses[3:] == [429, 429]
 
 
-def test_the_bucket_refills_at_the_rate(baton: Baton, tokens: Tokens) -> None:
+def test_the_bucket_refills_at_the_rate(baton: Container, tokens: Tokens) -> None:
     now = [100.0]
     limiter = RateLimit(create_app(baton, tokens), tokens, rate=2, burst=2, clock=lambda: now[0])
     assert [limiter.take("k") for _ in range(2)] == [0.0, 0.0]
@@ -100,7 +100,7 @@ def test_the_bucket_refills_at_the_rate(baton: Baton, tokens: Tokens) -> None:
     assert [limiter.take("k") for _ in range(3)][:2] == [0.0, 0.0]
 
 
-def test_idle_buckets_are_forgotten_when_there_are_too_many(baton: Baton, tokens: Tokens) -> None:
+def test_idle_buckets_are_forgotten_when_there_are_too_many(baton: Container, tokens: Tokens) -> None:
     now = [0.0]
     limiter = RateLimit(create_app(baton, tokens), tokens, rate=10, burst=5, clock=lambda: now[0])
     limiter.MAX_KEYS = 100
@@ -111,7 +111,7 @@ def test_idle_buckets_are_forgotten_when_there_are_too_many(baton: Baton, tokens
     assert set(limiter.buckets) == {"new"}
 
 
-async def test_the_default_limits_come_from_the_settings(baton: Baton, tokens: Tokens, auth: Auth) -> None:
+async def test_the_default_limits_come_from_the_settings(baton: Container, tokens: Tokens, auth: Auth) -> None:
     baton.settings.rate_limit = 0.01
     baton.settings.rate_burst = 2
     baton.settings.http_max_body = 10
@@ -122,7 +122,7 @@ async def test_the_default_limits_come_from_the_settings(baton: Baton, tokens: T
         assert (await c.get("/v1/org", headers=admin)).status_code == 429
 
 
-async def test_nul_characters_are_refused_wherever_they_come(baton: Baton, tokens: Tokens, auth: Auth) -> None:
+async def test_nul_characters_are_refused_wherever_they_come(baton: Container, tokens: Tokens, auth: Auth) -> None:
     admin = auth("admin", None, "root")
     async with http(create_app(baton, tokens, rate_limit=0)) as small:
         await _refuse_nul(small, admin)
@@ -145,7 +145,7 @@ async def _refuse_nul(small: httpx.AsyncClient, admin: dict[str, str]) -> None:
     assert r.status_code == 422 and "NUL" in error(r)["message"], r.text
 
 
-async def test_bodies_that_are_not_json_say_so_with_422(baton: Baton, tokens: Tokens, auth: Auth) -> None:
+async def test_bodies_that_are_not_json_say_so_with_422(baton: Container, tokens: Tokens, auth: Auth) -> None:
     async with http(create_app(baton, tokens, rate_limit=0)) as c:
         headers = {**auth("admin", None, "root"), "Content-Type": "application/json"}
         cases = [

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from api.tokens import Tokens
-from infra.bootstrap import Baton, Runtime
+from infra.bootstrap import Container, Runtime
 from tests.conftest import Auth, blow, seed_county
 
 
@@ -28,7 +28,7 @@ def value(found: dict, name: str, **labels: str) -> float:
 
 
 async def test_metrics_count_commands_and_show_lags_and_leases(
-    baton: Baton, runtime: Runtime, tokens: Tokens, auth: Auth, nc
+    baton: Container, runtime: Runtime, tokens: Tokens, auth: Auth, nc
 ) -> None:
     app = create_app(baton, tokens, runtime)  # the runtime is the fixture's, already started
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://baton.test") as client:

@@ -19,7 +19,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from typer.testing import CliRunner
 
-from infra.bootstrap import Baton, Runtime, bootstrap
+from infra.bootstrap import Container, Runtime, bootstrap
 from infra.cli import app as cli
 from infra.clock import ManualClock
 from infra.jetstream import AUDITOR_DURABLE, DEPT_STREAM, EVENTS_STREAM, INTAKE_STREAM, department_durable
@@ -53,7 +53,7 @@ class Login:
 
 
 @pytest.fixture
-async def served(baton: Baton) -> AsyncIterator[Runtime]:
+async def served(baton: Container) -> AsyncIterator[Runtime]:
     """Baton's runtime with its embedded, authenticated nats-server, on a seeded county."""
     seed_county_direct(baton)
     runtime = Runtime(baton, watch=False)
@@ -131,7 +131,7 @@ async def test_nobody_gets_in_without_a_login(served: Runtime) -> None:
 
 
 async def test_a_department_sends_its_commands_and_reads_its_own_inbox_and_outcomes(
-    served: Runtime, baton: Baton, housing: Login
+    served: Runtime, baton: Container, housing: Login
 ) -> None:
     [whistle_id] = blow_direct(baton)  # summons HOUSING: an inbox event for it
     command = {"command_id": uuid.uuid4().hex, "whistle_id": whistle_id}
@@ -147,7 +147,7 @@ async def test_a_department_sends_its_commands_and_reads_its_own_inbox_and_outco
 
 
 async def test_a_department_cannot_send_another_departments_commands(
-    served: Runtime, baton: Baton, housing: Login
+    served: Runtime, baton: Container, housing: Login
 ) -> None:
     [whistle_id] = blow_direct(baton)  # summons HOUSING only: PSB's report-in would be refused anyway
     before = (await served.nc.jetstream().stream_info(INTAKE_STREAM)).state.messages  # type: ignore[union-attr]
@@ -163,7 +163,7 @@ async def test_a_department_cannot_send_another_departments_commands(
 
 
 async def test_a_department_cannot_read_another_departments_inbox(
-    served: Runtime, baton: Baton, housing: Login, psb: Login
+    served: Runtime, baton: Container, housing: Login, psb: Login
 ) -> None:
     await housing.nc.subscribe("baton.dept.PSB.inbox.>")
     await housing.nc.flush()
@@ -184,7 +184,7 @@ async def test_a_department_cannot_read_another_departments_inbox(
     assert [m.subject for m in msgs] == ["baton.dept.PSB.inbox.whistle.blown"]
 
 
-async def test_a_department_cannot_read_baton_events(served: Runtime, baton: Baton, housing: Login) -> None:
+async def test_a_department_cannot_read_baton_events(served: Runtime, baton: Container, housing: Login) -> None:
     blow_direct(baton)
     await served.wait_idle()
     await housing.nc.subscribe("baton.evt.>")
@@ -198,7 +198,7 @@ async def test_a_department_cannot_read_baton_events(served: Runtime, baton: Bat
 
 
 async def test_a_reply_subject_cannot_smuggle_acks_into_baton_events(
-    served: Runtime, baton: Baton, housing: Login
+    served: Runtime, baton: Container, housing: Login
 ) -> None:
     """JetStream answers to any reply subject; across accounts the answer stays in the sender's account."""
     [whistle_id] = blow_direct(baton)
@@ -214,7 +214,9 @@ async def test_a_reply_subject_cannot_smuggle_acks_into_baton_events(
     assert baton.store.max_position() == before + 1
 
 
-async def test_the_auditor_reads_baton_events_and_cannot_publish(served: Runtime, baton: Baton, auditor: Login) -> None:
+async def test_the_auditor_reads_baton_events_and_cannot_publish(
+    served: Runtime, baton: Container, auditor: Login
+) -> None:
     blow_direct(baton, 2)
     await served.wait_idle()
     info = await auditor.js.stream_info(EVENTS_STREAM)
@@ -235,7 +237,9 @@ async def test_the_auditor_reads_baton_events_and_cannot_publish(served: Runtime
     assert (await served.nc.jetstream().stream_info(EVENTS_STREAM)).state.messages == info.state.messages  # type: ignore[union-attr]
 
 
-async def test_a_department_added_while_serving_can_log_in(served: Runtime, baton: Baton, settings: Settings) -> None:
+async def test_a_department_added_while_serving_can_log_in(
+    served: Runtime, baton: Container, settings: Settings
+) -> None:
     baton.org.add_department(Context(actor=ADMIN, correlation_id="t"), code="REDCROSS", name="红十字会")
     creds = _auth(settings).department("REDCROSS")
     loop = asyncio.get_running_loop()
@@ -248,7 +252,7 @@ async def test_a_department_added_while_serving_can_log_in(served: Runtime, bato
         assert info.name == department_durable("REDCROSS")
 
 
-def test_nats_creds_issue_prints_a_working_login(baton: Baton, settings: Settings, monkeypatch: Any) -> None:
+def test_nats_creds_issue_prints_a_working_login(baton: Container, settings: Settings, monkeypatch: Any) -> None:
     seed_county_direct(baton)
     monkeypatch.setenv("BATON_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("BATON_STORE", settings.store)
@@ -269,7 +273,7 @@ def test_nats_creds_issue_prints_a_working_login(baton: Baton, settings: Setting
 
 
 async def test_the_example_department_system_runs_on_issued_credentials(
-    served: Runtime, baton: Baton, settings: Settings, tmp_path: Path, monkeypatch: Any
+    served: Runtime, baton: Container, settings: Settings, tmp_path: Path, monkeypatch: Any
 ) -> None:
     [whistle_id] = blow_direct(baton)  # summons HOUSING
     monkeypatch.setenv("BATON_DATA_DIR", str(settings.data_dir))

@@ -13,7 +13,7 @@ import pytest
 
 from audit.verify import OK, verify
 from domain.common import year_end
-from infra.bootstrap import Baton, Runtime
+from infra.bootstrap import Container, Runtime
 from infra.clock import ManualClock
 from infra.export import export
 from infra.nats_server import EmbeddedNats
@@ -56,7 +56,7 @@ async def _people(client: httpx.AsyncClient, auth: Auth) -> tuple[str, str, str]
 async def test_personal_data_is_sealed_everywhere_and_erasure_keeps_the_history_verifiable(
     client: httpx.AsyncClient,
     auth: Auth,
-    baton: Baton,
+    baton: Container,
     runtime: Runtime,
     nats_server: EmbeddedNats,
     tmp_path: Path,

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from infra.bootstrap import Baton, Runtime
+from infra.bootstrap import Container, Runtime
 from infra.cli import app as cli
 from infra.clock import ManualClock
 from infra.settings import Settings
@@ -25,7 +25,7 @@ async def test_rebuild_equals_live(
     auth: Auth,
     clock: ManualClock,
     runtime: Runtime,
-    baton: Baton,
+    baton: Container,
     settings: Settings,
     how: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -56,7 +56,7 @@ async def test_rebuild_equals_live(
     assert rebuilt == live
 
 
-def test_a_batch_reads_and_writes_each_board_row_once(baton: Baton, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_batch_reads_and_writes_each_board_row_once(baton: Container, monkeypatch: pytest.MonkeyPatch) -> None:
     seed_county_direct(baton)
     whistles = blow_direct(baton, 3)
     housing = Context(Actor(Role.DEPARTMENT, "HOUSING", "desk"), "test")

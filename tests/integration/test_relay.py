@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from infra.bootstrap import Baton, Runtime, bootstrap
+from infra.bootstrap import Container, Runtime, bootstrap
 from infra.nats_server import EmbeddedNats
 from infra.settings import Settings
 from tests.conftest import blow_direct, seed_county_direct, stream_messages
 from tests.scenarios import assert_stream_matches_store
 
 
-async def test_relay_survives_nats_server_killed_mid_stream(baton: Baton, nats_server: EmbeddedNats, nc) -> None:
+async def test_relay_survives_nats_server_killed_mid_stream(baton: Container, nats_server: EmbeddedNats, nc) -> None:
     await asyncio.to_thread(seed_county_direct, baton)
     runtime = Runtime(baton, nats_url=nats_server.url, watch=False)
     await runtime.start()
@@ -38,7 +38,7 @@ async def test_relay_survives_nats_server_killed_mid_stream(baton: Baton, nats_s
         await runtime.stop()
 
 
-async def test_relay_restart_resumes_without_gap_or_duplicate(baton: Baton, nats_server: EmbeddedNats, nc) -> None:
+async def test_relay_restart_resumes_without_gap_or_duplicate(baton: Container, nats_server: EmbeddedNats, nc) -> None:
     await asyncio.to_thread(seed_county_direct, baton)
     first = Runtime(baton, nats_url=nats_server.url, watch=False)
     await first.start()

@@ -9,7 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from domain.assessment import Assessment, MutualEvaluation, Scheme, schemes_in, score
+from audit.scoring import schemes_in, score
+from domain.assessment import Assessment, MutualEvaluation, Scheme
 from domain.errors import Conflict, InvalidCommand, NotFinal, YearNotOver
 from tests.scenarios import ROOT
 
