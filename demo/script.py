@@ -8,6 +8,7 @@ a ManualClock that the script moves forward, so weeks pass in seconds and the de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import uuid
@@ -22,6 +23,7 @@ import httpx
 import nats
 from nats.aio.client import Client
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from api.app import create_app
@@ -374,6 +376,48 @@ class Demo:
         await self.runtime.wait_idle(timeout=60)
 
 
+class Stages:
+    """One progress bar per stage of the demo: simulated days played where a stage spans days, else a spinner."""
+
+    def __init__(self, console: Console, clock: ManualClock) -> None:
+        self.clock = clock
+        self.progress = Progress(
+            SpinnerColumn(finished_text="[green]✓[/green]"),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[done]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+
+    def __enter__(self) -> Stages:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    @contextlib.asynccontextmanager
+    async def stage(self, description: str, until: datetime | None = None) -> AsyncIterator[None]:
+        """A stage; with until, its bar follows the simulated clock from now to until, in days."""
+        start = self.clock.now()
+        days = max((until - start) / timedelta(days=1), 1 / 24) if until else None
+        task = self.progress.add_task(description, total=days, done="")
+
+        async def follow() -> None:
+            while days is not None:
+                played = min(max((self.clock.now() - start) / timedelta(days=1), 0), days)
+                self.progress.update(task, completed=played, done=f"day {int(played)}/{round(days)}")
+                await asyncio.sleep(0.2)
+
+        following = asyncio.create_task(follow())
+        try:
+            yield
+        finally:
+            following.cancel()
+            self.progress.update(task, total=days or 1, completed=days or 1, done="")
+
+
 def from_now(clock: ManualClock, hours: float) -> datetime:
     return clock.now() + timedelta(hours=hours)
 
@@ -410,33 +454,34 @@ async def _play(
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://baton.demo") as http:
             demo = Demo(baton, runtime, http, tokens, clock, days)
             await demo.listen_for_outcomes()
-            with console.status("building the county"):
-                await demo.build_county()
-                await runtime.wait_idle(timeout=60)  # and the departments' NATS logins
-                await demo.follow_departments()
-            december = clock.now()
-            with console.status("last December's whistles and volunteering, and New Year"):
-                await demo.assessment.publish()
+            with Stages(console, clock) as stages:
+                async with stages.stage("building the county"):
+                    await demo.build_county()
+                    await runtime.wait_idle(timeout=60)  # and the departments' NATS logins
+                    await demo.follow_departments()
+                december = clock.now()
                 # Ticks stop before local midnight: the prelude's own last tick lapses the year_end points.
                 last_tick = year_end(december.year) - timedelta(hours=1)
-                whistles = [demo.watcher(december, last_tick, every=timedelta(hours=6))]
-                whistles += demo.whistles(december, min(days, PRELUDE_DAYS))
-                await demo.volunteering.prelude(december, whistles)
-            with console.status(f"two-way evaluation and the {december.year} assessment, finalised at New Year"):
-                await demo.assessment.rate(december.year)
-                await demo.assessment.finalise(december.year)
-            clock.set(start)
-            with console.status("a year of branches' organisational life"):
-                await demo.branches.setup(baton.branches.today(start))
-            with console.status(f"playing {days} days of governance"):
-                await demo.play(start)
-            with console.status("this year's two-way evaluation; its assessment cannot be final yet"):
-                await demo.assessment.rate(clock.now().year)
-                await demo.assessment.try_to_finalise(clock.now().year)
-                await demo.erase_on_request()
-                await runtime.wait_idle(timeout=60)
-                await asyncio.to_thread(baton.notary.catch_up)
-                await asyncio.to_thread(baton.notary.sign)
+                async with stages.stage("last December's whistles and volunteering, and New Year", until=last_tick):
+                    await demo.assessment.publish()
+                    whistles = [demo.watcher(december, last_tick, every=timedelta(hours=6))]
+                    whistles += demo.whistles(december, min(days, PRELUDE_DAYS))
+                    await demo.volunteering.prelude(december, whistles)
+                async with stages.stage(f"two-way evaluation and the {december.year} assessment, finalised"):
+                    await demo.assessment.rate(december.year)
+                    await demo.assessment.finalise(december.year)
+                clock.set(start)
+                async with stages.stage("a year of branches' organisational life"):
+                    await demo.branches.setup(baton.branches.today(start))
+                async with stages.stage(f"{days} days of governance", until=start + timedelta(days=days)):
+                    await demo.play(start)
+                async with stages.stage("this year's two-way evaluation, an erasure, the signed checkpoint"):
+                    await demo.assessment.rate(clock.now().year)
+                    await demo.assessment.try_to_finalise(clock.now().year)
+                    await demo.erase_on_request()
+                    await runtime.wait_idle(timeout=60)
+                    await asyncio.to_thread(baton.notary.catch_up)
+                    await asyncio.to_thread(baton.notary.sign)
             await demo.close()
             await summarise(demo, http, console, settings)
     finally:
