@@ -306,3 +306,20 @@ class DepartmentFeed:
                 await msg.ack()
                 (got if msg.subject.endswith(".outcome") else self.inbox).append(msg)
         return got
+
+
+_TIER_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Add each test's setup, call and teardown time to its tier (tests/unit, integration, e2e)."""
+    parts = report.nodeid.split("/")
+    tier = parts[1] if len(parts) > 2 and parts[0] == "tests" else "other"
+    _TIER_SECONDS[tier] = _TIER_SECONDS.get(tier, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Seconds spent per tier, so the suite's budget (15 minutes) is watched where it goes."""
+    if _TIER_SECONDS:
+        shares = ", ".join(f"{tier} {seconds:.0f} s" for tier, seconds in sorted(_TIER_SECONDS.items()))
+        terminalreporter.write_line(f"time per tier: {shares}")
