@@ -15,6 +15,7 @@ from api.credentials import credentials_router
 from api.limits import RateLimit, RequestGuard
 from api.org import org_router
 from api.privacy import privacy_router
+from api.reports import report_router, tracking_router
 from api.schemas import Health
 from api.tokens import Tokens
 from api.volunteering import volunteering_router
@@ -78,6 +79,8 @@ def create_app(
     )
     app.include_router(branch_router(baton.branches, baton.branch_board.view, baton.org, baton.clock, tokens))
     app.include_router(assessment_router(baton.assessment, baton.notary, tokens))
+    app.include_router(report_router(baton.reports, baton.report_board, baton.board, baton.org, vault, tokens))
+    app.include_router(tracking_router(baton.reports, baton.report_board))
     app.include_router(privacy_router(baton.privacy, tokens))
     app.include_router(credentials_router(baton.credentials, tokens))
     tokens.attach(baton.credentials.current)

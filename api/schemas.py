@@ -617,3 +617,123 @@ class RevocationOut(BaseModel):
     actor_id: str | None = None
     issued_before: str | None = None
     position: int | None = None
+
+
+# Residents' reports ---------------------------------------------------------------------------------
+
+
+class ReportCreated(BaseModel):
+    report_id: str
+    tracking_code: str = Field(
+        description="Give it to the resident (once): it opens GET /v1/track/{code} and their rating; Baton keeps only "
+        "a hash of it."
+    )
+    community_id: str
+    position: int | None = None
+
+
+class ReportStep(BaseModel):
+    report_id: str
+    status: str
+    whistle_id: str | None = None
+    position: int | None = None
+
+
+class ReportReporter(BaseModel):
+    """The resident who raised it; details null once erased, or for readers who do not see personal data."""
+
+    person_id: str
+    name: str | None
+    phone: str | None
+    address: str | None
+
+
+class ReportSummary(BaseModel):
+    report_id: str
+    community_id: str
+    grid_id: str | None
+    channel: str
+    category: str
+    description: str
+    address: str | None
+    lat: float | None
+    long: float | None
+    status: str
+    due_at: str | None
+    overdue: bool
+    responded_on_time: bool | None
+    whistle_id: str | None
+    whistle_status: str | None
+    merged_into: dict[str, str] | None
+    rating: str | None
+    rated_by: str | None
+    raised_at: str
+    updated_at: str
+    raised_position: int
+
+
+class ReportEntry(BaseModel):
+    position: int
+    version: int
+    type: str
+    occurred_at: str
+    role: str | None = Field(description="The role that acted (resident, community, system...), never a name.")
+    data: dict[str, Any]
+
+
+class ReportDetail(ReportSummary):
+    media: list[dict[str, Any]]
+    attributes: dict[str, str]
+    reporter: ReportReporter | None = None
+    result: str | None
+    reason: str | None
+    triage_due: str
+    timeline: list[ReportEntry]
+    whistle_timeline: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ReportPage(BaseModel):
+    items: list[ReportSummary]
+    next_cursor: str | None = None
+
+
+class SimilarCases(BaseModel):
+    reports: list[ReportSummary]
+    whistles: list[dict[str, Any]]
+
+
+class ReportRates(BaseModel):
+    """Per community; unreasonable complaints and duplicates are counted apart and left out of the rates (as 12345)."""
+
+    community_id: str
+    raised: int
+    unreasonable: int
+    merged: int
+    counted: int
+    responded_on_time: int
+    resolved: int
+    rated_by_resident: int
+    satisfied_by_resident: int
+    rated_on_behalf: int
+    satisfied_on_behalf: int
+    response_rate: str | None
+    resolution_rate: str | None
+    satisfaction_rate: str | None = Field(description="The residents' own ratings (theirs or on the callback) only.")
+
+
+class ReportTracked(BaseModel):
+    """A report as its resident sees it with the tracking code: no personal data."""
+
+    report_id: str
+    status: str
+    category: str
+    community_id: str
+    raised_at: str
+    updated_at: str
+    due_at: str | None
+    result: str | None
+    reason: str | None
+    rating: str | None
+    whistle_id: str | None
+    whistle_status: str | None
+    steps: list[dict[str, str]]

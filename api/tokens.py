@@ -31,7 +31,9 @@ UNIT_REQUIRED = {
     Role.VOLUNTEER,
     Role.SECRETARY,
 }
-ISSUABLE = [r for r in Role if r is not Role.SYSTEM]
+NEVER_ISSUED = {Role.SYSTEM, Role.RESIDENT}
+"""Baton's own role, and the resident's, who acts through a tracking code or an Open311 client's key."""
+ISSUABLE = [r for r in Role if r not in NEVER_ISSUED]
 REFRESH_SECONDS = 1.0
 LEEWAY_SECONDS = 5.0
 
@@ -255,8 +257,11 @@ class Tokens:
             role_value = Role(role)
         except ValueError:
             raise ValueError(f"unknown role {role!r}; use one of: {', '.join(r.value for r in ISSUABLE)}") from None
-        if role_value is Role.SYSTEM:
-            raise ValueError("the system role is Baton's own and is never issued")
+        if role_value in NEVER_ISSUED:
+            raise ValueError(
+                f"the {role_value.value} role is never issued: it is Baton's own, or a resident's "
+                "(who acts with a tracking code or through an Open311 key)"
+            )
         if role_value in UNIT_REQUIRED and not unit:
             raise ValueError(f"role {role_value.value} needs --unit (for a department: its code)")
         now = self.now()
@@ -307,7 +312,7 @@ class Tokens:
             role = Role(claims["role"])
         except (KeyError, ValueError):
             raise InvalidToken("the token is not valid; issue one with `baton token issue`") from None
-        if role is Role.SYSTEM:
+        if role in NEVER_ISSUED:
             raise InvalidToken("the token is not valid; issue one with `baton token issue`")
         state = self._current()
         if state is not None:

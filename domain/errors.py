@@ -15,6 +15,7 @@ class Thing(StrEnum):
     CATEGORY = "category"
     CADRE = "cadre"
     WHISTLE = "whistle"
+    REPORT = "report"
     VOLUNTEER = "volunteer"
     ACTIVITY = "activity"
     REWARD = "reward"

@@ -21,12 +21,14 @@ from domain.branches import Branch, BranchStandard
 from domain.credentials import Credentials
 from domain.organisation import Organisation
 from domain.privacy import PersonalData
+from domain.report import Report
 from domain.volunteering import Activity, PointsPolicy, Reward, Volunteer
 from domain.whistle import Whistle
 
 AGGREGATES: tuple[type, ...] = (
     Organisation,
     Whistle,
+    Report,
     Volunteer,
     Activity,
     Reward,

@@ -480,6 +480,7 @@ class Whistle(Aggregate):
         meta: Meta,
     ) -> None:
         self.status = Status(status)
+        self.result = result
 
     # 评价 evaluate -----------------------------------------------------------
 

@@ -50,6 +50,7 @@ from infra.store import Store, postgres_datastore
 from infra.supervisor import ProjectorProcess
 from projections.base import BatonProjection, catch_up_together
 from projections.branches import BranchProjection, BranchView
+from projections.reports import ReportProjection, ReportView
 from projections.scorecard import ScorecardProjection, ScorecardView
 from projections.volunteering import VolunteeringProjection, VolunteeringView
 from projections.whistle_board import WhistleBoardProjection, WhistleBoardView
@@ -58,6 +59,7 @@ from services.branches import BranchApp
 from services.credentials import CredentialsApp
 from services.organisation import OrganisationApp
 from services.privacy import PrivacyApp
+from services.reports import ReportApp
 from services.volunteering import VolunteeringApp
 from services.watcher import Due, Watcher
 from services.whistles import WhistleApp
@@ -98,6 +100,8 @@ class Container:
     scorecard: ScorecardProjection
     volunteers: VolunteeringProjection
     branch_board: BranchProjection
+    reports: ReportApp
+    report_board: ReportProjection
     projections: dict[str, BatonProjection[Any]] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -138,10 +142,12 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> C
         return size, notary.view.root(size)
 
     assessment = AssessmentApp(store, clock, org, codec, tree)
+    reports = ReportApp(store, clock, org, whistles)
     board = WhistleBoardProjection(WhistleBoardView(views), source)
     scorecard = ScorecardProjection(ScorecardView(views), source)
     volunteers = VolunteeringProjection(VolunteeringView(views), source)
     branch_board = BranchProjection(BranchView(views), source)
+    report_board = ReportProjection(ReportView(views), source)
     return Container(
         settings=settings,
         clock=clock,
@@ -161,7 +167,9 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None) -> C
         scorecard=scorecard,
         volunteers=volunteers,
         branch_board=branch_board,
-        projections={p.name: p for p in (board, scorecard, volunteers, branch_board)},
+        reports=reports,
+        report_board=report_board,
+        projections={p.name: p for p in (board, scorecard, volunteers, branch_board, report_board)},
     )
 
 
@@ -175,6 +183,8 @@ def deadline_watcher(baton: Container) -> Watcher:
             lambda now: baton.branch_board.view.due_rectifications(baton.branches.today(now).isoformat()),
             baton.branches.check_rectifications,
         ),
+        reports=Due(lambda now: baton.report_board.view.due(now.isoformat()), baton.reports.check_deadline),
+        following=Due(lambda now: baton.report_board.view.following(), baton.reports.follow_whistle),
     )
 
 

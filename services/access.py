@@ -28,6 +28,7 @@ class Role(StrEnum):
     AUDITOR = "auditor"  # 考核组
     SECRETARY = "secretary"  # 党支部书记: --unit is the branch id
     SYSTEM = "system"  # Baton itself (the deadline watcher); never issued as a token
+    RESIDENT = "resident"  # 居民: through the e-station or an Open311 client's key; never issued as a token
 
 
 UNIT_ROLES = {Role.DISTRICT, Role.STREET, Role.COMMUNITY, Role.GRID}
@@ -248,6 +249,22 @@ def district_communities(org: Organisation, actor: Actor) -> set[str] | None:
     if actor.role is not Role.DISTRICT:
         return None
     return {u for u, unit in org.units.items() if unit["kind"] == "community" and org.is_within(u, actor.unit or "")}
+
+
+def report_communities(org: Organisation, actor: Actor) -> tuple[str, ...] | None:
+    """The communities whose residents' reports the actor may read (None: every one); staff of the unit, those above
+    it, and inspectors and auditors; a grid worker reads its community's. Departments read the whistles instead."""
+    if actor.role in SEE_EVERYTHING:
+        return None
+    require_role(actor, *UNIT_ROLES, action="read residents' reports (departments: read the whistles they are on)")
+    unit = org.units.get(actor.unit or "")
+    if unit is None:
+        return ()
+    if unit["kind"] == "grid":
+        return (unit["parent"],)
+    return tuple(
+        sorted(u for u, row in org.units.items() if row["kind"] == "community" and org.is_within(u, unit["id"]))
+    )
 
 
 def branch_scope(org: Organisation, actor: Actor) -> dict[str, str | None]:

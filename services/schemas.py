@@ -229,3 +229,79 @@ class Outcome(BaseModel):
     status: Literal["accepted", "rejected"]
     position: int | None = None
     error: OutcomeError | None = None
+
+
+# Residents' reports (居民提、社区管、部门办) -----------------------------------------------------------
+
+
+class MediaIn(Strict):
+    """A photo: a media_url (http or https), or an upload named by its sha256 from POST /v1/media."""
+
+    url: str | None = Field(None, max_length=2000, pattern=r"^https?://")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+
+class RaiseReport(Strict):
+    """A resident's report (民情诉求), taken down by staff (hotline transfer, walk-in, grid patrol) or filed by a
+    resident's channel."""
+
+    channel: Literal["e_station", "hotline_12345", "grid_patrol", "walk_in", "open311"]
+    category: str = Field(description="A category code from GET /v1/org.", max_length=41)
+    description: str = Field(min_length=1, max_length=5000)
+    community_id: str | None = Field(
+        None, max_length=63, description="The community; may be left out when lat/long fall in a grid's boundary."
+    )
+    grid_id: str | None = Field(None, max_length=63)
+    address: str | None = Field(None, min_length=1, max_length=500, description="Where the problem is.")
+    lat: float | None = Field(None, ge=-90, le=90, description="WGS-84 latitude of the problem.")
+    long: float | None = Field(None, ge=-180, le=180, description="WGS-84 longitude of the problem.")
+    media: list[MediaIn] = Field(default_factory=list, max_length=9)
+    reporter: ReporterDetails | None = None
+
+
+class AcceptReport(Strict):
+    """社区管: the community handles the report itself."""
+
+    due_at: AwareDatetime | None = Field(None, description="When it will be resolved; default: in 7 days.")
+
+
+class ResolveReport(Strict):
+    """The community reports the result it reached; the resident rates it next."""
+
+    result: str = Field(min_length=1, max_length=2000)
+
+
+class MergeReport(Strict):
+    """A duplicate: it follows the open report or whistle (of the same community) it repeats."""
+
+    into_report: str | None = Field(None, max_length=36)
+    into_whistle: str | None = Field(None, max_length=36)
+
+
+class CloseUnreasonable(Strict):
+    """Closed as an unreasonable complaint (不合理诉求), with the reason the resident is told."""
+
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class EscalateReport(Strict):
+    """吹哨: blow a whistle for the report; the report follows the whistle and closes with it."""
+
+    title: str = Field(min_length=1, max_length=200)
+    urgency: Literal["normal", "urgent"] = "normal"
+    summoned_departments: list[str] = Field(default_factory=list, max_length=20)
+
+
+class RecordRating(Strict):
+    """回访: the rating the resident gave on the callback, or one given on their behalf (counted separately)."""
+
+    rating: Literal["satisfied", "basically_satisfied", "dissatisfied"]
+    rated_by: Literal["callback", "on_behalf"]
+    comment: str | None = Field(None, max_length=2000)
+
+
+class ResidentRating(Strict):
+    """The resident's own rating, with their tracking code."""
+
+    rating: Literal["satisfied", "basically_satisfied", "dissatisfied"]
+    comment: str | None = Field(None, max_length=2000)

@@ -24,6 +24,8 @@ class Tick:
     escalated: int = 0
     expired: int = 0
     overdue: int = 0
+    reports_overdue: int = 0
+    reports_followed: int = 0
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,19 @@ class Watcher:
     """Asks each aggregate with something due to check itself against the clock; the composition root says where
     the due ids come from (infra.bootstrap.deadline_watcher)."""
 
-    def __init__(self, clock: Clock, *, deadlines: Due, expiries: Due, rectifications: Due) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        deadlines: Due,
+        expiries: Due,
+        rectifications: Due,
+        reports: Due | None = None,
+        following: Due | None = None,
+    ) -> None:
         self.clock = clock
+        self.reports = reports
+        self.following = following
         self.deadlines = deadlines
         self.expiries = expiries
         self.rectifications = rectifications
@@ -52,13 +65,17 @@ class Watcher:
             escalated=self._each(self.deadlines, now),
             expired=self._each(self.expiries, now),
             overdue=self._each(self.rectifications, now),
+            reports_overdue=self._each(self.reports, now) if self.reports else 0,
+            reports_followed=self._each(self.following, now) if self.following else 0,
         )
-        if tick.escalated or tick.expired or tick.overdue:
+        if any(vars(tick).values()):
             log.info(
                 "watcher_recorded",
                 whistles_escalated=tick.escalated,
                 volunteers_expired=tick.expired,
                 branches_overdue=tick.overdue,
+                reports_overdue=tick.reports_overdue,
+                reports_followed=tick.reports_followed,
             )
         return tick
 

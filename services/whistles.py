@@ -61,6 +61,43 @@ class WhistleApp(BatonApplication):
         reporter: dict[str, Any] | None = None,
     ) -> Receipt:
         """Blow a whistle for a community and summon departments; a resident reporter's details are sealed."""
+        make, body = self.whistle_maker(
+            ctx,
+            community_id=community_id,
+            category=category,
+            title=title,
+            description=description,
+            urgency=urgency,
+            summoned_departments=summoned_departments,
+            grid_id=grid_id,
+            location=location,
+            source=source,
+            reporter=reporter,
+        )
+
+        def decide(now: datetime) -> Decision:
+            whistle = make(now)
+            return [whistle], {"whistle_id": str(whistle.id), **body}
+
+        return self.execute(ctx, decide)
+
+    def whistle_maker(
+        self,
+        ctx: Context,
+        *,
+        community_id: str,
+        category: str,
+        title: str,
+        description: str,
+        urgency: str = "normal",
+        summoned_departments: list[str] | None = None,
+        grid_id: str | None = None,
+        location: str | None = None,
+        source: str | None = None,
+        reporter: dict[str, Any] | None = None,
+        sealed_reporter: Reporter | None = None,
+    ) -> tuple[Callable[[datetime], Whistle], dict[str, str]]:
+        """Check who blows what; return what blows the whistle at a moment, and the answer's extra fields."""
         actor = ctx.actor
         require_role(
             actor,
@@ -86,12 +123,12 @@ class WhistleApp(BatonApplication):
         summoned = list(summoned_departments or [])
         org.check_departments_exist(summoned)
         default_source = Source.GRID_PATROL if actor.role is Role.GRID else Source.COMMUNITY
-        reporter_id = self._reporter_id(reporter)
+        reporter_id = sealed_reporter.person_id if sealed_reporter else self._reporter_id(reporter)
         if reporter_id is not None:
             default_source = Source.RESIDENT
 
-        def decide(now: datetime) -> Decision:
-            sealed = None
+        def make(now: datetime) -> Whistle:
+            sealed = sealed_reporter
             if reporter is not None and reporter_id is not None:
                 vault = self.store.vault
                 sealed = Reporter(
@@ -113,12 +150,9 @@ class WhistleApp(BatonApplication):
                 timestamp=now,
                 meta=ctx.meta(),
             )
-            body = {"whistle_id": str(whistle.id)}
-            if reporter_id is not None:
-                body["reporter_id"] = str(reporter_id)
-            return [whistle], body
+            return whistle
 
-        return self.execute(ctx, decide)
+        return make, {"reporter_id": str(reporter_id)} if reporter_id is not None else {}
 
     def _reporter_id(self, reporter: dict[str, Any] | None) -> UUID | None:
         """The reporter's person id: the one given (a person Baton knows), else a new one."""

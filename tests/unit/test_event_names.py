@@ -7,11 +7,12 @@ from consumers.inbox import ROUTES
 from domain.events import catalogue, name_of
 from projections import NOT_PROJECTED
 from projections.branches import BranchProjection
+from projections.reports import ReportProjection
 from projections.scorecard import ScorecardProjection
 from projections.volunteering import VolunteeringProjection
 from projections.whistle_board import WhistleBoardProjection
 
-PROJECTIONS = (WhistleBoardProjection, ScorecardProjection, VolunteeringProjection, BranchProjection)
+PROJECTIONS = (WhistleBoardProjection, ScorecardProjection, VolunteeringProjection, BranchProjection, ReportProjection)
 
 
 def handled() -> dict[str, set[str]]:

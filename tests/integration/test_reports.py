@@ -1,0 +1,226 @@
+"""Residents raise, the community manages, departments handle: a report's lifecycle over HTTP on both stores, with
+the relay, the read models and the watcher running on a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from infra.bootstrap import Runtime
+from infra.clock import ManualClock
+from tests.conftest import Auth, seed_county
+
+COMMUNITY = ("community", "tishu", "wang")
+
+
+async def raise_report(client: httpx.AsyncClient, auth: Auth, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "channel": "hotline_12345",
+        "category": "drainage",
+        "description": "Sewage backing up at building 3 since morning",
+        "community_id": "tishu",
+        "grid_id": "tishu-g1",
+        "address": "提署路 3 号",
+        "lat": 31.5501,
+        "long": 118.4902,
+        "media": [{"url": "https://example.org/photo/1.jpg"}],
+        "reporter": {"name": "李阿姨", "phone": "13900001111"},
+    }
+    body.update(overrides)
+    r = await client.post("/v1/reports", json=body, headers=auth(*COMMUNITY))
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+async def step(client: httpx.AsyncClient, auth: Auth, report_id: str, action: str, body: dict[str, Any]) -> dict:
+    r = await client.post(f"/v1/reports/{report_id}/{action}", json=body, headers=auth(*COMMUNITY))
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def test_a_report_the_community_resolves_is_rated_by_its_resident(
+    client: httpx.AsyncClient, auth: Auth, runtime: Runtime
+) -> None:
+    await seed_county(client, auth)
+    created = await raise_report(client, auth)
+    rid, code = created["report_id"], created["tracking_code"]
+    assert created["community_id"] == "tishu" and len(code) == 14
+    await runtime.wait_idle()
+
+    inbox = (await client.get("/v1/reports", params={"status": "received"}, headers=auth(*COMMUNITY))).json()
+    assert [r["report_id"] for r in inbox["items"]] == [rid]
+    detail = (await client.get(f"/v1/reports/{rid}", headers=auth(*COMMUNITY))).json()
+    assert detail["reporter"]["name"] == "李阿姨" and detail["media"] == [{"url": "https://example.org/photo/1.jpg"}]
+    audited = (await client.get(f"/v1/reports/{rid}", headers=auth("auditor"))).json()
+    assert audited["reporter"]["name"] is None and audited["reporter"]["phone"] is None
+    other = await client.get(f"/v1/reports/{rid}", headers=auth("community", "taibai", "zhao"))
+    assert other.status_code == 403
+    assert (await client.get("/v1/reports", headers=auth("department", "HOUSING"))).status_code == 403
+
+    await step(client, auth, rid, "accept", {})
+    await step(client, auth, rid, "progress", {"note": "called the property company"})
+    assert (await step(client, auth, rid, "resolve", {"result": "drain cleared"}))["status"] == "resolved"
+    r = await client.post(f"/v1/track/{code}/rating", json={"rating": "dissatisfied", "comment": "still smells"})
+    assert r.status_code == 200 and r.json()["status"] == "accepted", r.text  # reopened: the community's again
+    await step(client, auth, rid, "resolve", {"result": "pipe replaced"})
+    r = await client.post(f"/v1/track/{code.lower().replace('-', '')}/rating", json={"rating": "satisfied"})
+    assert r.status_code == 200 and r.json()["status"] == "closed", r.text
+    await runtime.wait_idle()
+
+    tracked = (await client.get(f"/v1/track/{code}")).json()
+    assert tracked["status"] == "closed" and tracked["result"] == "pipe replaced"
+    assert [s["type"] for s in tracked["steps"]] == [
+        "raised",
+        "accepted",
+        "progress_recorded",
+        "resolved",
+        "rated",
+        "resolved",
+        "rated",
+    ]
+    assert "李阿姨" not in json.dumps(tracked) and "13900001111" not in json.dumps(tracked)
+    rates = (await client.get("/v1/reports/rates", headers=auth("admin"))).json()
+    assert rates == [
+        {
+            "community_id": "tishu",
+            "raised": 1,
+            "unreasonable": 0,
+            "merged": 0,
+            "counted": 1,
+            "responded_on_time": 1,
+            "resolved": 1,
+            "rated_by_resident": 1,
+            "satisfied_by_resident": 1,
+            "rated_on_behalf": 0,
+            "satisfied_on_behalf": 0,
+            "response_rate": "1.0000",
+            "resolution_rate": "1.0000",
+            "satisfaction_rate": "1.0000",
+        }
+    ]
+    for event in runtime.baton.store.select(0, 10_000):
+        assert b"\xe6\x9d\x8e\xe9\x98\xbf\xe5\xa7\xa8" not in event.state and b"13900001111" not in event.state
+        assert code.encode() not in event.state
+
+
+async def test_an_escalated_report_follows_its_whistle_and_the_residents_rating_evaluates_it(
+    client: httpx.AsyncClient, auth: Auth, runtime: Runtime, clock: ManualClock
+) -> None:
+    await seed_county(client, auth)
+    created = await raise_report(client, auth)
+    rid, code = created["report_id"], created["tracking_code"]
+    escalated = await step(
+        client, auth, rid, "escalate", {"title": "Sewage at building 3", "summoned_departments": ["HOUSING"]}
+    )
+    wid = escalated["whistle_id"]
+    assert escalated["status"] == "escalated"
+    housing = auth("department", "HOUSING")
+    assert (await client.post(f"/v1/whistles/{wid}/report-in", headers=housing)).status_code == 200
+    r = await client.post(f"/v1/whistles/{wid}/dispatch", json={"lead_department": "HOUSING"}, headers=auth(*COMMUNITY))
+    assert r.status_code == 200
+    assert (await client.post(f"/v1/whistles/{wid}/complete", json={"summary": "done"}, headers=housing)).is_success
+    r = await client.post(
+        f"/v1/whistles/{wid}/feedback", json={"result": "main pipe relaid", "resolved": True}, headers=housing
+    )
+    assert r.status_code == 200, r.text
+    await runtime.wait_idle()
+    whistle = (await client.get(f"/v1/whistles/{wid}", headers=auth(*COMMUNITY))).json()
+    assert whistle["source"] == "resident" and whistle["reporter"]["name"] == "李阿姨"
+
+    await asyncio.to_thread(runtime.watcher.tick)  # the report catches up with its whistle
+    await runtime.wait_idle()
+    tracked = (await client.get(f"/v1/track/{code}")).json()
+    assert tracked["status"] == "resolved" and tracked["result"] == "main pipe relaid", tracked
+    assert tracked["whistle_status"] == "fed_back"
+    r = await client.post(f"/v1/track/{code}/rating", json={"rating": "satisfied"})
+    assert r.status_code == 200 and r.json()["status"] == "closed", r.text
+    await runtime.wait_idle()
+    whistle = (await client.get(f"/v1/whistles/{wid}", headers=auth(*COMMUNITY))).json()
+    evaluated = whistle["timeline"][-1]
+    assert whistle["status"] == "closed" and evaluated["type"] == "evaluated"
+    assert evaluated["actor"]["role"] == "resident" and evaluated["data"]["rating"] == "satisfied"
+    detail = (await client.get(f"/v1/reports/{rid}", headers=auth(*COMMUNITY))).json()
+    assert [t["type"] for t in detail["whistle_timeline"]][:2] == ["blown", "reported_in"]
+    assert detail["rated_by"] == "resident" and detail["whistle_status"] == "closed"
+
+
+async def test_duplicates_merge_and_unreasonable_complaints_are_counted_apart(
+    client: httpx.AsyncClient, auth: Auth, runtime: Runtime
+) -> None:
+    await seed_county(client, auth)
+    first = await raise_report(client, auth)
+    second = await raise_report(client, auth, lat=31.5503, long=118.4905, description="Same sewage again")
+    third = await raise_report(client, auth, category="neighbourhood", description="The neighbour's cat looks at me")
+    await runtime.wait_idle()
+    similar = (await client.get(f"/v1/reports/{second['report_id']}/similar", headers=auth(*COMMUNITY))).json()
+    assert [r["report_id"] for r in similar["reports"]] == [first["report_id"]]
+    merged = await step(client, auth, second["report_id"], "merge", {"into_report": first["report_id"]})
+    assert merged["status"] == "merged"
+    r = await client.post(
+        f"/v1/reports/{first['report_id']}/merge", json={"into_report": first["report_id"]}, headers=auth(*COMMUNITY)
+    )
+    assert r.status_code == 422 and "itself" in r.json()["error"]["message"]
+    closed = await step(client, auth, third["report_id"], "close-unreasonable", {"reason": "not a public matter"})
+    assert closed["status"] == "unreasonable"
+    r = await client.post(f"/v1/track/{third['tracking_code']}/rating", json={"rating": "dissatisfied"})
+    assert r.status_code == 409 and "unreasonable" in r.json()["error"]["message"]
+    await runtime.wait_idle()
+    (rates,) = (await client.get("/v1/reports/rates", headers=auth("street", "gushu"))).json()
+    assert (rates["raised"], rates["merged"], rates["unreasonable"], rates["counted"]) == (3, 1, 1, 1)
+    assert rates["resolution_rate"] == "0.0000" and rates["satisfaction_rate"] is None
+
+
+async def test_a_report_left_untriaged_past_its_deadline_is_overdue(
+    client: httpx.AsyncClient, auth: Auth, runtime: Runtime, clock: ManualClock
+) -> None:
+    await seed_county(client, auth)
+    created = await raise_report(client, auth)
+    clock.advance(timedelta(hours=25))
+    await runtime.wait_idle()
+    await asyncio.to_thread(runtime.watcher.tick)
+    await asyncio.to_thread(runtime.watcher.tick)  # recorded once
+    await runtime.wait_idle()
+    detail = (await client.get(f"/v1/reports/{created['report_id']}", headers=auth(*COMMUNITY))).json()
+    assert detail["overdue"] is True and [t["type"] for t in detail["timeline"]] == ["raised", "deadline_missed"]
+    await step(client, auth, created["report_id"], "accept", {})
+    await runtime.wait_idle()
+    detail = (await client.get(f"/v1/reports/{created['report_id']}", headers=auth(*COMMUNITY))).json()
+    assert detail["overdue"] is False and detail["responded_on_time"] is False
+
+
+async def test_bad_input_is_refused_with_what_to_fix(client: httpx.AsyncClient, auth: Auth) -> None:
+    await seed_county(client, auth)
+    headers = auth(*COMMUNITY)
+    base = {"channel": "walk_in", "category": "drainage", "description": "x", "community_id": "tishu"}
+    r = await client.post("/v1/reports", json={**base, "lat": 91, "long": 118}, headers=headers)
+    assert r.status_code == 422 and "lat" in r.text
+    r = await client.post("/v1/reports", json={**base, "lat": 31.5}, headers=headers)
+    assert r.status_code == 422 and "both lat and long" in r.json()["error"]["message"]
+    r = await client.post("/v1/reports", json=base, headers=headers)
+    assert r.status_code == 422 and "say where" in r.json()["error"]["message"]
+    r = await client.post("/v1/reports", json={**base, "address": "x", "media": [{"url": "ftp://x"}]}, headers=headers)
+    assert r.status_code == 422
+    many = [{"url": f"https://example.org/{i}.jpg"} for i in range(10)]
+    r = await client.post("/v1/reports", json={**base, "address": "x", "media": many}, headers=headers)
+    assert r.status_code == 422
+    r = await client.post("/v1/reports", json={**base, "address": "x", "community_id": "taibai"}, headers=headers)
+    assert r.status_code == 403
+    r = await client.get("/v1/track/R7KQ-42MX-9PTW")
+    assert r.status_code == 404 and "tracking code" in r.json()["error"]["message"], r.text
+    r = await client.get("/v1/track/0000-0000-0000")
+    assert r.status_code == 404 and "12 letters and digits" in r.json()["error"]["message"]
+    r = await client.post("/v1/track/R7KQ-42MX-9PTW/rating", json={"rating": "satisfied"})
+    assert r.status_code == 404
+    created = (await client.post("/v1/reports", json={**base, "address": "x"}, headers=headers)).json()
+    r = await client.post(f"/v1/track/{created['tracking_code']}/rating", json={"rating": "satisfied"})
+    assert r.status_code == 409 and "resolved" in r.json()["error"]["message"]
+    r = await client.post(
+        f"/v1/reports/{created['report_id']}/rating",
+        json={"rating": "satisfied", "rated_by": "resident"},
+        headers=headers,
+    )
+    assert r.status_code == 422
