@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import WithJsonSchema
+from pydantic import BaseModel, WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
@@ -404,7 +404,7 @@ IdempotencyKey = Annotated[
 
 
 def command_context(request: Request, actor: Actor, key: str | None, body: Any = None) -> Context:
-    payload = body.model_dump(mode="json") if body is not None else None
+    payload = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
     fingerprint = hashlib.sha256(
         json.dumps([request.method, request.url.path, payload], sort_keys=True).encode()
     ).hexdigest()

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Body, Depends
+from pydantic import WithJsonSchema
 
-from api.common import ERRORS, CadreId, Commands, actor_dependency
+from api.common import ERRORS, CadreId, Commands, actor_dependency, path_id
 from api.schemas import Accepted, CadreIn, CategoryIn, DepartmentIn, OrgTree, SecondmentIn, UnitIn
 from api.tokens import Tokens
+from domain.errors import Thing
 from services.access import Actor, Context
 from services.base import Receipt
 from services.organisation import OrganisationApp
+
+UnitInPath = path_id(Thing.UNIT)
+Boundary = Annotated[
+    dict[str, Any],
+    Body(),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "description": "A GeoJSON Polygon or MultiPolygon (or a Feature holding one), WGS-84 "
+            "[longitude, latitude], rings closed; at most 20,000 vertices.",
+            "required": ["type"],
+            "properties": {"type": {"enum": ["Polygon", "MultiPolygon", "Feature"]}},
+        }
+    ),
+]
 
 
 def org_router(org: OrganisationApp, tokens: Tokens) -> APIRouter:
@@ -68,5 +85,27 @@ def org_router(org: OrganisationApp, tokens: Tokens) -> APIRouter:
     )
     def second_cadre(ctx: Context, cadre_id: CadreId, body: SecondmentIn) -> Receipt:
         return org.second_cadre(ctx, cadre_id=cadre_id, community_id=body.community_id)
+
+    @command.put(
+        "/units/{unit_id}/boundary", response_model=Accepted, summary="Draw a community's or grid's boundary (admin)"
+    )
+    def draw_boundary(ctx: Context, unit_id: UnitInPath, body: Boundary) -> Receipt:
+        return org.draw_boundary(ctx, unit_id=unit_id, geometry=body)
+
+    @router.get("/boundaries", summary="The boundaries drawn, as a GeoJSON FeatureCollection (unit id, kind, name)")
+    def boundaries(actor: Actor = actor_dep) -> dict[str, Any]:
+        current = org.current()
+        return {
+            "type": "FeatureCollection",
+            "features": [
+                {
+                    "type": "Feature",
+                    "id": unit_id,
+                    "properties": {k: current.units[unit_id][k] for k in ("id", "kind", "name", "parent")},
+                    "geometry": geometry,
+                }
+                for unit_id, geometry in sorted(current.boundaries.items())
+            ],
+        }
 
     return router

@@ -18,6 +18,7 @@ from domain.common import (
     check_text,
 )
 from domain.errors import DuplicateEntry, InvalidCommand, NotFound, Thing, UnknownReference
+from domain.geo import check_geometry, contains
 
 ORGANISATION_ID: UUID = uuid5(NAMESPACE_URL, "baton:organisation")
 
@@ -105,6 +106,7 @@ class Organisation(Aggregate):
         self.departments: dict[str, dict[str, Any]] = {}
         self.categories: dict[str, dict[str, Any]] = {}
         self.cadres: dict[str, dict[str, Any]] = {}
+        self.boundaries: dict[str, dict[str, Any]] = {}
 
     # Units -----------------------------------------------------------------
 
@@ -211,6 +213,31 @@ class Organisation(Aggregate):
         if unit is None or unit["kind"] != UnitKind.COMMUNITY:
             raise UnknownReference(f"{unit_id!r} is not a community", Thing.COMMUNITY, unit_id)
         return unit
+
+    # Boundaries ------------------------------------------------------------
+
+    def draw_boundary(self, unit_id: str, geometry: Any, *, timestamp: datetime, meta: Meta) -> None:
+        """Draw (or redraw) a community's or grid's boundary, so a report's coordinates find where it belongs."""
+        unit = self.unit(unit_id)
+        if unit["kind"] not in (UnitKind.COMMUNITY, UnitKind.GRID):
+            raise InvalidCommand(f"boundaries are drawn for communities and grids; {unit_id!r} is a {unit['kind']}")
+        self._boundary_drawn(unit_id=unit_id, geometry=check_geometry(geometry), timestamp=timestamp, meta=meta)
+
+    @event("BoundaryDrawn")
+    def _boundary_drawn(self, unit_id: str, geometry: dict[str, Any], *, timestamp: datetime, meta: Meta) -> None:
+        self.boundaries = {**getattr(self, "boundaries", {}), unit_id: geometry}
+
+    def locate(self, lat: float, long: float) -> tuple[str, str | None] | None:
+        """(community, grid) whose boundary holds the point: a grid's first, then a community's; None when none does."""
+        boundaries = getattr(self, "boundaries", {})
+        for unit_id, geometry in sorted(boundaries.items()):
+            unit = self.units[unit_id]
+            if unit["kind"] == UnitKind.GRID and contains(geometry, lat, long):
+                return unit["parent"], unit_id
+        for unit_id, geometry in sorted(boundaries.items()):
+            if self.units[unit_id]["kind"] == UnitKind.COMMUNITY and contains(geometry, lat, long):
+                return unit_id, None
+        return None
 
     # Departments -----------------------------------------------------------
 

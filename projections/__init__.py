@@ -24,6 +24,7 @@ NOT_PROJECTED: dict[type, str] = {
     Organisation.Founded: "the organisation's creation; the organisation is read from its aggregate",
     Organisation.CadreRegistered: "read from the organisation aggregate (GET /v1/org)",
     Organisation.CadreSeconded: "read from the organisation aggregate (GET /v1/org)",
+    Organisation.BoundaryDrawn: "read from the organisation aggregate (GET /v1/org/boundaries) to place a report",
     Organisation.CategoryDefined: "read from the organisation aggregate (GET /v1/org)",
     Organisation.DepartmentAdded: "read from the organisation aggregate (GET /v1/org) and by the assessment",
     PersonalData.Erased: "the person's key is destroyed in the same transaction; reads find it gone",

@@ -78,6 +78,13 @@ class OrganisationApp(BatonApplication):
 
         return self._change(ctx, change)
 
+    def draw_boundary(self, ctx: Context, *, unit_id: str, geometry: dict[str, Any]) -> Receipt:
+        def change(org: Organisation, now: datetime) -> dict[str, Any]:
+            org.draw_boundary(unit_id, geometry, timestamp=now, meta=ctx.meta())
+            return {"unit_id": unit_id}
+
+        return self._change(ctx, change)
+
     def add_department(self, ctx: Context, *, code: str, name: str) -> Receipt:
         def change(org: Organisation, now: datetime) -> dict[str, Any]:
             org.add_department(code, name, timestamp=now, meta=ctx.meta())

@@ -49,8 +49,6 @@ class ReportApp(BatonApplication):
     def __init__(self, store: Store, clock: Clock, org: OrganisationApp, whistles: WhistleApp) -> None:
         super().__init__(store, clock)
         self.org, self.whistles = org, whistles
-        self.locate: Callable[[float, float], tuple[str, str | None] | None] = lambda lat, long: None
-        """(lat, long) -> (community, grid) from the organisation's boundaries; set by the composition root."""
 
     def get(self, rid: UUID | str) -> Report:
         try:
@@ -103,7 +101,7 @@ class ReportApp(BatonApplication):
         org = self.org.current()
         coordinates = check_coordinates(lat, long)
         if community_id is None and coordinates is not None:
-            located = self.locate(*coordinates)
+            located = org.locate(*coordinates)
             if located is not None:
                 community_id, grid_id = located[0], grid_id or located[1]
         if community_id is None:

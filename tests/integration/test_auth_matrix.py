@@ -82,6 +82,14 @@ def post(path: str, body: Any = None, **by_role: Any) -> Req:
     return Req("POST", path, body=body, by_role={Role(k): v for k, v in by_role.items()})
 
 
+def put(path: str, body: Any = None) -> Req:
+    """A PUT request."""
+    return Req("PUT", path, body=body)
+
+
+SQUARE = {"type": "Polygon", "coordinates": [[[118.49, 31.55], [118.50, 31.55], [118.50, 31.56], [118.49, 31.55]]]}
+
+
 def mentions(*names: str) -> Leak:
     """The named world ids that appear in the answer."""
     return lambda world, r: [n for n in names if world.ids[n] in r.text]
@@ -132,6 +140,8 @@ POLICY: dict[str, tuple[Case, ...]] = {
             post("/v1/org/units", {"id": "matrix", "kind": "community", "parent": "gushu", "name": "矩阵社区"}), ADMIN
         ),
     ),
+    "PUT /v1/org/units/{unit_id}/boundary": (Case(put("/v1/org/units/tishu-g1/boundary", SQUARE), ADMIN),),
+    "GET /v1/org/boundaries": (Case(get("/v1/org/boundaries"), EVERYONE),),
     "POST /v1/org/departments": (Case(post("/v1/org/departments", {"code": "MATRIX", "name": "矩阵局"}), ADMIN),),
     "POST /v1/org/categories": (
         Case(post("/v1/org/categories", {"code": "matrix", "name": "矩阵", "duty": "community"}), ADMIN),

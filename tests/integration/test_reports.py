@@ -224,3 +224,30 @@ async def test_bad_input_is_refused_with_what_to_fix(client: httpx.AsyncClient, 
         headers=headers,
     )
     assert r.status_code == 422
+
+
+async def test_coordinates_inside_a_drawn_grid_place_the_report(
+    client: httpx.AsyncClient, auth: Auth, runtime: Runtime
+) -> None:
+    await seed_county(client, auth)
+    grid = {
+        "type": "Polygon",
+        "coordinates": [[[118.48, 31.54], [118.50, 31.54], [118.50, 31.56], [118.48, 31.56], [118.48, 31.54]]],
+    }
+    r = await client.put("/v1/org/units/tishu-g1/boundary", json=grid, headers=auth("admin"))
+    assert r.status_code == 200, r.text
+    r = await client.put("/v1/org/units/gushu/boundary", json=grid, headers=auth("admin"))
+    assert r.status_code == 422 and "communities and grids" in r.json()["error"]["message"]
+    placed = await raise_report(client, auth, community_id=None, grid_id=None, address=None)
+    assert placed["community_id"] == "tishu"
+    await runtime.wait_idle()
+    detail = (await client.get(f"/v1/reports/{placed['report_id']}", headers=auth(*COMMUNITY))).json()
+    assert detail["grid_id"] == "tishu-g1"
+    r = await client.post(
+        "/v1/reports",
+        json={"channel": "walk_in", "category": "drainage", "description": "x", "lat": 30.0, "long": 118.0},
+        headers=auth("admin"),
+    )
+    assert r.status_code == 422 and "say which community" in r.json()["error"]["message"]
+    features = (await client.get("/v1/org/boundaries", headers=auth("volunteer", "tishu"))).json()["features"]
+    assert [f["id"] for f in features] == ["tishu-g1"] and features[0]["properties"]["kind"] == "grid"
