@@ -18,6 +18,7 @@ from nats.aio.client import Client
 from consumers.common import durables, ensure_durables, install_prompt_batches
 from consumers.inbox import inbox_router
 from consumers.intake import INTAKE_DURABLE, Intake, OutcomeQueue, intake_router
+from consumers.notify import notify_router, warn_of_deadlines
 from consumers.projections import projection_router
 from infra import metrics
 from infra.clock import Clock, SystemClock
@@ -338,6 +339,7 @@ class Runtime:
                 roles["watcher"] = self._watch
             roles["intake"] = self._intake
             roles["inbox"] = self._inbox
+            roles["notifier"] = self._notify
         if self.runs_projections:
             roles["projections"] = self._project
             roles["notary"] = self._notarise
@@ -376,6 +378,28 @@ class Runtime:
         """Copy the events that concern each department into its inbox, each once (the router's position is fenced)."""
         cursor = await asyncio.to_thread(Cursor, self.baton.views, "inbox", fence)
         await self._consume("baton-inbox", inbox_router(self._publisher, self.baton.codec.types, cursor))
+
+    async def _notify(self, fence: Fence) -> None:
+        """Tell the notification gateway what residents must hear of and which deadlines are about to lapse."""
+        baton = self.baton
+        cursor = await asyncio.to_thread(Cursor, baton.views, "notify", fence)
+        due = await asyncio.to_thread(Cursor, baton.views, "notify_due", fence)
+        router = notify_router(self._publisher, baton.codec.types, cursor, baton.reports.contact_of)
+        warner = asyncio.create_task(
+            warn_of_deadlines(
+                self._publisher,
+                baton.report_board.view.due_between,
+                due,
+                baton.clock.now,
+                baton.settings.watch_interval,
+            )
+        )
+        try:
+            await self._consume("baton-notify", router)
+        finally:
+            warner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warner
 
     async def _project(self, fence: Fence) -> None:
         """Keep every read model level with the store; each batch checks the fence before it commits."""

@@ -251,14 +251,25 @@ def _nats_url(settings: Settings) -> str:
 def nats_creds_issue(
     department: Annotated[str | None, typer.Option(help="The department's code.")] = None,
     auditor: Annotated[bool, typer.Option("--auditor", help="The read-only auditor instead.")] = False,
+    notifier: Annotated[
+        bool, typer.Option("--notifier", help="The SMS/WeChat notification gateway (reads BATON_NOTIFY) instead.")
+    ] = False,
 ) -> None:
     """Print, as JSON, what a department system (or the auditor) needs to connect to Baton's NATS."""
-    from infra.jetstream import AUDIT_STREAM, AUDITOR_DURABLE, DEPT_STREAM, EVENTS_STREAM, department_durable
+    from infra.jetstream import (
+        AUDIT_STREAM,
+        AUDITOR_DURABLE,
+        DEPT_STREAM,
+        EVENTS_STREAM,
+        NOTIFY_DURABLE,
+        NOTIFY_STREAM,
+        department_durable,
+    )
     from infra.nats_auth import JS_API_PREFIX, NatsAuth
     from infra.store import open_secrets
 
-    if (department is None) == (not auditor):
-        err.print("[red]name exactly one of --department CODE or --auditor[/red]")
+    if (department is not None) + auditor + notifier != 1:
+        err.print("[red]name exactly one of --department CODE, --auditor or --notifier[/red]")
         raise typer.Exit(2)
     settings = _settings()
     with open_secrets(settings) as kept:
@@ -278,6 +289,9 @@ def nats_creds_issue(
             "send": f"baton.dept.{department}.cmd.<action>",
             "receive": [f"baton.dept.{department}.outcome", f"baton.dept.{department}.inbox.>"],
         }
+    elif notifier:
+        creds = auth.notifier()
+        doc = {"consumer": {"stream": NOTIFY_STREAM, "durable": NOTIFY_DURABLE}, "receive": ["baton.notify.>"]}
     else:
         creds = auth.auditor()
         doc = {"consumers": [{"stream": s, "durable": AUDITOR_DURABLE} for s in (EVENTS_STREAM, AUDIT_STREAM)]}

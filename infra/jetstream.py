@@ -35,6 +35,7 @@ EVENTS_STREAM = "BATON_EVENTS"
 AUDIT_STREAM = "BATON_AUDIT"
 INTAKE_STREAM = "BATON_INTAKE"
 DEPT_STREAM = "BATON_DEPT"
+NOTIFY_STREAM = "BATON_NOTIFY"
 
 SECOND = 1_000_000_000
 """JetStream's API counts durations in nanoseconds."""
@@ -75,6 +76,14 @@ STREAMS: dict[str, dict[str, Any]] = {
         "retention": RetentionPolicy.WORK_QUEUE.value,
         "duplicate_window": 600 * SECOND,
     },
+    NOTIFY_STREAM: {
+        "description": "Notifications for the SMS/WeChat gateway (residents' contact details in clear), kept 30 days.",
+        "subjects": ["baton.notify.>"],
+        "storage": StorageType.FILE.value,
+        "retention": RetentionPolicy.LIMITS.value,
+        "max_age": 30 * 24 * 3600 * SECOND,
+        "duplicate_window": 600 * SECOND,
+    },
 }
 """What Baton's contract fixes in each stream, as JetStream's API spells it. Everything else in a stream's
 configuration (limits, placement, compression, ...) is the operator's and is left as found."""
@@ -90,6 +99,8 @@ REPLICAS_EXCEED_STREAM = 10126
 """JetStream's err_code for a consumer with more replicas than its stream has yet (still scaling up)."""
 SCALE_WAIT = 60.0
 """Seconds a start waits for a stream whose replicas it raised to reach them (about 10 s here)."""
+NOTIFY_DURABLE = "notify_gateway"
+"""The gateway's durable pull consumer on BATON_NOTIFY (created by Baton; the gateway only binds)."""
 AUDITOR_DURABLE = "auditor"
 """The auditor's durable pull consumer on BATON_EVENTS and on BATON_AUDIT (created by Baton; auditors only bind)."""
 
@@ -109,6 +120,17 @@ def department_consumer(code: str) -> ConsumerConfig:
         durable_name=department_durable(code),
         description=f"Department {code}: its inbox and the outcome of each command it sent.",
         filter_subjects=[department_filter(code), f"baton.dept.{code}.outcome"],
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=30.0,
+        max_ack_pending=1000,
+    )
+
+
+def notify_consumer() -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=NOTIFY_DURABLE,
+        description="The notification gateway's read of BATON_NOTIFY: each notification until it is acked.",
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=30.0,
@@ -186,6 +208,7 @@ async def ensure_streams(nc: Client, replicas: int = 1) -> dict[str, int]:
     counts = {name: await ensure_stream(nc, name, contract, replicas) for name, contract in STREAMS.items()}
     for stream in (EVENTS_STREAM, AUDIT_STREAM):
         await ensure_consumer(nc, stream, auditor_consumer(stream), replicas)
+    await ensure_consumer(nc, NOTIFY_STREAM, notify_consumer(), replicas)
     return counts
 
 

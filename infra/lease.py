@@ -37,7 +37,7 @@ LEASES_DDL = (
     "CREATE TABLE IF NOT EXISTS {baton_leases} (name TEXT PRIMARY KEY, holder TEXT NOT NULL, "
     "epoch BIGINT NOT NULL, expires_at DOUBLE PRECISION NOT NULL, acquired_at DOUBLE PRECISION NOT NULL)"
 )
-ROLES = ("relay", "watcher", "intake", "inbox", "projections", "notary")
+ROLES = ("relay", "watcher", "intake", "inbox", "notifier", "projections", "notary")
 """Every singleton role, in the order /health lists them."""
 
 

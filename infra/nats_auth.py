@@ -34,6 +34,8 @@ from infra.jetstream import (
     AUDITOR_DURABLE,
     DEPT_STREAM,
     EVENTS_STREAM,
+    NOTIFY_DURABLE,
+    NOTIFY_STREAM,
     department_durable,
     department_filter,
 )
@@ -44,6 +46,8 @@ log = structlog.get_logger("baton.nats_auth")
 
 SERVICE_ACCOUNT = "BATON"
 AUDITOR_ACCOUNT = "AUDIT"
+NOTIFY_ACCOUNT = "NOTIFY"
+NOTIFY_USER = "notifier"
 SERVICE_USER = "baton"
 AUDITOR_USER = "auditor"
 JS_API_PREFIX = "$JS.BATON.API"
@@ -122,6 +126,16 @@ def service_exports() -> list[dict[str, Any]]:
         {"stream": "baton.evt.>", "accounts": audited},
         {"stream": "baton.audit.>", "accounts": audited},
     ]
+    gateway = [NOTIFY_ACCOUNT]
+    exports += [
+        {"service": f"$JS.API.CONSUMER.INFO.{NOTIFY_STREAM}.{NOTIFY_DURABLE}", "accounts": gateway},
+        {
+            "service": f"$JS.API.CONSUMER.MSG.NEXT.{NOTIFY_STREAM}.{NOTIFY_DURABLE}",
+            "response_type": "stream",
+            "accounts": gateway,
+        },
+        {"service": f"$JS.ACK.{NOTIFY_STREAM}.{NOTIFY_DURABLE}.>", "accounts": gateway},
+    ]
     for stream in AUDITED_STREAMS:
         exports += [
             {"service": f"$JS.API.STREAM.INFO.{stream}", "accounts": audited},
@@ -197,6 +211,28 @@ def auditor_imports() -> list[dict[str, Any]]:
     return imports
 
 
+def notifier_permissions() -> dict[str, Any]:
+    """The notification gateway: its own durable on BATON_NOTIFY, nothing else (no event, no command)."""
+    return {
+        "publish": {
+            "allow": [
+                f"{JS_API_PREFIX}.CONSUMER.INFO.{NOTIFY_STREAM}.{NOTIFY_DURABLE}",
+                f"{JS_API_PREFIX}.CONSUMER.MSG.NEXT.{NOTIFY_STREAM}.{NOTIFY_DURABLE}",
+                f"$JS.ACK.{NOTIFY_STREAM}.{NOTIFY_DURABLE}.>",
+            ]
+        },
+        "subscribe": {"allow": ["_INBOX_notifier.>"]},
+    }
+
+
+def notifier_imports() -> list[dict[str, Any]]:
+    return [
+        _js_api_import(f"$JS.API.CONSUMER.INFO.{NOTIFY_STREAM}.{NOTIFY_DURABLE}"),
+        _js_api_import(f"$JS.API.CONSUMER.MSG.NEXT.{NOTIFY_STREAM}.{NOTIFY_DURABLE}"),
+        _service_import(f"$JS.ACK.{NOTIFY_STREAM}.{NOTIFY_DURABLE}.>"),
+    ]
+
+
 class NatsAuth:
     """Derives every principal's password from one secret and renders the server's `accounts` block."""
 
@@ -221,6 +257,9 @@ class NatsAuth:
     def auditor(self) -> Credentials:
         return Credentials(AUDITOR_USER, self.password("auditor"), AUDITOR_ACCOUNT, "_INBOX_auditor")
 
+    def notifier(self) -> Credentials:
+        return Credentials(NOTIFY_USER, self.password("notifier"), NOTIFY_ACCOUNT, "_INBOX_notifier")
+
     def department(self, code: str) -> Credentials:
         check_department_code(code)
         return Credentials(
@@ -229,7 +268,7 @@ class NatsAuth:
 
     def accounts(self, departments: Iterable[str]) -> dict[str, Any]:
         """The server's accounts: BATON (JetStream, the service), AUDIT, and DEPT_CODE for each department."""
-        service, auditor = self.service(), self.auditor()
+        service, auditor, notifier = self.service(), self.auditor(), self.notifier()
         accounts: dict[str, Any] = {
             SERVICE_ACCOUNT: {
                 "jetstream": "enabled",
@@ -239,6 +278,12 @@ class NatsAuth:
             AUDITOR_ACCOUNT: {
                 "users": [{"user": auditor.user, "password": self.hash(auditor), "permissions": auditor_permissions()}],
                 "imports": auditor_imports(),
+            },
+            NOTIFY_ACCOUNT: {
+                "users": [
+                    {"user": notifier.user, "password": self.hash(notifier), "permissions": notifier_permissions()}
+                ],
+                "imports": notifier_imports(),
             },
         }
         for code in sorted(set(departments)):

@@ -236,6 +236,18 @@ class ReportView(View):
             )
             return [r["report_id"] for r in tx.fetchall()]
 
+    def due_between(self, start_iso: str, end_iso: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """Open reports whose triage or handling deadline falls after start and at or before end."""
+        with self.db.transaction(commit=False) as tx:
+            tx.execute(
+                self.q(
+                    "SELECT report_id, community_id, status, due_at FROM {baton_reports} "
+                    "WHERE status IN ('received', 'accepted') AND due_at > %s AND due_at <= %s ORDER BY due_at LIMIT %s"
+                ),
+                (start_iso, end_iso, limit),
+            )
+            return tx.fetchall()
+
     def following(self, limit: int = 500) -> list[str]:
         """Escalated reports whose whistle fed back or closed, which the report has not caught up with."""
         with self.db.transaction(commit=False) as tx:

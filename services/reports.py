@@ -75,6 +75,16 @@ class ReportApp(BatonApplication):
                 code,
             ) from None
 
+    def contact_of(self, rid: UUID | str) -> tuple[str, dict[str, Any] | None]:
+        """The report's community and its resident's contact details in clear (None if none or erased): for the
+        notification gateway only."""
+        report = self.get(rid)
+        if not report.reporter:
+            return report.community_id, None
+        sealed = {f: getattr(report.reporter.get(f), "token", report.reporter.get(f)) for f in REPORTER_FIELDS}
+        shown = self.store.vault.reveal_in(sealed)
+        return report.community_id, shown if any(shown.values()) else None
+
     # 居民提 ----------------------------------------------------------------------------------
 
     def raise_report(
