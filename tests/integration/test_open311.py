@@ -6,28 +6,49 @@ community and a department handle it; hostile input gets Open311 errors; no pers
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import pytest
+import schemathesis
 import uvicorn
 import xmltodict
+from fastapi import FastAPI
 from georeport import GeoReport
+from schemathesis.checks import CheckContext, not_a_server_error
+from schemathesis.core import NOT_SET
+from schemathesis.core.transport import Response
+from schemathesis.openapi.checks import RejectedPositiveData
+from schemathesis.specs.openapi.checks import (
+    allow_header_conformance,
+    content_type_conformance,
+    missing_required_header,
+    negative_data_rejection,
+    positive_data_acceptance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+    unsupported_method,
+)
 from typer.testing import CliRunner
 
-from api.app import create_app
+from api.app import create_app, openapi_document
 from api.tokens import Tokens
-from infra.bootstrap import Container, Runtime
+from infra.bootstrap import Container, Runtime, bootstrap
 from infra.cli import app as cli
+from infra.clock import ManualClock
 from infra.nats_server import free_port
 from infra.settings import Settings
 from services.access import Actor, Context, Role
-from tests.conftest import Auth, seed_county
+from tests.conftest import START, Auth, seed_county
 
 V2 = "/open311/v2"
 ADMIN_CTX = Context(actor=Actor(Role.ADMIN, None, "root"), correlation_id="open311-test")
@@ -451,3 +472,86 @@ async def test_hostile_input_gets_open311_errors_that_say_what_to_fix(
     parsed = xmltodict.parse(shown.content)["service_requests"]["request"]
     assert [r["description"] for r in parsed] == ["控制字符\ufffd stay XML", "积水"]
     assert not any(p in shown.text for p in PERSONAL)
+
+
+# Any input, as documented (schemathesis over the Open311 operations) ---------------------------------------------
+
+OPEN311_SCHEMA = schemathesis.openapi.from_dict(
+    openapi_document(),
+    config=schemathesis.config.SchemathesisConfig.from_dict(
+        {
+            "seed": 20260302,
+            "generation": {"max-examples": 30, "mode": "all", "database": "none", "deterministic": True},
+            "phases": {"stateful": {"enabled": False}},
+        }
+    ),
+).include(path_regex="^/open311/")
+
+
+@pytest.fixture(scope="module")
+def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FastAPI, str, Counter[str]]]:
+    """The app on a SQLite store with the county, a drawn grid and an Open311 key; no rate limit."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("open311-fuzz"), store="sqlite", watch_interval=3600)
+    baton = bootstrap(settings, ManualClock(START))
+    tokens = Tokens(b"test-secret-that-is-long-enough-for-hs256!")
+    app = create_app(baton, tokens, rate_limit=0)
+
+    async def seeded() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://baton.test") as client:
+            await county_with_a_grid(client, Auth(tokens))
+
+    asyncio.run(seeded())
+    refused: Counter[str] = Counter()
+    yield app, issue_key(baton), refused
+    print(f"\nOpen311 schemathesis: schema-valid requests refused by a rule (400): {dict(refused)}")
+    baton.close()
+
+
+def answered(response: Response) -> tuple[httpx.Response, str]:
+    """schemathesis's response as httpx's, and the format its path asked for."""
+    headers = {name: ", ".join(values) for name, values in response.headers.items()}
+    fmt = "xml" if unquote(urlsplit(response.request.url).path).endswith(".xml") else "json"
+    return httpx.Response(response.status_code, headers=headers, content=response.content), fmt
+
+
+def errors_are_open311s(ctx: CheckContext, response: Response, case: Any) -> bool | None:
+    """Every error under /open311/ is Open311's, in the path's format, its code the HTTP status."""
+    if response.status_code >= 400:
+        open311_error(*answered(response))
+    return None
+
+
+@OPEN311_SCHEMA.parametrize()
+def test_open311_answers_any_input_as_documented(case: Any, fuzzed: tuple[FastAPI, str, Counter[str]]) -> None:
+    """Never a 5xx; status, headers, media type and body as documented; every error in Open311's shape. Two POSTs in
+    three carry the real key and service (one of those inside the grid), so they reach the gateway's own checks."""
+    app, key, refused = fuzzed
+    body = None if case.body is NOT_SET else case.body
+    pick = int(hashlib.sha256(repr((case.method, case.path_parameters, case.query, body)).encode()).hexdigest(), 16)
+    positive = case.meta is None or not case.meta.is_negative_at(schemathesis.core.parameters.ParameterLocation.BODY)
+    if isinstance(body, dict) and positive and pick % 3:
+        case.body = {**body, "api_key": key, "service_code": "drainage", **(INSIDE if pick % 3 == 1 else {})}
+
+    def valid_or_a_rule(ctx: CheckContext, response: Response, case: Any) -> bool | None:
+        try:
+            return positive_data_acceptance(ctx, response, case)
+        except RejectedPositiveData:
+            if response.status_code != 400:
+                raise
+            refused[open311_error(*answered(response))["description"][:40]] += 1
+            return None
+
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+        response_headers_conformance,
+        negative_data_rejection,
+        valid_or_a_rule,
+        missing_required_header,
+        unsupported_method,
+        allow_header_conformance,
+        errors_are_open311s,
+    ]
+    case.call_and_validate(app=app, checks=checks)
