@@ -437,9 +437,13 @@ def open311_router(
         },
         summary="File a resident's report (居民提) with your app's api_key; the token is the resident's tracking code",
     )
-    async def create_request(request: Request, format: Format, idempotency_key: IdempotencyKey = None) -> Response:
+    async def create_request(
+        request: Request, format: Format, jurisdiction_id: Jurisdiction = None, idempotency_key: IdempotencyKey = None
+    ) -> Response:
         fmt = _format(format)
         form = await _form(request)
+        if jurisdiction_id and not form.get("jurisdiction_id"):  # some clients name it in the URL
+            form["jurisdiction_id"] = [jurisdiction_id]
         answer, replayed = await run_in_threadpool(create, request, form, idempotency_key)
         response = render(fmt, "service_requests", "request", [answer], 201)
         if replayed:

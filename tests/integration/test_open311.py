@@ -464,7 +464,9 @@ async def test_hostile_input_gets_open311_errors_that_say_what_to_fix(
         "outside every drawn boundary of bowang",
         await client.post(post, data={**base, "jurisdiction_id": "bowang"}),
     )
-    ok = await client.post(post, data={**base, "jurisdiction_id": "dangtu", "description": "控制字符\x01 stay XML"})
+    ok = await client.post(
+        post, data={**base, "description": "控制字符\x01 stay XML"}, params={"jurisdiction_id": "dangtu"}
+    )
     assert ok.status_code == 201, ok.text
     await runtime.wait_idle()
     assert (await client.get(f"{V2}/requests.json", params={"jurisdiction_id": "bowang"})).json() == []
