@@ -13,6 +13,7 @@ from api.branches import branch_router
 from api.common import install_error_handlers, install_middleware, install_openapi
 from api.credentials import credentials_router
 from api.limits import RateLimit, RequestGuard
+from api.open311 import install_open311_errors, open311_router
 from api.org import org_router
 from api.privacy import privacy_router
 from api.reports import report_router, tracking_router
@@ -83,6 +84,10 @@ def create_app(
     app.include_router(tracking_router(baton.reports, baton.report_board))
     app.include_router(privacy_router(baton.privacy, tokens))
     app.include_router(credentials_router(baton.credentials, tokens))
+    app.include_router(
+        open311_router(baton.reports, baton.report_board.view, baton.board.view, baton.org, baton.credentials)
+    )
+    install_open311_errors(app)
     tokens.attach(baton.credentials.current)
     return app
 

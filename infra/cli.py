@@ -33,6 +33,13 @@ nats_creds_app = typer.Typer(help="NATS logins for department systems and audito
 app.add_typer(nats_creds_app, name="nats-creds")
 keys_app = typer.Typer(help="Baton's own keys: where they are kept, and moving a data dir's into the database.")
 app.add_typer(keys_app, name="keys", no_args_is_help=True)
+open311_app = typer.Typer(help="Open311 GeoReport v2 (/open311/v2): API keys of civic apps.", no_args_is_help=True)
+app.add_typer(open311_app, name="open311")
+open311_key_app = typer.Typer(
+    help="API keys of Open311 clients, kept as events (only each key's SHA-256), good on every instance.",
+    no_args_is_help=True,
+)
+open311_app.add_typer(open311_key_app, name="key")
 STANDARDS_DIR = Path(__file__).resolve().parent.parent / "standards"
 err = Console(stderr=True, soft_wrap=True)
 
@@ -221,6 +228,68 @@ def token_revoke(
     finally:
         baton.close()
     typer.echo(json.dumps({**receipt.body, "position": receipt.position}))
+
+
+@open311_key_app.command("issue")
+def open311_key_issue(
+    name: Annotated[str, typer.Option(help="The client app's name, e.g. wechat-estation (lower case, digits, .-_).")],
+    channel: Annotated[str, typer.Option(help="The channel its reports arrive through: open311 or e_station.")] = (
+        "open311"
+    ),
+) -> None:
+    """Print a new random API key for an Open311 client, once: only its SHA-256 is recorded."""
+    from domain.errors import DomainError
+    from infra.bootstrap import bootstrap
+
+    settings = _settings()
+    baton = bootstrap(settings)
+    try:
+        receipt, key = baton.credentials.issue_open311_key(_cli_context("open311-key-issue"), name, channel)
+    except DomainError as exc:
+        err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        baton.close()
+    typer.echo(key)
+    err.print(
+        f"Open311 key of {name} (channel {channel}) recorded at position {receipt.position}; it is shown only now: "
+        "the app sends it as api_key when it POSTs /open311/v2/requests.json"
+    )
+
+
+@open311_key_app.command("revoke")
+def open311_key_revoke(name: Annotated[str, typer.Option(help="The client whose key to revoke.")]) -> None:
+    """Refuse the client's key from now on, on every instance (recorded as an event)."""
+    from domain.errors import DomainError
+    from infra.bootstrap import bootstrap
+
+    settings = _settings()
+    baton = bootstrap(settings)
+    try:
+        receipt = baton.credentials.revoke_open311_key(_cli_context("open311-key-revoke"), name)
+    except DomainError as exc:
+        err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        baton.close()
+    typer.echo(f"Open311 key of {name} revoked at position {receipt.position}; it is refused from now on")
+
+
+@open311_key_app.command("list")
+def open311_key_list() -> None:
+    """The Open311 keys in service: client name, channel, when issued (never a key)."""
+    from infra.bootstrap import bootstrap
+
+    settings = _settings()
+    baton = bootstrap(settings)
+    try:
+        keys = baton.credentials.open311_keys()
+    finally:
+        baton.close()
+    for key in keys:
+        typer.echo(f"{key['name']}\t{key['channel']}\tissued {key['issued_at']}")
+    if not keys:
+        err.print("no Open311 key is in service; issue one with `baton open311 key issue --name APP`")
 
 
 def _known_departments(settings: Settings) -> list[str]:

@@ -20,6 +20,8 @@ NOT_PROJECTED: dict[type, str] = {
     Credentials.ActorRevoked: "read by the API's token check from the credentials aggregate",
     Credentials.KeyRetired: "read by the API's token check from the credentials aggregate",
     Credentials.KeyRotated: "read by the API's token check from the credentials aggregate",
+    Credentials.Open311KeyIssued: "read by the Open311 gateway's api_key check from the credentials aggregate",
+    Credentials.Open311KeyRevoked: "read by the Open311 gateway's api_key check from the credentials aggregate",
     Credentials.TokenRevoked: "read by the API's token check from the credentials aggregate",
     Organisation.Founded: "the organisation's creation; the organisation is read from its aggregate",
     Organisation.CadreRegistered: "read from the organisation aggregate (GET /v1/org)",

@@ -1,8 +1,12 @@
-"""The credentials context: signing keys put in service and retired, tokens and actors revoked, as events."""
+"""The credentials context: signing keys put in service and retired, tokens and actors revoked, and Open311
+clients' API keys issued and revoked, as events."""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from eventsourcing.application import AggregateNotFoundError
@@ -12,6 +16,21 @@ from services.access import Context, Role, require_role
 from services.base import BatonApplication, Decision, Receipt
 
 Change = Callable[[Credentials, datetime], dict[str, object]]
+OPEN311_KEY_PREFIX = "o311_"
+"""Marks an Open311 API key for what it is (in a config file, a log line someone pasted, a secret scanner)."""
+
+
+@dataclass(frozen=True)
+class Open311Client:
+    """Who an Open311 API key belongs to, and the channel its reports arrive through."""
+
+    name: str
+    channel: str
+
+
+def key_digest(key: str) -> str:
+    """The SHA-256 under which an API key is recorded and looked up."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class CredentialsApp(BatonApplication):
@@ -70,3 +89,40 @@ class CredentialsApp(BatonApplication):
             return {"revoked": "actor", "actor_id": actor_id, "issued_before": now.isoformat()}
 
         return self._change(ctx, "revoke tokens", change)
+
+    # Open311 clients ---------------------------------------------------------------------
+
+    def issue_open311_key(self, ctx: Context, name: str, channel: str = "open311") -> tuple[Receipt, str]:
+        """A new random API key for an Open311 client: the receipt, and the key (shown once; only its hash is kept)."""
+        key = OPEN311_KEY_PREFIX + secrets.token_urlsafe(32)
+
+        def change(c: Credentials, now: datetime) -> dict[str, object]:
+            c.issue_open311_key(name, channel, key_digest(key), timestamp=now, meta=ctx.meta())
+            return {"open311_client": name, "channel": channel}
+
+        return self._change(ctx, "issue Open311 keys", change), key
+
+    def revoke_open311_key(self, ctx: Context, name: str) -> Receipt:
+        """The client's key is refused from now on, on every instance."""
+
+        def change(c: Credentials, now: datetime) -> dict[str, object]:
+            c.revoke_open311_key(name, timestamp=now, meta=ctx.meta())
+            return {"open311_client": name, "revoked": True}
+
+        return self._change(ctx, "revoke Open311 keys", change)
+
+    def open311_keys(self) -> list[dict[str, object]]:
+        """The Open311 keys in service: client name, channel, when issued (never the key or its hash)."""
+        state = self.current()
+        clients = state.open311_clients() if state is not None else {}
+        return [
+            {"name": name, "channel": c["channel"], "issued_at": c["issued_at"].isoformat()}
+            for name, c in sorted(clients.items())
+        ]
+
+    def open311_client(self, key: str) -> Open311Client | None:
+        """The client holding this API key now, or None for a key never issued or revoked (read from the store, so a
+        revocation on any instance counts at once)."""
+        state = self.current()
+        found = state.open311_client(key_digest(key)) if state is not None and key else None
+        return Open311Client(*found) if found is not None else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from api.common import FIND
 from api.tokens import ISSUABLE, Tokens
 from infra.bootstrap import Container
 from infra.clock import ManualClock
-from services.access import Role
+from services.access import SYSTEM_ACTOR, Context, Role
 from tests.conftest import START, Auth, seed_county
 from tests.scenarios import AUDITOR_FULL, DOCUMENT, SCHEME
 
@@ -35,6 +36,17 @@ DOCS = {"GET /openapi.json", "GET /docs", "GET /docs/oauth2-redirect", "GET /red
 PUBLIC = {"GET /health", "GET /metrics"}  # operations, for load balancers and Prometheus: no personal data
 BY_CODE = {"GET /v1/track/{code}", "POST /v1/track/{code}/rating"}
 """A resident's routes: the tracking code in the path is the key, a token neither helps nor is needed."""
+OPEN311 = {
+    "GET /open311/v2/discovery.{format}",
+    "GET /open311/v2/services.{format}",
+    "GET /open311/v2/services/{service_code}.{format}",
+    "GET /open311/v2/requests.{format}",
+    "POST /open311/v2/requests.{format}",
+    "GET /open311/v2/requests/{service_request_id}.{format}",
+    "GET /open311/v2/tokens/{token}.{format}",
+}
+"""Open311 GeoReport v2: public reads, and a POST whose key is its app's api_key (a form field); a bearer token
+neither helps nor is needed. Bodies are form-encoded; errors are Open311's, in the path's format (.json or .xml)."""
 
 
 class Reach(StrEnum):
@@ -126,6 +138,18 @@ REPORT = {
     "community_id": "tishu",
     "address": "提署路",
 }
+OPEN311_REQUEST = {
+    "api_key": "{open311_key}",
+    "jurisdiction_id": "dangtu",
+    "service_code": "drainage",
+    "lat": "31.551",
+    "long": "118.499",
+    "description": "雨水井堵塞",
+    "first_name": "桂英",
+    "last_name": "李",
+    "phone": "13905551234",
+}
+"""Inside tishu-g1's boundary (SQUARE, drawn by build_world); jurisdiction_id, as the world has two districts."""
 TISHU_WHISTLES = tuple(
     f"{step}_whistle" for step in ("read", "report", "dispatch", "decline", "progress", "complete", "feedback")
 )
@@ -456,6 +480,20 @@ POLICY: dict[str, tuple[Case, ...]] = {
     "POST /v1/tokens/revocations": (
         Case(post("/v1/tokens/revocations", {"actor": "matrix-departed", "reason": "调离"}), ADMIN),
     ),
+    # Open311 GeoReport v2: public reads; a request is filed with an app's api_key, whatever bearer token comes along.
+    "GET /open311/v2/discovery.{format}": (Case(get("/open311/v2/discovery.xml"), EVERYONE),),
+    "GET /open311/v2/services.{format}": (Case(get("/open311/v2/services.json", jurisdiction_id="dangtu"), EVERYONE),),
+    "GET /open311/v2/services/{service_code}.{format}": (
+        Case(get("/open311/v2/services/drainage.xml", jurisdiction_id="dangtu"), EVERYONE),
+    ),
+    "POST /open311/v2/requests.{format}": (Case(post("/open311/v2/requests.json", OPEN311_REQUEST), EVERYONE),),
+    "GET /open311/v2/requests.{format}": (Case(get("/open311/v2/requests.xml", jurisdiction_id="dangtu"), EVERYONE),),
+    "GET /open311/v2/requests/{service_request_id}.{format}": (
+        Case(get("/open311/v2/requests/{read_report}.json", jurisdiction_id="dangtu"), EVERYONE),
+    ),
+    "GET /open311/v2/tokens/{token}.{format}": (
+        Case(get("/open311/v2/tokens/{read_code}.xml", jurisdiction_id="dangtu"), EVERYONE),
+    ),
     # Personal data: those who serve the person's community look it up and erase it; nobody else.
     "GET /v1/people/{person_id}": (Case(get("/v1/people/{reporter}"), {Role.ADMIN: ANY, **OVER_COMMUNITY}),),
     "POST /v1/people/{person_id}/erase": (
@@ -571,6 +609,8 @@ async def build_world(client: httpx.AsyncClient, auth: Auth, baton: Container) -
             await call("POST", f"/v1/whistles/{w}/{step}", body, headers, status)
         ids[f"{name}_whistle"] = w
 
+    await call("PUT", "/v1/org/units/tishu-g1/boundary", SQUARE, admin, 200)  # places Open311 requests
+    _, ids["open311_key"] = baton.credentials.issue_open311_key(Context(SYSTEM_ACTOR, "matrix"), "matrix-app")
     reported = {**REPORT, "reporter": {"name": "李桂英", "phone": "13905550000"}}
     for name, done in {
         "read": [],
@@ -721,7 +761,12 @@ async def send(
 ) -> httpx.Response:
     body = world.fill(req.by_role.get(role, req.body))
     query = {k: world.fill(v) for k, v in req.query.items()}
-    return await client.request(req.method, world.fill(req.path), params=query, json=body, headers=headers)
+    return await client.request(req.method, world.fill(req.path), params=query, headers=headers, **payload(req, body))
+
+
+def payload(req: Req, body: Any) -> dict[str, Any]:
+    """The body as the route takes it: a form for Open311, JSON for the rest."""
+    return {"data": body} if req.path.startswith("/open311/") else {"json": body}
 
 
 def error_of(text: str) -> dict[str, Any] | None:
@@ -734,6 +779,24 @@ def error_of(text: str) -> dict[str, Any] | None:
         return None
     error = body["error"]
     ok = set(error) == {"code", "message"} and all(isinstance(error[k], str) and error[k] for k in error)
+    return error if ok else None
+
+
+def open311_error_of(r: httpx.Response) -> dict[str, Any] | None:
+    """Open311's one error, {"code": int, "description": str}, from [{...}] or <errors><error>..., else None."""
+    try:
+        if r.headers.get("content-type", "").startswith("application/xml"):
+            root = ET.fromstring(r.content)
+            errors = [{"code": int(e.findtext("code", "")), "description": e.findtext("description")} for e in root]
+            errors = errors if root.tag == "errors" else []
+        else:
+            errors = r.json()
+    except (ValueError, ET.ParseError):
+        return None
+    if not isinstance(errors, list) or len(errors) != 1 or not isinstance(errors[0], dict):
+        return None
+    (error,) = errors
+    ok = set(error) == {"code", "description"} and isinstance(error["code"], int) and error["description"]
     return error if ok else None
 
 
@@ -811,9 +874,9 @@ async def test_every_route_every_role_every_scope(
             ("an expired token", {"Authorization": f"Bearer {expired}"}),
         ):
             r = await send(client, world, case.req, Role.ADMIN, headers)
-            if route in BY_CODE:
+            if route in BY_CODE or route in OPEN311:
                 if r.status_code == 401:
-                    problems.append(f"{route} with {what}: 401; a tracking code needs no token")
+                    problems.append(f"{route} with {what}: 401; a tracking code or an Open311 route needs no token")
                 continue
             if route in PUBLIC:
                 if r.status_code != 200:
@@ -904,12 +967,17 @@ async def test_an_unknown_id_in_the_path_is_404_for_every_route(
         parameters = {p["name"]: p["schema"] for p in documented[template][method.lower()]["parameters"]}
         segments = template.split("/")
         for index, segment in enumerate(segments):
-            name = segment.strip("{}")
-            if segment == name:
+            named = [n for n in re.findall(r"\{(\w+)\}", segment) if n != "format"]  # .{format} names no thing
+            if not named:
                 continue
-            known = world.fill(req.path.split("/")[index])
+            (name,) = named
+            filled = world.fill(req.path.split("/")[index])
+            found = re.fullmatch(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(segment)), filled)
+            assert found is not None, f"{route}: POLICY's path {req.path} does not fit the template"
+            known = found[name]
             unknown = str(parameters[name]["maximum"]) if parameters[name]["type"] == "integer" else UNKNOWN_ID
-            path = "/".join(unknown if i == index else world.fill(s) for i, s in enumerate(req.path.split("/")))
+            replaced = filled[: found.start(name)] + unknown + filled[found.end(name) :]
+            path = "/".join(replaced if i == index else world.fill(s) for i, s in enumerate(req.path.split("/")))
             for actor in everyone:
                 if expectation(POLICY[route][0], actor) == "deny":
                     continue
@@ -917,10 +985,17 @@ async def test_an_unknown_id_in_the_path_is_404_for_every_route(
                 headers = {"Authorization": f"Bearer {tokens.issue(actor.role.value, unit, actor_id)}"}
                 body = renamed(world.fill(req.by_role.get(actor.role, req.body)), known, unknown)
                 query = {k: renamed(world.fill(v), known, unknown) for k, v in req.query.items()}
-                r = await matrix_client.request(method, path, params=query, json=body, headers=headers)
+                r = await matrix_client.request(method, path, params=query, headers=headers, **payload(req, body))
                 sent += 1
                 error = error_of(r.text)
                 where = f"{method} {path} ({name} unknown) as {actor.role.value}/{actor.scope}"
+                if route in OPEN311:
+                    described = open311_error_of(r)
+                    if r.status_code != 404 or described is None or described["code"] != 404:
+                        problems.append(f"{where}: {r.status_code} {r.text[:200]}; want 404 in Open311's error shape")
+                    elif unknown not in described["description"] or "/open311/v2/" not in described["description"]:
+                        problems.append(f"{where}: the description does not name {unknown} and where ids are listed")
+                    continue
                 if r.status_code != 404 or error is None or error["code"] != "not_found":
                     problems.append(f"{where}: {r.status_code} {r.text[:200]}; want 404 not_found")
                 elif unknown not in error["message"] or not any(hint in error["message"] for hint in FIND.values()):
