@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import typing
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from faststream.nats import NatsBroker
 from faststream.nats.security import NatsUserPassword
@@ -69,6 +69,39 @@ def _event_model(aggregate: str, event: str, cls: type) -> type[BaseModel]:
     )
 
 
+class Contact(BaseModel):
+    name: str | None
+    phone: str | None
+    address: str | None
+
+
+class ResidentNotice(BaseModel):
+    """What a resident must hear of about their report (the gateway words it for SMS or WeChat)."""
+
+    kind: Literal["received", "accepted", "escalated", "result", "merged", "closed_unreasonable", "reopened", "closed"]
+    report_id: str
+    community_id: str
+    text: str = Field(description="A Chinese text the gateway may send as it is.")
+    detail: str | None = Field(description="The result, or the reason a report was closed as unreasonable.")
+    contact: Contact | None = Field(description="The resident's contact in clear; null when none was given or erased.")
+    occurred_at: str
+    position: int
+
+
+class CommunityNotice(BaseModel):
+    """A report's deadline about to lapse (deadline_near) or lapsed (deadline_missed), for the community's staff."""
+
+    kind: Literal["deadline_near", "deadline_missed"]
+    report_id: str
+    community_id: str
+    text: str
+    due_at: str
+    status: str | None = None
+    step: str | None = None
+    occurred_at: str | None = None
+    position: int | None = None
+
+
 def asyncapi_document(server_url: str = "nats://127.0.0.1:4222") -> dict[str, Any]:
     """The AsyncAPI 3.0 document, as a dict."""
     # Documents the login every client needs; the values here are placeholders, never used to connect.
@@ -113,6 +146,25 @@ def asyncapi_document(server_url: str = "nats://127.0.0.1:4222") -> dict[str, An
         ),
         schema=Outcome,
     )
+    broker.publisher(
+        "baton.notify.resident.{report_id}",
+        title="baton.notify.resident.REPORT_ID",
+        description=(
+            "Stream BATON_NOTIFY (kept 30 days). A change the resident who raised report REPORT_ID must hear of, once "
+            "(Nats-Msg-Id notify:REPORT_ID:VERSION), with their contact details in clear. Only the gateway's login "
+            "(`baton nats-creds issue --notifier`) reads it, from the durable pull consumer notify_gateway."
+        ),
+        schema=ResidentNotice,
+    )
+    broker.publisher(
+        "baton.notify.community.{community_id}",
+        title="baton.notify.community.COMMUNITY_ID",
+        description=(
+            "Stream BATON_NOTIFY. A report of community COMMUNITY_ID whose deadline lapses within two hours "
+            "(deadline_near) or has lapsed (deadline_missed), once; for the community's staff."
+        ),
+        schema=CommunityNotice,
+    )
     for action, model in DEPARTMENT_COMMANDS.items():
 
         async def handler(body: model) -> None:  # type: ignore[valid-type]
@@ -133,10 +185,10 @@ def asyncapi_document(server_url: str = "nats://127.0.0.1:4222") -> dict[str, An
         description=(
             "Events of community governance (吹哨、应哨、派单、办理、反馈、评价) on JetStream, and the "
             "commands department systems send. Every client logs in (user and password from `baton nats-creds "
-            "issue --department CODE`, or `--auditor`): a department reaches baton.dept.CODE.> and its durable "
-            "consumer dept_CODE on BATON_DEPT only, through the JetStream API prefix $JS.BATON.API and its inbox "
-            "prefix _INBOX_dept_CODE; the auditor reads BATON_EVENTS and BATON_AUDIT (durable auditor) and "
-            "publishes nothing."
+            "issue --department CODE`, `--auditor` or `--notifier`): a department reaches baton.dept.CODE.> and "
+            "its durable consumer dept_CODE on BATON_DEPT only, through the JetStream API prefix $JS.BATON.API "
+            "and its inbox prefix _INBOX_dept_CODE; the auditor reads BATON_EVENTS and BATON_AUDIT (durable "
+            "auditor) and publishes nothing; the notification gateway reads BATON_NOTIFY (durable notify_gateway) only."
         ),
     )
     return spec.to_specification().to_jsonable()
