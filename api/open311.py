@@ -186,6 +186,11 @@ class Discovery(BaseModel):
     endpoints: list[Endpoint]
 
 
+PUBLISHED = ("open311", "e_station")
+"""Channels whose reports GET requests shows: filed by the resident through an app. A report taken down by the
+hotline, at a walk-in or on a grid patrol was not filed to be published, and its text may hold personal details."""
+
+
 def _xml_document(description: str) -> dict[str, Any]:
     return {"application/xml": {"schema": {"type": "string", "description": description}}}
 
@@ -560,7 +565,9 @@ def open311_router(
         if ids:
             if len(ids) > MAX_REQUESTS:
                 raise Open311Error(400, f"service_request_id lists {len(ids)} ids; ask for at most {MAX_REQUESTS}")
-            rows = report_view.query(ReportQuery(communities=communities, ids=tuple(ids), limit=MAX_REQUESTS))
+            rows = report_view.query(
+                ReportQuery(communities=communities, ids=tuple(ids), channels=PUBLISHED, limit=MAX_REQUESTS)
+            )
         else:
             codes = _listed(service_code)
             unknown = [c for c in codes if c not in current.categories]
@@ -574,6 +581,7 @@ def open311_router(
                     rows += report_view.query(
                         ReportQuery(
                             communities=communities,
+                            channels=PUBLISHED,
                             status=baton_status,
                             category=category,
                             raised_from=start.astimezone(UTC).isoformat(),
@@ -609,6 +617,12 @@ def open311_router(
                 ) from None
             raise Open311Error(
                 404, f"service request {service_request_id} is recorded but not shown yet; ask again in a moment"
+            )
+        if row["channel"] not in PUBLISHED:
+            raise Open311Error(
+                404,
+                f"service request {service_request_id} was not filed through Open311 and is not published; "
+                + LIST_REQUESTS,
             )
         if communities is not None and row["community_id"] not in communities:
             raise Open311Error(

@@ -59,6 +59,7 @@ class ReportQuery:
     communities: tuple[str, ...] | None = None
     status: str | None = None
     channel: str | None = None
+    channels: tuple[str, ...] | None = None
     category: str | None = None
     overdue: bool | None = None
     ids: tuple[str, ...] | None = None
@@ -155,7 +156,11 @@ class ReportView(View):
             if value is not None:
                 where.append(f"{column} = %s")
                 params.append(value)
-        for column, values in (("community_id", query.communities), ("report_id", query.ids)):
+        for column, values in (
+            ("community_id", query.communities),
+            ("report_id", query.ids),
+            ("channel", query.channels),
+        ):
             if values is not None:
                 if not values:
                     return []

@@ -328,6 +328,25 @@ async def test_duplicates_and_unreasonable_complaints_say_so_and_why(
     assert detail["channel"] == "e_station"
 
 
+async def test_reports_taken_down_by_staff_are_not_published(
+    client: httpx.AsyncClient, auth: Auth, baton: Container, runtime: Runtime
+) -> None:
+    await county_with_a_grid(client, auth)
+    filed = (await file(client, issue_key(baton))).json()[0]
+    body = {"channel": "hotline_12345", "category": "drainage", "description": "王先生说邻居 13905550000 漏水"}
+    r = await client.post(
+        "/v1/reports", json={**body, "community_id": "tishu", "address": "x"}, headers=auth(*COMMUNITY)
+    )
+    hotline = r.json()["report_id"]
+    await runtime.wait_idle()
+    listed = [r["service_request_id"] for r in (await client.get(f"{V2}/requests.json")).json()]
+    assert listed == [filed["service_request_id"]]
+    r = await client.get(f"{V2}/requests/{hotline}.json")
+    assert r.status_code == 404 and "not published" in open311_error(r, "json")["description"]
+    r = await client.get(f"{V2}/requests.json", params={"service_request_id": hotline})
+    assert r.status_code == 200 and r.json() == []
+
+
 # Keys --------------------------------------------------------------------------------------------------------
 
 
