@@ -16,7 +16,7 @@ from api.limits import RateLimit, RequestGuard
 from api.open311 import install_open311_errors, open311_router
 from api.org import org_router
 from api.privacy import privacy_router
-from api.reports import report_router, tracking_router
+from api.reports import media_router, report_router, tracking_router
 from api.schemas import Health
 from api.tokens import Tokens
 from api.volunteering import volunteering_router
@@ -82,6 +82,7 @@ def create_app(
     app.include_router(assessment_router(baton.assessment, baton.notary, tokens))
     app.include_router(report_router(baton.reports, baton.report_board, baton.board, baton.org, vault, tokens))
     app.include_router(tracking_router(baton.reports, baton.report_board))
+    app.include_router(media_router(baton.reports, tokens))
     app.include_router(privacy_router(baton.privacy, tokens))
     app.include_router(credentials_router(baton.credentials, tokens))
     app.include_router(

@@ -13,7 +13,10 @@ from typing import Any
 import structlog
 
 from api.tokens import Tokens
+from domain.report import MAX_PHOTO_BYTES
 
+MEDIA_PATH = "/v1/media"
+"""Where photos are uploaded as raw bytes (up to domain.report.MAX_PHOTO_BYTES)."""
 log = structlog.get_logger("baton.http")
 
 Scope = MutableMapping[str, Any]
@@ -86,6 +89,9 @@ class RequestGuard:
             return
         declared = _header(scope, b"content-length")
         limit = self.max_bytes if self.max_bytes > 0 else None
+        photo = scope.get("path") == MEDIA_PATH and scope.get("method") == "POST"
+        if photo:  # a photo is bytes, not JSON: its own limit, and a NUL in it is no escape
+            limit = MAX_PHOTO_BYTES + 1024
         if limit and declared is not None and declared.strip().isdigit() and int(declared) > limit:
             await send_error(send, *self._too_large(scope, f"{int(declared)} bytes"))
             return
@@ -103,7 +109,7 @@ class RequestGuard:
                 if limit and received > limit:
                     refusal = self._too_large(scope, f"over {limit} bytes (streamed)")
                     raise Refused
-                if NUL_ESCAPE in tail + chunk:
+                if not photo and NUL_ESCAPE in tail + chunk:
                     refusal = self._nul(scope, "body")
                     raise Refused
                 tail = (tail + chunk)[-(len(NUL_ESCAPE) - 1) :]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
+import anyio
 import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import AwareDatetime
 
 from api.common import ERRORS, Commands, IdempotencyKey, MinPosition, actor_dependency, answer, command_context, path_id
 from api.schemas import (
+    PhotoKept,
     ReportCreated,
     ReportDetail,
     ReportPage,
@@ -25,7 +27,7 @@ from domain.report import OPEN
 from infra.privacy import Vault
 from projections.reports import ReportProjection, ReportQuery
 from projections.whistle_board import BoardQuery, WhistleBoardProjection
-from services.access import Actor, Context, report_communities, sees_personal_data
+from services.access import Actor, Context, Role, check_reads, report_communities, sees_personal_data
 from services.base import Receipt
 from services.organisation import OrganisationApp
 from services.reports import ReportApp, resident
@@ -45,6 +47,7 @@ log = structlog.get_logger("baton.http")
 
 ReportId = path_id(Thing.REPORT)
 TrackingCode = path_id(Thing.REPORT)
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
 NEARBY_METRES = 500
 """Open cases of the same category within this distance are suggested as the one a new report duplicates."""
 
@@ -195,6 +198,47 @@ def report_router(
     @command.post("/{report_id}/rating", response_model=ReportStep, summary="回访 Record the callback's rating")
     def rating(ctx: Context, report_id: ReportId, body: RecordRating) -> Receipt:
         return reports.rate_for(ctx, report_id, rating=body.rating, rated_by=body.rated_by, comment=body.comment)
+
+    return router
+
+
+Sha256 = path_id(Thing.PHOTO, max_length=64)
+PHOTO_READERS = {Role.ADMIN, Role.INSPECTOR, Role.AUDITOR, Role.DISTRICT, Role.STREET, Role.COMMUNITY, Role.GRID}
+PHOTO_READERS |= {Role.DEPARTMENT}  # the department handling an escalated report sees its photos
+
+
+def media_router(reports: ReportApp, tokens: Tokens) -> APIRouter:
+    """Residents' photos: kept outside the event log by SHA-256, which the report's event names."""
+    router = APIRouter(prefix="/v1/media", tags=["reports"], responses=ERRORS)
+    actor_dep = Depends(actor_dependency(tokens))
+
+    @router.post(
+        "",
+        status_code=201,
+        response_model=PhotoKept,
+        summary="Upload a photo (JPEG, PNG, WebP or GIF, up to 5 MB) as the body; a report then names its sha256",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES},
+            }
+        },
+    )
+    async def upload(request: Request, actor: Actor = actor_dep) -> dict[str, Any]:
+        data = await request.body()
+        ctx = command_context(request, actor, None)
+        return await anyio.to_thread.run_sync(reports.upload_photo, ctx, data)
+
+    @router.get(
+        "/{sha256}",
+        response_class=Response,
+        responses={200: {"content": {t: {} for t in IMAGE_TYPES}}},
+        summary="A photo's bytes",
+    )
+    def photo(sha256: Sha256, actor: Actor = actor_dep) -> Response:
+        check_reads(actor, PHOTO_READERS, "residents' photos")
+        content_type, data = reports.photo(sha256)
+        return Response(data, media_type=content_type, headers={"Cache-Control": "private, max-age=86400"})
 
     return router
 

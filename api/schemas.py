@@ -737,3 +737,11 @@ class ReportTracked(BaseModel):
     whistle_id: str | None
     whistle_status: str | None
     steps: list[dict[str, str]]
+
+
+class PhotoKept(BaseModel):
+    """An uploaded photo, kept under its hash: name it in a report's media as {"sha256": ...}."""
+
+    sha256: str
+    content_type: str
+    bytes: int

@@ -16,6 +16,7 @@ class Thing(StrEnum):
     CADRE = "cadre"
     WHISTLE = "whistle"
     REPORT = "report"
+    PHOTO = "photo"
     VOLUNTEER = "volunteer"
     ACTIVITY = "activity"
     REWARD = "reward"

@@ -22,6 +22,8 @@ HANDLING_DAYS = 7
 """Days the community has to resolve a report it accepted, unless it gives its own due date."""
 MAX_MEDIA = 9
 """Photos a report may carry (a WeChat post's limit)."""
+MAX_PHOTO_BYTES = 5 * 1024 * 1024
+"""Bytes one uploaded photo may have (a phone's photo, compressed as WeChat sends it)."""
 TRACKING_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 """Crockford-like: no 0/O, 1/I, so a resident can read their code over the phone."""
 
@@ -108,6 +110,25 @@ def check_media(media: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 raise InvalidCommand("an uploaded photo is named by its sha256 (64 hex digits) from POST /v1/media")
             out.append({"sha256": digest, "content_type": item.get("content_type"), "bytes": item.get("bytes")})
     return out
+
+
+def sniff_image(data: bytes) -> str:
+    """The image type a photo's first bytes say it is (JPEG, PNG, WebP, GIF), or InvalidCommand."""
+    if not data:
+        raise InvalidCommand("the photo is empty: send the image's bytes as the request body")
+    if len(data) > MAX_PHOTO_BYTES:
+        raise InvalidCommand(
+            f"the photo is {len(data):,} bytes; at most {MAX_PHOTO_BYTES:,} are kept: send it smaller (as WeChat does)"
+        )
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    raise InvalidCommand("only JPEG, PNG, WebP or GIF photos are kept; this body is none of them")
 
 
 class Report(Aggregate):

@@ -49,7 +49,16 @@ from infra.secrets import SECRETS_TABLE, SecretName, SecretStore, SecretTable, W
 from infra.settings import Settings
 from infra.sql import Sql
 from infra.sqlite import BatonSQLiteDatastore
-from infra.store import COMMANDS_TABLE, KEYS_TABLE, META_TABLE, Store, ensure_schema, pg_connect, views_datastore
+from infra.store import (
+    COMMANDS_TABLE,
+    KEYS_TABLE,
+    MEDIA_TABLE,
+    META_TABLE,
+    Store,
+    ensure_schema,
+    pg_connect,
+    views_datastore,
+)
 
 log = structlog.get_logger("baton.backup")
 
@@ -71,6 +80,8 @@ COPIED: dict[str, tuple[str, ...]] = {
     META_TABLE: ("key", "value"),
 }
 """The store's own tables copied as they are, with their columns."""
+OPTIONAL: dict[str, tuple[str, ...]] = {MEDIA_TABLE: ("sha256", "content_type", "data")}
+"""Tables copied too, that a backup from an older release may lack (residents' photos, since 0.2)."""
 CHECKPOINT_COLUMNS = ("size", "root", "note", "signed_at")
 EVENT_COLUMNS = ("position", "originator_id", "originator_version", "topic", "state")
 
@@ -87,6 +98,7 @@ FILE_DDL = (
     f"CREATE TABLE {META_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     f"CREATE TABLE {CHECKPOINTS_TABLE} (size INTEGER PRIMARY KEY, root BLOB NOT NULL, note TEXT NOT NULL, "
     "signed_at TEXT NOT NULL)",
+    f"CREATE TABLE {MEDIA_TABLE} (sha256 TEXT PRIMARY KEY, content_type TEXT NOT NULL, data BLOB NOT NULL)",
 )
 
 Progress = Callable[[int, int], None]
@@ -258,7 +270,7 @@ def _copy_sqlite(settings: Settings, file: sqlite3.Connection, partial: Path) ->
                 f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT rowid, originator_id, originator_version, "
                 f"topic, state FROM snap.{SQLITE_EVENTS} ORDER BY rowid"
             )
-            for table, columns in COPIED.items():
+            for table, columns in (COPIED | OPTIONAL).items():
                 if table in tables:
                     names = ", ".join(columns)
                     file.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM snap.{table}")
@@ -312,7 +324,7 @@ def _copy_postgres(settings: Settings, file: sqlite3.Connection, progress: Progr
                     done += len(rows)
                     if progress is not None:
                         progress(done, total)
-            for table, columns in COPIED.items():
+            for table, columns in (COPIED | OPTIONAL).items():
                 if table in present:
                     rows = conn.execute(
                         sql.SQL("SELECT {0} FROM {1}.{2}").format(
@@ -498,7 +510,8 @@ def _restore_sqlite(settings: Settings, path: Path, summary: Summary) -> None:
                 f"INSERT INTO {SQLITE_EVENTS} (rowid, originator_id, originator_version, topic, state) "
                 "SELECT position, originator_id, originator_version, topic, state FROM backup.events ORDER BY position"
             )
-            for table, columns in COPIED.items():
+            held = {r[0] for r in store.execute("SELECT name FROM backup.sqlite_master WHERE type = 'table'")}
+            for table, columns in (COPIED | {t: c for t, c in OPTIONAL.items() if t in held}).items():
                 names = ", ".join(columns)
                 store.execute(f"INSERT INTO main.{table} ({names}) SELECT {names} FROM backup.{table}")
             _check_counts(store, SQLITE_EVENTS, summary)
@@ -562,7 +575,9 @@ def _restore_postgres(
                 done += len(batch)
                 if progress is not None:
                     progress(done, summary.events)
-        for name, cols in (*COPIED.items(), (CHECKPOINTS_TABLE, CHECKPOINT_COLUMNS)):
+        held = {r[0] for r in backup_file.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        optional = [(t, c) for t, c in OPTIONAL.items() if t in held]
+        for name, cols in (*COPIED.items(), *optional, (CHECKPOINTS_TABLE, CHECKPOINT_COLUMNS)):
             rows = backup_file.execute(f"SELECT {', '.join(cols)} FROM {name}").fetchall()
             if rows:
                 with conn.cursor() as cur:

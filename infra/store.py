@@ -126,6 +126,14 @@ class CommandLog:
         """This store's id, made once when the store is created."""
         raise NotImplementedError
 
+    def put_media(self, sha256: str, content_type: str, data: bytes) -> bool:
+        """Keep an uploaded photo under its hash (outside the event log); False when it was kept already."""
+        raise NotImplementedError
+
+    def get_media(self, sha256: str) -> tuple[str, bytes] | None:
+        """(content type, bytes) of a kept photo, or None."""
+        raise NotImplementedError
+
 
 log = structlog.get_logger("baton.store")
 
@@ -133,6 +141,8 @@ COMMANDS_TABLE = "baton_commands"
 KEYS_PER_QUERY = 500
 META_TABLE = "baton_store_meta"
 KEYS_TABLE = "baton_person_keys"
+MEDIA_TABLE = "baton_media"
+"""Photos residents uploaded, by SHA-256: their hash is in the event, their bytes here (erasable, never signed)."""
 
 
 class BatonSQLiteRecorder(SQLiteApplicationRecorder, CommandLog):
@@ -149,6 +159,8 @@ class BatonSQLiteRecorder(SQLiteApplicationRecorder, CommandLog):
             f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
             f"CREATE TABLE IF NOT EXISTS {KEYS_TABLE} ("
             "person_id TEXT PRIMARY KEY, community_id TEXT NOT NULL, wrapped TEXT)",
+            f"CREATE TABLE IF NOT EXISTS {MEDIA_TABLE} ("
+            "sha256 TEXT PRIMARY KEY, content_type TEXT NOT NULL, data BLOB NOT NULL)",
         ]
 
     def _insert_events(
@@ -250,6 +262,20 @@ class BatonSQLiteRecorder(SQLiteApplicationRecorder, CommandLog):
         with self.datastore.transaction(commit=True) as c:
             c.executemany(f"INSERT INTO {COMMANDS_TABLE} VALUES (?,?,?,?)", [r.row() for r in records])
 
+    def put_media(self, sha256: str, content_type: str, data: bytes) -> bool:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                f"INSERT INTO {MEDIA_TABLE} VALUES (?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+                (sha256, content_type, data),
+            )
+            return c.sqlite_cursor.rowcount == 1
+
+    def get_media(self, sha256: str) -> tuple[str, bytes] | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT content_type, data FROM {MEDIA_TABLE} WHERE sha256 = ?", (sha256,))
+            row = c.fetchone()
+        return (row["content_type"], bytes(row["data"])) if row else None
+
     def identity(self) -> str:
         with self.datastore.transaction(commit=True) as c:
             c.execute(
@@ -284,6 +310,13 @@ class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
             SQL(
                 "CREATE TABLE IF NOT EXISTS {0} (person_id text PRIMARY KEY, community_id text NOT NULL, wrapped text)"
             ).format(self.keys_table)
+        )
+        self.media_table = SQL("{0}.{1}").format(Identifier(self.datastore.schema), Identifier(MEDIA_TABLE))
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0} ("
+                "sha256 text PRIMARY KEY, content_type text NOT NULL, data bytea NOT NULL)"
+            ).format(self.media_table)
         )
 
     def create_table(self) -> None:
@@ -401,6 +434,22 @@ class BatonPostgresRecorder(PostgresApplicationRecorder, CommandLog):
     def put_all(self, records: Sequence[CommandRecord]) -> None:
         with self.datastore.transaction(commit=True) as curs:
             curs.executemany(self.insert_command_statement, [r.row() for r in records])
+
+    def put_media(self, sha256: str, content_type: str, data: bytes) -> bool:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                SQL("INSERT INTO {0} VALUES (%s, %s, %s) ON CONFLICT (sha256) DO NOTHING").format(self.media_table),
+                (sha256, content_type, data),
+            )
+            return curs.rowcount == 1
+
+    def get_media(self, sha256: str) -> tuple[str, bytes] | None:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL("SELECT content_type, data FROM {0} WHERE sha256 = %s").format(self.media_table), (sha256,)
+            )
+            row = curs.fetchone()
+        return (row["content_type"], bytes(row["data"])) if row else None
 
     def identity(self) -> str:
         with self.datastore.transaction(commit=True) as curs:

@@ -3,6 +3,7 @@ resident's own rating through their tracking code."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Callable
 from datetime import datetime
@@ -21,6 +22,7 @@ from domain.report import (
     Status,
     check_coordinates,
     report_id,
+    sniff_image,
 )
 from domain.whistle import Reporter, Whistle
 from domain.whistle import Status as WhistleStatus
@@ -131,6 +133,7 @@ class ReportApp(BatonApplication):
         if reporter is not None and not any((reporter.get(f) or "").strip() for f in REPORTER_FIELDS):
             raise InvalidCommand("a reporter needs at least one of name, phone or address; or leave reporter out")
         person_id = self.whistles._reporter_id(reporter)
+        media = self._with_uploads(list(media or []))
         code = new_tracking_code()
 
         def decide(now: datetime) -> Decision:
@@ -150,7 +153,7 @@ class ReportApp(BatonApplication):
                 grid_id=grid_id,
                 address=address,
                 coordinates=coordinates,
-                media=list(media or []),
+                media=media,
                 attributes=dict(attributes or {}),
                 reporter=sealed,
                 timestamp=now,
@@ -160,6 +163,37 @@ class ReportApp(BatonApplication):
             return [report], body
 
         return self.execute(ctx, decide)
+
+    def upload_photo(self, ctx: Context, data: bytes) -> dict[str, Any]:
+        """Keep a photo outside the event log under its SHA-256, which a report then names (idempotent)."""
+        require_role(ctx.actor, *RAISERS, action="upload a photo")
+        content_type = sniff_image(data)
+        digest = hashlib.sha256(data).hexdigest()
+        self.store.recorder.put_media(digest, content_type, data)
+        return {"sha256": digest, "content_type": content_type, "bytes": len(data)}
+
+    def photo(self, digest: str) -> tuple[str, bytes]:
+        """A kept photo's type and bytes, or NotFound."""
+        found = self.store.recorder.get_media(digest)
+        if found is None:
+            raise NotFound(f"no photo has sha256 {digest}", Thing.PHOTO, digest)
+        return found
+
+    def _with_uploads(self, media: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each uploaded photo named by hash, with its type and size as kept (it must have been uploaded)."""
+        out = []
+        for item in media:
+            digest = item.get("sha256")
+            if digest is None:
+                out.append(item)
+                continue
+            found = self.store.recorder.get_media(str(digest))
+            if found is None:
+                raise UnknownReference(
+                    f"photo {digest} was not uploaded; POST its bytes to /v1/media first", Thing.PHOTO, str(digest)
+                )
+            out.append({"sha256": digest, "content_type": found[0], "bytes": len(found[1])})
+        return out
 
     # 社区管 ----------------------------------------------------------------------------------
 

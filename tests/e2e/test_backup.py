@@ -34,6 +34,7 @@ from tests.conftest import PG_URL, blow_direct, seed_county_direct
 from tests.faults import BATON, Load, Served, settle
 
 REPORTER = {"name": "王芳", "phone": "13900001111"}
+PHOTO = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40  # NUL bytes and all
 
 
 @pytest.fixture
@@ -222,6 +223,7 @@ def test_restore_into_the_other_backend(backend: str, new_store: Any, tmp_path: 
         baton.whistles.blow(
             ctx, community_id="tishu", category="drainage", title="t", description="d", reporter=REPORTER
         )
+        photo = baton.reports.upload_photo(ctx, PHOTO)["sha256"]
         blow_direct(baton, 20)
         baton.notary.catch_up()
         baton.notary.sign()
@@ -246,6 +248,7 @@ def test_restore_into_the_other_backend(backend: str, new_store: Any, tmp_path: 
         tokens = [t for e in baton.source.envelopes(0, 100) for t in _tokens(e.body())]
         assert tokens and set(baton.store.vault.reveal(tokens).values()) == set(REPORTER.values())
         assert baton.store.identity == summary.store_id
+        assert baton.reports.photo(photo) == ("image/png", PHOTO)  # kept outside the log, travels with the backup
         blow_direct(baton, 1)  # new events continue right after the restored ones
         assert baton.store.max_position() == summary.position + 1
     finally:

@@ -27,6 +27,8 @@ from api.tokens import ISSUABLE, Tokens
 from infra.bootstrap import Container
 from infra.clock import ManualClock
 from services.access import SYSTEM_ACTOR, Context, Role
+from services.reports import resident
+from tests.conftest import ADMIN as ROOT
 from tests.conftest import START, Auth, seed_county
 from tests.scenarios import AUDITOR_FULL, DOCUMENT, SCHEME
 
@@ -99,6 +101,7 @@ def put(path: str, body: Any = None) -> Req:
     return Req("PUT", path, body=body)
 
 
+PHOTO = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4
 SQUARE = {"type": "Polygon", "coordinates": [[[118.49, 31.55], [118.50, 31.55], [118.50, 31.56], [118.49, 31.55]]]}
 
 
@@ -257,6 +260,15 @@ POLICY: dict[str, tuple[Case, ...]] = {
             ("rating", {"rating": "satisfied", "rated_by": "callback"}),
         )
     },
+    "POST /v1/media": (
+        Case(post("/v1/media", PHOTO), {Role.ADMIN: ANY, **{r: ANY for r in OVER_COMMUNITY}, Role.GRID: ANY}),
+    ),
+    "GET /v1/media/{sha256}": (
+        Case(
+            get("/v1/media/{photo}"),
+            {**SEE_ALL, **{r: ANY for r in OVER_COMMUNITY}, Role.GRID: ANY, Role.DEPARTMENT: ANY},
+        ),
+    ),
     "GET /v1/track/{code}": (Case(get("/v1/track/{read_code}"), EVERYONE),),
     "POST /v1/track/{code}/rating": (Case(post("/v1/track/{rate_code}/rating", {"rating": "satisfied"}), EVERYONE),),
     # Department scorecards are county-wide league tables; a department reads its own only.
@@ -489,7 +501,7 @@ POLICY: dict[str, tuple[Case, ...]] = {
     "POST /open311/v2/requests.{format}": (Case(post("/open311/v2/requests.json", OPEN311_REQUEST), EVERYONE),),
     "GET /open311/v2/requests.{format}": (Case(get("/open311/v2/requests.xml", jurisdiction_id="dangtu"), EVERYONE),),
     "GET /open311/v2/requests/{service_request_id}.{format}": (
-        Case(get("/open311/v2/requests/{read_report}.json", jurisdiction_id="dangtu"), EVERYONE),
+        Case(get("/open311/v2/requests/{open311_report}.json", jurisdiction_id="dangtu"), EVERYONE),
     ),
     "GET /open311/v2/tokens/{token}.{format}": (
         Case(get("/open311/v2/tokens/{read_code}.xml", jurisdiction_id="dangtu"), EVERYONE),
@@ -585,6 +597,7 @@ async def build_world(client: httpx.AsyncClient, auth: Auth, baton: Container) -
         "POST", "/v1/whistles", {**whistle, "reporter": {"name": "张秀兰", "phone": "13905556677"}}, community
     )
     ids.update(read_whistle=blown["whistle_id"], reporter=blown["reporter_id"], position=str(blown["position"]))
+    ids["photo"] = baton.reports.upload_photo(Context(ROOT, "matrix"), PHOTO)["sha256"]
     steps = {
         "report": [],
         "dispatch": ["report-in"],
@@ -611,6 +624,15 @@ async def build_world(client: httpx.AsyncClient, auth: Auth, baton: Container) -
 
     await call("PUT", "/v1/org/units/tishu-g1/boundary", SQUARE, admin, 200)  # places Open311 requests
     _, ids["open311_key"] = baton.credentials.issue_open311_key(Context(SYSTEM_ACTOR, "matrix"), "matrix-app")
+    filed = baton.reports.raise_report(
+        Context(resident("open311", "matrix-app"), "matrix"),
+        channel="open311",
+        category="drainage",
+        description="雨水井堵塞",
+        community_id="tishu",
+        address="提署路",
+    )
+    ids["open311_report"] = filed.body["report_id"]
     reported = {**REPORT, "reporter": {"name": "李桂英", "phone": "13905550000"}}
     for name, done in {
         "read": [],
@@ -761,11 +783,14 @@ async def send(
 ) -> httpx.Response:
     body = world.fill(req.by_role.get(role, req.body))
     query = {k: world.fill(v) for k, v in req.query.items()}
-    return await client.request(req.method, world.fill(req.path), params=query, headers=headers, **payload(req, body))
+    sent = {"headers": headers, **payload(req, body, headers)}
+    return await client.request(req.method, world.fill(req.path), params=query, **sent)
 
 
-def payload(req: Req, body: Any) -> dict[str, Any]:
-    """The body as the route takes it: a form for Open311, JSON for the rest."""
+def payload(req: Req, body: Any, headers: dict[str, str]) -> dict[str, Any]:
+    """The body as the route takes it: a form for Open311, bytes for a photo, JSON for the rest."""
+    if isinstance(body, bytes):
+        return {"content": body, "headers": {**headers, "Content-Type": "image/jpeg"}}
     return {"data": body} if req.path.startswith("/open311/") else {"json": body}
 
 
@@ -985,7 +1010,8 @@ async def test_an_unknown_id_in_the_path_is_404_for_every_route(
                 headers = {"Authorization": f"Bearer {tokens.issue(actor.role.value, unit, actor_id)}"}
                 body = renamed(world.fill(req.by_role.get(actor.role, req.body)), known, unknown)
                 query = {k: renamed(world.fill(v), known, unknown) for k, v in req.query.items()}
-                r = await matrix_client.request(method, path, params=query, headers=headers, **payload(req, body))
+                options = {"headers": headers, **payload(req, body, headers)}
+                r = await matrix_client.request(method, path, params=query, **options)
                 sent += 1
                 error = error_of(r.text)
                 where = f"{method} {path} ({name} unknown) as {actor.role.value}/{actor.scope}"

@@ -251,3 +251,47 @@ async def test_coordinates_inside_a_drawn_grid_place_the_report(
     assert r.status_code == 422 and "say which community" in r.json()["error"]["message"]
     features = (await client.get("/v1/org/boundaries", headers=auth("volunteer", "tishu"))).json()["features"]
     assert [f["id"] for f in features] == ["tishu-g1"] and features[0]["properties"]["kind"] == "grid"
+
+
+JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 64  # NUL bytes and all, as photos have
+
+
+async def test_a_photo_is_kept_outside_the_log_and_named_by_its_hash(
+    client: httpx.AsyncClient, auth: Auth, runtime: Runtime
+) -> None:
+    await seed_county(client, auth)
+    staff = {**auth(*COMMUNITY), "Content-Type": "image/jpeg"}
+    r = await client.post("/v1/media", content=JPEG, headers=staff)
+    assert r.status_code == 201, r.text
+    kept = r.json()
+    assert kept["content_type"] == "image/jpeg" and kept["bytes"] == len(JPEG) and len(kept["sha256"]) == 64
+    again = await client.post("/v1/media", content=JPEG, headers=staff)
+    assert again.status_code == 201 and again.json() == kept  # content-addressed: the same photo is one photo
+    created = await raise_report(client, auth, media=[{"sha256": kept["sha256"]}, {"url": "https://example.org/x.jpg"}])
+    await runtime.wait_idle()
+    detail = (await client.get(f"/v1/reports/{created['report_id']}", headers=auth(*COMMUNITY))).json()
+    assert detail["media"][0] == {"sha256": kept["sha256"], "content_type": "image/jpeg", "bytes": len(JPEG)}
+    photo = await client.get(f"/v1/media/{kept['sha256']}", headers=auth("department", "HOUSING"))
+    assert photo.status_code == 200 and photo.content == JPEG and photo.headers["content-type"] == "image/jpeg"
+    for event in runtime.baton.store.select(0, 10_000):
+        assert JPEG[:64] not in event.state
+
+    r = await client.post("/v1/media", content=b"%PDF-1.7 not a photo", headers=staff)
+    assert r.status_code == 422 and "JPEG, PNG, WebP or GIF" in r.json()["error"]["message"]
+    r = await client.post("/v1/media", content=b"", headers=staff)
+    assert r.status_code == 422 and "empty" in r.json()["error"]["message"]
+    r = await client.post("/v1/media", content=b"\xff\xd8\xff" + b"\0" * (5 * 1024 * 1024 + 2048), headers=staff)
+    assert r.status_code == 413, r.text
+    r = await client.post(
+        "/v1/media", content=JPEG, headers={**auth("volunteer", "tishu"), "Content-Type": "image/jpeg"}
+    )
+    assert r.status_code == 403
+    r = await raise_report_raw(client, auth, media=[{"sha256": "ab" * 32}])
+    assert r.status_code == 422 and "POST its bytes to /v1/media" in r.json()["error"]["message"]
+    r = await client.get(f"/v1/media/{'cd' * 32}", headers=auth("admin"))
+    assert r.status_code == 404
+
+
+async def raise_report_raw(client: httpx.AsyncClient, auth: Auth, **fields: Any) -> httpx.Response:
+    body = {"channel": "walk_in", "category": "drainage", "description": "x", "community_id": "tishu", "address": "x"}
+    return await client.post("/v1/reports", json={**body, **fields}, headers=auth(*COMMUNITY))
