@@ -221,6 +221,12 @@ class Scorecard(BaseModel):
     report_in_on_time_pct: str | None = Field(description="On-time report-ins / (report-ins + missed), in %.")
     handled_on_time_pct: str | None = Field(description="Work orders fed back on time / (fed back + missed), in %.")
     satisfaction_pct: str | None = Field(description="(Satisfied + basically satisfied) / evaluations, in %.")
+    resident_ratings: dict[str, int] = Field(
+        description="The evaluations residents gave themselves (a report's tracking code): counted among ratings too."
+    )
+    resident_satisfaction_pct: str | None = Field(
+        None, description="(Satisfied + basically satisfied) / the residents' own evaluations, in %."
+    )
     mean_report_in_minutes: float | None
     mean_handling_hours: float | None
 

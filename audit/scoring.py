@@ -31,6 +31,7 @@ from domain.branches import Branch
 from domain.errors import Conflict, InvalidCommand
 from domain.events import handlers_of, handles, name_of
 from domain.organisation import Organisation
+from domain.report import Report
 from domain.volunteering import Volunteer
 from domain.whistle import Whistle
 
@@ -47,7 +48,7 @@ class Facts:
     scored (a street's are its communities'), as 8-byte integers, since they grow with the year's events.
     """
 
-    PLACES = frozenset(name_of(e) for e in (Whistle.Blown, Volunteer.Registered, Branch.Registered))
+    PLACES = frozenset(name_of(e) for e in (Whistle.Blown, Volunteer.Registered, Branch.Registered, Report.Raised))
     """Events that say which community an aggregate belongs to, whatever their year."""
     TIMELESS = frozenset(name_of(e) for e in (Organisation.UnitAdded, Organisation.DepartmentAdded))
     """Events read whatever their year: the organisation's units and departments."""
@@ -70,6 +71,8 @@ class Facts:
         self.community_of: dict[str, str] = {}  # whistle, volunteer or branch id -> community
         self.served: dict[str, dict[str, tuple[Decimal, list[int]]]] = defaultdict(dict)
         self.audits: dict[str, tuple[str, Decimal, Decimal, int]] = {}
+        self.triage_due: dict[str, str] = {}  # report id -> its triage deadline, until the community answers it
+        self.resolved: set[str] = set()  # reports with a result already counted (a reopened one counts once)
 
     def in_year(self, occurred_at: str) -> bool:
         return datetime.fromisoformat(occurred_at).astimezone(self.zone).year == self.year
@@ -151,6 +154,46 @@ class Facts:
         self.add("community", self._community(e["aggregate_id"]), "escalations", pos)
         for code in d["departments"]:
             self.add("department", code, "escalations", pos)
+
+    # Residents' reports: unreasonable complaints and duplicates are counted apart, as 12345 does -----------
+
+    @handles(Report.Raised)
+    def _report_raised(self, e: dict[str, Any], d: dict[str, Any], pos: int) -> None:
+        self.add("community", d["community_id"], "reports_raised", pos)
+        self.triage_due[e["aggregate_id"]] = d["triage_due"]
+
+    def _answered(self, e: dict[str, Any], pos: int) -> None:
+        due = self.triage_due.pop(e["aggregate_id"], None)
+        if due is not None and datetime.fromisoformat(e["occurred_at"]) <= datetime.fromisoformat(due):
+            self.add("community", self._community(e["aggregate_id"]), "reports_responded_on_time", pos)
+
+    @handles(Report.Accepted, Report.Escalated)
+    def _report_answered(self, e: dict[str, Any], d: dict[str, Any], pos: int) -> None:
+        self._answered(e, pos)
+
+    @handles(Report.Merged)
+    def _report_merged(self, e: dict[str, Any], d: dict[str, Any], pos: int) -> None:
+        self.triage_due.pop(e["aggregate_id"], None)
+        self.add("community", self._community(e["aggregate_id"]), "reports_merged", pos)
+
+    @handles(Report.ClosedUnreasonable)
+    def _report_unreasonable(self, e: dict[str, Any], d: dict[str, Any], pos: int) -> None:
+        self.triage_due.pop(e["aggregate_id"], None)
+        self.add("community", self._community(e["aggregate_id"]), "reports_unreasonable", pos)
+
+    @handles(Report.Resolved)
+    def _report_resolved(self, e: dict[str, Any], d: dict[str, Any], pos: int) -> None:
+        if e["aggregate_id"] not in self.resolved:
+            self.resolved.add(e["aggregate_id"])
+            self.add("community", self._community(e["aggregate_id"]), "reports_resolved", pos)
+
+    @handles(Report.Rated)
+    def _report_rated(self, e: dict[str, Any], d: dict[str, Any], pos: int) -> None:
+        if d["rated_by"] in ("resident", "callback"):  # the resident's own rating; one given on their behalf is not
+            community = self._community(e["aggregate_id"])
+            self.add("community", community, "residents_rated", pos)
+            if d["rating"] != "dissatisfied":
+                self.add("community", community, "residents_satisfied", pos)
 
     # Volunteering ----------------------------------------------------------------------------
 

@@ -59,6 +59,13 @@ FACTS: dict[str, tuple[str, ...]] = {
         "rectifications_overdue",
         "rating_sum",
         "ratings",
+        "reports_raised",
+        "reports_unreasonable",
+        "reports_merged",
+        "reports_responded_on_time",
+        "reports_resolved",
+        "residents_rated",
+        "residents_satisfied",
     ),
 }
 FACTS["street"] = FACTS["community"]

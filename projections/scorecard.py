@@ -15,7 +15,13 @@ from projections.base import BatonProjection
 class ScorecardView(View):
     """One row per summons, per work order and per rating; counts per department."""
 
-    tables = ("baton_score_summons", "baton_score_orders", "baton_score_ratings", "baton_score_counts")
+    tables = (
+        "baton_score_summons",
+        "baton_score_orders",
+        "baton_score_ratings",
+        "baton_score_counts",
+        "baton_score_resident_ratings",
+    )
     ddl = (
         "CREATE TABLE IF NOT EXISTS {baton_score_summons} ("
         "whistle_id TEXT NOT NULL, department TEXT NOT NULL, state TEXT NOT NULL, minutes INTEGER, "
@@ -29,6 +35,10 @@ class ScorecardView(View):
         "CREATE TABLE IF NOT EXISTS {baton_score_counts} ("
         "department TEXT PRIMARY KEY, declines INTEGER NOT NULL DEFAULT 0, "
         "reopens INTEGER NOT NULL DEFAULT 0, escalations INTEGER NOT NULL DEFAULT 0)",
+        # Its own table, so that an installation from before residents rated gains it without a rebuild.
+        "CREATE TABLE IF NOT EXISTS {baton_score_resident_ratings} ("
+        "whistle_id TEXT NOT NULL, version INTEGER NOT NULL, department TEXT NOT NULL, rating TEXT NOT NULL, "
+        "PRIMARY KEY (whistle_id, version, department))",
     )
 
     def bump(self, tx: Tx, department: str, column: str) -> None:
@@ -80,6 +90,14 @@ class ScorecardView(View):
             )
             for r in tx.fetchall():
                 card(r["department"])["ratings"][r["rating"]] += r["n"]
+            tx.execute(
+                self.q(
+                    "SELECT department, rating, COUNT(*) AS n FROM {baton_score_resident_ratings} "
+                    "GROUP BY department, rating"
+                )
+            )
+            for r in tx.fetchall():
+                card(r["department"])["resident_ratings"][r["rating"]] += r["n"]
             tx.execute(self.q("SELECT * FROM {baton_score_counts}"))
             for r in tx.fetchall():
                 c = card(r["department"])
@@ -96,6 +114,7 @@ def _empty_card(code: str) -> dict[str, Any]:
         "work_orders": 0,
         "handling": {"on_time": 0, "late": 0, "missed": 0, "open": 0, "declined": 0},
         "ratings": {"satisfied": 0, "basically_satisfied": 0, "dissatisfied": 0},
+        "resident_ratings": {"satisfied": 0, "basically_satisfied": 0, "dissatisfied": 0},
         "declines": 0,
         "reopens": 0,
         "escalations": 0,
@@ -118,6 +137,8 @@ def _finish(c: dict[str, Any]) -> dict[str, Any]:
     c["report_in_on_time_pct"] = _pct(ri["on_time"], reported + ri["missed"])
     c["handled_on_time_pct"] = _pct(h["on_time"], fed_back + h["missed"])
     c["satisfaction_pct"] = _pct(r["satisfied"] + r["basically_satisfied"], rated)
+    own = c["resident_ratings"]
+    c["resident_satisfaction_pct"] = _pct(own["satisfied"] + own["basically_satisfied"], sum(own.values()))
     c["mean_report_in_minutes"] = round(c.pop("_report_minutes") / reported, 1) if reported else None
     minutes = c.pop("_handling_minutes")
     c["mean_handling_hours"] = round(minutes / 60 / fed_back, 1) if fed_back else None
@@ -211,6 +232,14 @@ class ScorecardProjection(BatonProjection[ScorecardView]):
                 ),
                 (e.aggregate_id, e.version, e.data["department"], e.data["rating"]),
             )
+            if (e.actor or {}).get("role") == "resident":  # the resident's own rating, with their tracking code
+                tx.execute(
+                    self.view.q(
+                        "INSERT INTO {baton_score_resident_ratings} (whistle_id, version, department, rating) "
+                        "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
+                    ),
+                    (e.aggregate_id, e.version, e.data["department"], e.data["rating"]),
+                )
             if e.data["status"] == "reopened":
                 self.view.bump(tx, e.data["department"], "reopens")
 

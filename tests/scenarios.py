@@ -160,11 +160,42 @@ async def play(client: httpx.AsyncClient, auth: Auth, clock: ManualClock, runtim
 
     await volunteer(client, auth, clock)
     await standardise(client, auth, clock)
+    await residents(client, auth)
     clock.advance(timedelta(days=2))
     await runtime.wait_idle()
     assert (await asyncio.to_thread(runtime.watcher.tick)).escalated >= 3
     assert await step(late, "report-in", psb) == 200
     await runtime.wait_idle()
+
+
+async def residents(client: httpx.AsyncClient, auth: Auth) -> None:
+    """Residents' reports through every path: resolved and rated (reopened once), escalated, merged, unreasonable,
+    and one left untriaged until its deadline passes."""
+    community = auth("community", "tishu", "wang")
+
+    async def post(path: str, payload: dict, status: int = 200) -> dict:
+        r = await client.post(path, json=payload, headers=community)
+        assert r.status_code == status, r.text
+        return dict(r.json())
+
+    report = {"channel": "hotline_12345", "category": "drainage", "community_id": "tishu", "address": "提署路 3 号"}
+    reporter = {"name": "李阿姨", "phone": "13900001111"}
+    made = [
+        await post("/v1/reports", {**report, "description": d, "reporter": reporter}, 201)
+        for d in ("积水", "又积水", "井盖松动", "邻居的猫", "路灯不亮")
+    ]
+    rated, repeat, escalated, unreasonable, _untriaged = made
+    await post(f"/v1/reports/{repeat['report_id']}/merge", {"into_report": rated["report_id"]})
+    await post(f"/v1/reports/{rated['report_id']}/accept", {})
+    await post(f"/v1/reports/{rated['report_id']}/resolve", {"result": "已疏通"})
+    r = await client.post(f"/v1/track/{rated['tracking_code']}/rating", json={"rating": "dissatisfied"})
+    assert r.status_code == 200, r.text
+    await post(f"/v1/reports/{rated['report_id']}/resolve", {"result": "已换管"})
+    await post(f"/v1/reports/{rated['report_id']}/rating", {"rating": "satisfied", "rated_by": "callback"})
+    await post(
+        f"/v1/reports/{escalated['report_id']}/escalate", {"title": "井盖松动", "summoned_departments": ["URBAN"]}
+    )
+    await post(f"/v1/reports/{unreasonable['report_id']}/close-unreasonable", {"reason": "不属公共事务"})
 
 
 class Branches:

@@ -146,6 +146,9 @@ async def test_an_escalated_report_follows_its_whistle_and_the_residents_rating_
     detail = (await client.get(f"/v1/reports/{rid}", headers=auth(*COMMUNITY))).json()
     assert [t["type"] for t in detail["whistle_timeline"]][:2] == ["blown", "reported_in"]
     assert detail["rated_by"] == "resident" and detail["whistle_status"] == "closed"
+    card = (await client.get("/v1/scorecards/HOUSING", headers=auth("admin"))).json()
+    assert card["resident_ratings"] == {"satisfied": 1, "basically_satisfied": 0, "dissatisfied": 0}
+    assert card["resident_satisfaction_pct"] == "100.0" and card["ratings"]["satisfied"] == 1
 
 
 async def test_duplicates_merge_and_unreasonable_complaints_are_counted_apart(

@@ -246,3 +246,49 @@ def test_a_year_that_has_not_begun_cannot_be_rated() -> None:
     with pytest.raises(InvalidCommand, match="year 2027 has not begun"):
         MutualEvaluation.rate(year=2027, timestamp=december, meta=META, **rate)
     MutualEvaluation.rate(year=2027, timestamp=december + timedelta(minutes=1), meta=META, **rate)
+
+
+def test_residents_reports_are_facts_of_their_community_with_complaints_and_duplicates_apart() -> None:
+    """The fold counts reports, answers on time, results (once per report) and the residents' own ratings."""
+    from audit.scoring import Facts
+
+    facts = Facts(2026, "Asia/Shanghai", "community")
+    position = 0
+
+    def event(report: str, kind: str, at: str, **data: object) -> None:
+        nonlocal position
+        position += 1
+        facts.apply(
+            {
+                "aggregate": "report",
+                "type": kind,
+                "aggregate_id": report,
+                "position": position,
+                "occurred_at": at,
+                "data": data,
+            }
+        )
+
+    raised = {"community_id": "tishu", "triage_due": "2026-03-03T09:00:00+00:00"}
+    for report in ("a", "b", "c", "d"):
+        event(report, "raised", "2026-03-02T09:00:00+00:00", **raised)
+    event("a", "accepted", "2026-03-02T10:00:00+00:00", due_at="2026-03-09T10:00:00+00:00")
+    event("a", "resolved", "2026-03-03T10:00:00+00:00", result="x")
+    event("a", "rated", "2026-03-03T11:00:00+00:00", rating="dissatisfied", rated_by="resident", status="accepted")
+    event("a", "resolved", "2026-03-04T10:00:00+00:00", result="y")
+    event("a", "rated", "2026-03-04T11:00:00+00:00", rating="satisfied", rated_by="callback", status="closed")
+    event("b", "escalated", "2026-03-04T10:00:00+00:00", whistle_id="w")  # a day late
+    event("c", "merged", "2026-03-02T12:00:00+00:00", into_kind="report", into_id="a")
+    event("d", "closed_unreasonable", "2026-03-02T12:00:00+00:00", reason="x")
+    event("d", "rated", "2026-03-02T13:00:00+00:00", rating="satisfied", rated_by="on_behalf", status="closed")
+    counts = facts.counts[("community", "tishu")]
+    assert {k: int(v) for k, v in counts.items() if k.startswith(("reports", "residents"))} == {
+        "reports_raised": 4,
+        "reports_responded_on_time": 1,
+        "reports_resolved": 1,
+        "residents_rated": 2,
+        "residents_satisfied": 1,
+        "reports_merged": 1,
+        "reports_unreasonable": 1,
+    }
+    assert list(facts.evidence[("community", "tishu")]["reports_raised"]) == [1, 2, 3, 4]
