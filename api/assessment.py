@@ -99,6 +99,7 @@ class AuditKey(BaseModel):
 Position = path_id(Thing.POSITION, int, ge=1, le=MAX_POSITION)
 TreeSize = path_id(Thing.TREE_SIZE, int, ge=1, le=MAX_POSITION)
 YearInPath = path_id(Thing.YEAR, int, ge=2000, le=2100)
+MonthInPath = path_id(Thing.MONTH, max_length=40)
 
 
 def known_year(request: Request, year: YearInPath) -> int:
@@ -188,6 +189,23 @@ def assessment_router(app: AssessmentApp, notary: Notary, tokens: Tokens) -> API
     def finalise(ctx: Context, year: Year, body: FinaliseIn = Body(default_factory=FinaliseIn)) -> Receipt:
         unit_types = list(body.unit_types) if body.unit_types else None
         return app.finalise(ctx, year, unit_types=unit_types, as_of=body.as_of)
+
+    @router.get(
+        "/rankings/{month}",
+        tags=["rankings"],
+        summary="接诉即办 The month's ranking: response, resolution, satisfaction, composite, change, class",
+        description="Over the cases that arrived in the month (Asia/Shanghai): a community's residents' reports "
+        "(unreasonable complaints and duplicates left out), a street's communities', a department's summonses. "
+        "Composite = 10 % response + 45 % resolution + 45 % satisfaction; four classes by quarter of the ranked "
+        "units (advanced, good, average, lagging). Each unit lists the events behind each rate.",
+    )
+    def ranking(
+        month: MonthInPath,
+        actor: Actor = actor_dep,
+        unit_type: Annotated[str, Query(pattern="^(community|street|department)$")] = "community",
+    ) -> dict[str, Any]:
+        check_reads(actor, ASSESSMENT_READERS, "rankings")
+        return app.ranking(month, unit_type)
 
     @command.post(
         "/assessments/{year}/void",

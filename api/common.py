@@ -99,6 +99,7 @@ FIND: dict[Thing, str] = {
     Thing.YEAR: "GET /v1/assessments/{year} takes the years from the first recorded event's to the current one",
     Thing.REPORT: "GET /v1/reports lists the reports you may read; a resident follows theirs at /v1/track/{code}",
     Thing.PHOTO: "POST /v1/media answers a photo's sha256; a report's detail lists its photos",
+    Thing.MONTH: "a month is YYYY-MM, from the first recorded event's to this one",
     Thing.TREE_SIZE: "GET /v1/audit/checkpoint shows the latest signed tree size",
     Thing.POSITION: "positions run from 1 to the latest signed tree size (GET /v1/audit/checkpoint)",
 }

@@ -17,6 +17,7 @@ class Thing(StrEnum):
     WHISTLE = "whistle"
     REPORT = "report"
     PHOTO = "photo"
+    MONTH = "month"
     VOLUNTEER = "volunteer"
     ACTIVITY = "activity"
     REWARD = "reward"

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -568,6 +569,60 @@ def score(
         table.add_column(column)
     for unit in sorted(result["units"], key=lambda u: (u["rank"] is None, u["rank"] or 0, u["unit"])):
         table.add_row(str(unit["rank"] or "-"), unit["unit"], unit["name"], str(unit["total"]), str(unit["grade"]))
+    Console(soft_wrap=True).print(table)
+
+
+@app.command()
+def ranking(
+    month: Annotated[str, typer.Option(help="The month, YYYY-MM (Asia/Shanghai).")],
+    unit_type: Annotated[str, typer.Option(help="community, street or department.")] = "community",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the JSON result, with the events behind each rate.")
+    ] = False,
+) -> None:
+    """The month's ranking (接诉即办): response, resolution, satisfaction, composite, change and class per unit."""
+    from domain.errors import DomainError
+    from infra.bootstrap import bootstrap
+
+    baton = bootstrap(_settings())
+    try:
+        result = baton.assessment.ranking(month, unit_type)
+    except DomainError as exc:
+        err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        baton.close()
+    if as_json:
+        typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
+        return
+    table = Table(title=f"{month} {unit_type} ranking (10 % response + 45 % resolution + 45 % satisfaction)")
+    columns = (
+        "rank",
+        "unit",
+        "name",
+        "cases",
+        "response",
+        "resolution",
+        "satisfaction",
+        "composite",
+        "change",
+        "class",
+    )
+    for column in columns:
+        table.add_column(column)
+    for u in result["units"]:
+        rates = [u[f"{k}_rate"] for k in ("response", "resolution", "satisfaction")]
+        shown = [f"{Decimal(r) * 100:.1f}%" if r is not None else "-" for r in rates]
+        table.add_row(
+            str(u["rank"] or "-"),
+            u["unit"],
+            u["name"],
+            str(u["cases"]),
+            *shown,
+            u["composite"] or "-",
+            u["change"] or "-",
+            u["class"] or "-",
+        )
     Console(soft_wrap=True).print(table)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.utils import get_topic
 
+from audit.ranking import check_month, rank
 from audit.scoring import schemes_in, score
 from domain.assessment import (
     SCHEME_ID,
@@ -23,7 +24,7 @@ from domain.assessment import (
     assessment_id,
     evaluation_id,
 )
-from domain.errors import Conflict, DuplicateEntry, InvalidCommand, NotFinal, OutOfScope
+from domain.errors import Conflict, DuplicateEntry, InvalidCommand, NotFinal, NotFound, OutOfScope, Thing
 from infra.clock import Clock
 from infra.envelope import EnvelopeCodec
 from infra.store import Store
@@ -171,6 +172,27 @@ class AssessmentApp(BatonApplication):
                 self._cache.move_to_end(key)
                 return self._cache[key]
         result = score(self.envelopes(position), schemes[version], year, unit_type, position)
+        with self._lock:
+            self._cache[key] = result
+            while len(self._cache) > 32:
+                self._cache.popitem(last=False)
+        return result
+
+    def ranking(self, month: str, unit_type: str) -> dict[str, Any]:
+        """The month's ranking (接诉即办) of a unit type, from every event stored now."""
+        try:
+            year, _ = check_month(month)
+        except InvalidCommand as exc:
+            raise NotFound(f"month {month}: {exc.message}", Thing.MONTH, month) from None
+        years = self.years()
+        if years is None or not years[0] <= year <= years[1]:
+            raise NotFound(f"month {month} is outside the history", Thing.MONTH, month)
+        position = self.store.max_position()
+        key = ("ranking", month, unit_type, position)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        result = rank(self.envelopes(position), month, unit_type, position)
         with self._lock:
             self._cache[key] = result
             while len(self._cache) > 32:

@@ -269,6 +269,9 @@ POLICY: dict[str, tuple[Case, ...]] = {
             {**SEE_ALL, **{r: ANY for r in OVER_COMMUNITY}, Role.GRID: ANY, Role.DEPARTMENT: ANY},
         ),
     ),
+    "GET /v1/rankings/{month}": (
+        Case(get("/v1/rankings/2026-01", unit_type="street"), {**LEAGUE_TABLES, Role.DEPARTMENT: ANY}),
+    ),
     "GET /v1/track/{code}": (Case(get("/v1/track/{read_code}"), EVERYONE),),
     "POST /v1/track/{code}/rating": (Case(post("/v1/track/{rate_code}/rating", {"rating": "satisfied"}), EVERYONE),),
     # Department scorecards are county-wide league tables; a department reads its own only.

@@ -7,6 +7,7 @@ import asyncio
 import json
 from datetime import timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 
@@ -298,3 +299,58 @@ async def test_a_photo_is_kept_outside_the_log_and_named_by_its_hash(
 async def raise_report_raw(client: httpx.AsyncClient, auth: Auth, **fields: Any) -> httpx.Response:
     body = {"channel": "walk_in", "category": "drainage", "description": "x", "community_id": "tishu", "address": "x"}
     return await client.post("/v1/reports", json={**body, **fields}, headers=auth(*COMMUNITY))
+
+
+async def test_the_months_ranking_agrees_with_the_reports_rates_and_the_cli(
+    client: httpx.AsyncClient, auth: Auth, runtime: Runtime, clock: ManualClock, settings: Any, monkeypatch: Any
+) -> None:
+    from typer.testing import CliRunner
+
+    from infra.cli import app as cli
+
+    await seed_county(client, auth)
+    good = await raise_report(client, auth)
+    await raise_report(client, auth, description="Another drain")  # left unanswered
+    await step(client, auth, good["report_id"], "accept", {})
+    await step(client, auth, good["report_id"], "resolve", {"result": "cleared"})
+    r = await client.post(f"/v1/track/{good['tracking_code']}/rating", json={"rating": "satisfied"})
+    assert r.status_code == 200, r.text
+    taibai = {**auth("community", "taibai", "zhao")}
+    r = await client.post(
+        "/v1/reports",
+        json={
+            "channel": "walk_in",
+            "category": "drainage",
+            "description": "x",
+            "community_id": "taibai",
+            "address": "x",
+        },
+        headers=taibai,
+    )
+    await client.post(f"/v1/reports/{r.json()['report_id']}/close-unreasonable", json={"reason": "x"}, headers=taibai)
+    await runtime.wait_idle()
+    month = clock.now().astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m")
+    ranking = (await client.get(f"/v1/rankings/{month}", headers=auth("street", "gushu"))).json()
+    rates = {r["community_id"]: r for r in (await client.get("/v1/reports/rates", headers=auth("admin"))).json()}
+    (tishu,) = [u for u in ranking["units"] if u["unit"] == "tishu"]
+    assert (
+        (tishu["response_rate"], tishu["resolution_rate"], tishu["satisfaction_rate"])
+        == (
+            rates["tishu"]["response_rate"],
+            rates["tishu"]["resolution_rate"],
+            rates["tishu"]["satisfaction_rate"],
+        )
+        == ("0.5000", "0.5000", "1.0000")
+    )
+    assert tishu["rank"] == 1 and tishu["class"] == "advanced" and tishu["cases"] == 2
+    assert "taibai" not in {u["unit"] for u in ranking["units"]}  # its only report was an unreasonable complaint
+    r = await client.get("/v1/rankings/2026-13", headers=auth("admin"))
+    assert r.status_code == 404 and "YYYY-MM" in r.json()["error"]["message"]
+    r = await client.get(f"/v1/rankings/{month}", headers=auth("volunteer", "tishu"))
+    assert r.status_code == 403
+
+    monkeypatch.setenv("BATON_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("BATON_STORE", settings.store)
+    printed = await asyncio.to_thread(CliRunner().invoke, cli, ["ranking", "--month", month], env={"COLUMNS": "200"})
+    assert printed.exit_code == 0, printed.output
+    assert "tishu" in printed.output and "advanced" in printed.output and "50.0%" in printed.output
