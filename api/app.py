@@ -12,6 +12,7 @@ from api.assessment import assessment_router
 from api.branches import branch_router
 from api.common import install_error_handlers, install_middleware, install_openapi
 from api.credentials import credentials_router
+from api.dashboard import dashboard_router
 from api.limits import RateLimit, RequestGuard
 from api.open311 import install_open311_errors, open311_router
 from api.org import org_router
@@ -89,6 +90,7 @@ def create_app(
         open311_router(baton.reports, baton.report_board.view, baton.board.view, baton.org, baton.credentials)
     )
     install_open311_errors(app)
+    app.include_router(dashboard_router())  # HTML shells at / (outside /v1 and the OpenAPI); data from the API
     tokens.attach(baton.credentials.current)
     return app
 

@@ -35,7 +35,21 @@ from tests.scenarios import AUDITOR_FULL, DOCUMENT, SCHEME
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 DOCS = {"GET /openapi.json", "GET /docs", "GET /docs/oauth2-redirect", "GET /redoc"}
-PUBLIC = {"GET /health", "GET /metrics"}  # operations, for load balancers and Prometheus: no personal data
+DASHBOARD = {
+    "GET /",
+    "GET /signin",
+    "GET /board",
+    "GET /whistle",
+    "GET /rankings",
+    "GET /reports",
+    "GET /assets/htmx.min.js",
+    "GET /assets/echarts.min.js",
+    "GET /assets/dashboard.js",
+    "GET /assets/dashboard.css",
+}
+"""The dashboard's page shells and assets (undocumented, like /metrics): no data in them; the browser reads the data
+from the API with the signed-in token, so each page shows what that token may read and the API's refusal otherwise."""
+PUBLIC = {"GET /health", "GET /metrics", *DASHBOARD}  # operations and page shells: no personal data, no token
 BY_CODE = {"GET /v1/track/{code}", "POST /v1/track/{code}/rating"}
 """A resident's routes: the tracking code in the path is the key, a token neither helps nor is needed."""
 OPEN311 = {
@@ -161,6 +175,7 @@ POLICY: dict[str, tuple[Case, ...]] = {
     # Operations and organisation: the tree is reference data for every token; only admins change it.
     "GET /health": (Case(get("/health"), EVERYONE),),
     "GET /metrics": (Case(get("/metrics"), EVERYONE),),
+    **{route: (Case(get(route.split(" ", 1)[1]), EVERYONE),) for route in sorted(DASHBOARD)},
     "GET /v1/org": (Case(get("/v1/org"), EVERYONE),),
     "POST /v1/org/units": (
         Case(

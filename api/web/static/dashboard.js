@@ -1,0 +1,343 @@
+/* Baton's dashboard: the bearer token from sessionStorage on every API call, JSON rendered into the page.
+ *
+ * The page asks the JSON API (htmx requests, and fetch for the overview); the API decides what this token may read,
+ * and a refusal is shown with the API's own message. The token stays in sessionStorage: never in a URL, a cookie
+ * or the page's HTML. Everything rendered is escaped. */
+(function () {
+  "use strict";
+
+  var TOKEN_KEY = "baton.token";
+  var labels = {};
+  var pendingCharts = {};
+  var chartSeq = 0;
+  try { labels = JSON.parse(document.getElementById("labels").textContent); } catch (e) { labels = {}; }
+
+  function t(key, values) {
+    var text = Object.prototype.hasOwnProperty.call(labels, key) ? labels[key] : key;
+    Object.keys(values || {}).forEach(function (k) { text = text.replace("{" + k + "}", String(values[k])); });
+    return text;
+  }
+  function label(prefix, value) {
+    if (value === null || value === undefined || value === "") return "";
+    var key = prefix + "." + value;
+    return Object.prototype.hasOwnProperty.call(labels, key) ? labels[key] : String(value);
+  }
+  function esc(value) {
+    if (value === null || value === undefined) return "";
+    return String(value).replace(/[&<>"']/g, function (c) {
+      return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
+    });
+  }
+  function when(iso) {
+    if (!iso) return "";
+    var d = new Date(iso);
+    if (isNaN(d.getTime())) return iso;
+    return d.toLocaleString(lang() === "zh" ? "zh-CN" : "en-GB", {
+      timeZone: "Asia/Shanghai", year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit"
+    });
+  }
+  function pct(rate) {
+    if (rate === null || rate === undefined) return "–";
+    return (Number(rate) * 100).toFixed(2) + "%";
+  }
+  function lang() { return document.body ? document.body.getAttribute("data-lang") || "zh" : "zh"; }
+
+  // The token ---------------------------------------------------------------------------------------------------
+  function token() { try { return sessionStorage.getItem(TOKEN_KEY); } catch (e) { return null; } }
+  function claims(tok) {
+    // For display only (who am I): the API verifies the token on every call.
+    try {
+      var part = tok.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      while (part.length % 4) part += "=";
+      var json = decodeURIComponent(Array.prototype.map.call(atob(part), function (c) {
+        return "%" + ("00" + c.charCodeAt(0).toString(16)).slice(-2);
+      }).join(""));
+      var c = JSON.parse(json);
+      return c && typeof c.role === "string" ? c : null;
+    } catch (e) { return null; }
+  }
+  function authHeaders() {
+    var tok = token();
+    return tok ? { Authorization: "Bearer " + tok } : {};
+  }
+  function api(path) {
+    return fetch(path, { headers: Object.assign({ Accept: "application/json" }, authHeaders()), credentials: "omit" })
+      .then(function (r) {
+        return r.text().then(function (text) {
+          var body = null;
+          try { body = JSON.parse(text); } catch (e) { body = null; }
+          return { status: r.status, body: body };
+        });
+      });
+  }
+
+  // Errors: the API's {"error": {"code", "message"}} --------------------------------------------------------------
+  function errorBox(status, body) {
+    var error = body && body.error ? body.error : { code: "http_" + status, message: t("error.network") };
+    return '<div class="api-error" role="alert" data-status="' + esc(status) + '" data-code="' + esc(error.code) +
+      '"><strong>' + esc(t("error.title")) + " (" + esc(status) + " " + esc(error.code) + ')</strong><p class="message">' +
+      esc(error.message) + "</p></div>";
+  }
+
+  // Renderers: JSON from the API -> HTML --------------------------------------------------------------------------
+  function table(headers, rows, cls) {
+    return '<div class="table-wrap"><table class="' + (cls || "") + '"><thead><tr>' +
+      headers.map(function (h) { return "<th>" + esc(h) + "</th>"; }).join("") + "</tr></thead><tbody>" +
+      rows.join("") + "</tbody></table></div>";
+  }
+  function chart(option) {
+    var id = "chart-" + (++chartSeq);
+    pendingCharts[id] = option;
+    return '<div class="chart" id="' + id + '" data-chart="' + id + '"></div>';
+  }
+
+  var renderers = {
+    "community-options": function (org, elt) {
+      var selected = elt.getAttribute("data-selected") || "";
+      var units = (org.units || []).filter(function (u) { return u.kind === "community"; });
+      return '<option value="">' + esc(t("board.any")) + "</option>" + units.map(function (u) {
+        return '<option value="' + esc(u.id) + '"' + (u.id === selected ? " selected" : "") + ">" + esc(u.name) + "</option>";
+      }).join("");
+    },
+    board: function (page) {
+      var items = page.items || [];
+      if (!items.length) return '<p class="empty">' + esc(t("board.empty")) + "</p>";
+      var rows = items.map(function (w) {
+        var href = "/whistle?lang=" + encodeURIComponent(lang()) + "&id=" + encodeURIComponent(w.whistle_id);
+        return '<tr data-whistle="' + esc(w.whistle_id) + '" data-community="' + esc(w.community_id) + '"' +
+          (w.overdue ? ' class="overdue"' : "") + ">" +
+          '<td><a href="' + esc(href) + '">' + esc(w.title) + "</a></td>" +
+          "<td>" + esc(w.community_id) + "</td>" +
+          "<td>" + esc(w.category) + "</td>" +
+          '<td><span class="status s-' + esc(w.status) + '">' + esc(label("status", w.status)) + "</span></td>" +
+          "<td>" + esc((w.summoned || []).join(", ")) + "</td>" +
+          "<td>" + esc(w.lead_department || "") + "</td>" +
+          "<td>" + esc(when(w.blown_at)) + "</td>" +
+          "<td>" + (w.overdue ? '<span class="flag">' + esc(t("yes")) + "</span>" : "") + "</td>" +
+          "<td>" + (w.escalation_level ? esc(w.escalated_to || String(w.escalation_level)) : "") + "</td></tr>";
+      });
+      var more = page.next_cursor ? '<p class="help">' + esc(t("overview.more", { n: items.length })) + "</p>" : "";
+      return table([t("col.title"), t("col.community"), t("col.category"), t("col.status"), t("col.departments"),
+        t("col.lead"), t("col.blown_at"), t("col.overdue"), t("col.escalation")], rows, "board") + more;
+    },
+    whistle: function (w) {
+      var steps = (w.timeline || []).map(function (e) {
+        var who = e.actor ? [e.actor.role, e.actor.unit].filter(Boolean).join(" · ") : "";
+        var note = e.data && (e.data.note || e.data.summary || e.data.result || e.data.reason || e.data.comment ||
+          e.data.rating && label("rating", e.data.rating) || e.data.department || e.data.lead_department);
+        return '<li class="step" data-type="' + esc(e.type) + '"><span class="what">' + esc(label("event", e.type)) +
+          '</span> <time>' + esc(when(e.occurred_at)) + '</time> <span class="who">' + esc(who) + "</span>" +
+          (note ? '<p class="note">' + esc(typeof note === "string" ? note : JSON.stringify(note)) + "</p>" : "") + "</li>";
+      });
+      return '<article class="whistle" data-whistle="' + esc(w.whistle_id) + '"><h1>' + esc(w.title) + "</h1>" +
+        '<p><span class="status s-' + esc(w.status) + '">' + esc(label("status", w.status)) + "</span> " +
+        esc(w.community_id) + " · " + esc(w.category) + " · " + esc(when(w.blown_at)) +
+        (w.overdue ? ' <span class="flag">' + esc(t("col.overdue")) + "</span>" : "") + "</p>" +
+        "<dl><dt>" + esc(t("whistle.description")) + "</dt><dd>" + esc(w.description) + "</dd>" +
+        "<dt>" + esc(t("col.departments")) + "</dt><dd>" + esc((w.summoned || []).join(", ")) + "</dd>" +
+        "<dt>" + esc(t("col.lead")) + "</dt><dd>" + esc(w.lead_department || "–") + "</dd>" +
+        "<dt>" + esc(t("whistle.rating")) + "</dt><dd>" + esc(label("rating", w.rating) || "–") + "</dd></dl>" +
+        "<h2>" + esc(t("whistle.timeline")) + '</h2><ol class="timeline">' + steps.join("") + "</ol></article>";
+    },
+    ranking: function (r) {
+      var units = r.units || [];
+      if (!units.length) return '<p class="empty">' + esc(t("rankings.empty")) + "</p>";
+      var rows = units.map(function (u) {
+        return '<tr data-unit="' + esc(u.unit) + '"><td class="rank">' + esc(u.rank === null ? "–" : u.rank) + "</td>" +
+          "<td>" + esc(u.name) + "</td>" +
+          '<td class="num">' + esc(u.cases) + "</td>" +
+          '<td class="num response">' + esc(pct(u.response_rate)) + "</td>" +
+          '<td class="num resolution">' + esc(pct(u.resolution_rate)) + "</td>" +
+          '<td class="num satisfaction">' + esc(pct(u.satisfaction_rate)) + "</td>" +
+          '<td class="num composite">' + esc(u.composite === null ? "–" : u.composite) + "</td>" +
+          '<td class="num change">' + esc(u.change === null ? "–" : u.change) + "</td>" +
+          '<td class="class">' + (u["class"] ? '<span class="cls c-' + esc(u["class"]) + '">' +
+            esc(label("class", u["class"])) + "</span>" : "–") + "</td></tr>";
+      });
+      var ranked = units.filter(function (u) { return u.composite !== null; });
+      var colours = { advanced: "#c23531", good: "#d48265", average: "#91c7ae", lagging: "#749f83" };
+      var option = {
+        animation: false,
+        grid: { left: 8, right: 16, top: 40, bottom: 8, containLabel: true },
+        tooltip: { trigger: "axis" },
+        xAxis: { type: "category", data: ranked.map(function (u) { return u.name; }), axisLabel: { interval: 0, rotate: 30 } },
+        yAxis: { type: "value", min: 0, max: 100, name: t("rankings.composite") },
+        series: [{
+          type: "bar", name: t("rankings.composite"),
+          data: ranked.map(function (u) {
+            return { value: Number(u.composite), itemStyle: { color: colours[u["class"]] || "#5470c6" } };
+          }),
+          label: { show: true, position: "top" }
+        }]
+      };
+      return chart(option) + table([t("rankings.rank"), t("rankings.unit"), t("rankings.cases"), t("rankings.response"),
+        t("rankings.resolution"), t("rankings.satisfaction"), t("rankings.composite"), t("rankings.change"),
+        t("rankings.class")], rows, "ranking");
+    },
+    reports: function (page) {
+      var items = page.items || [];
+      if (!items.length) return '<p class="empty">' + esc(t("reports.empty")) + "</p>";
+      var rows = items.map(function (r) {
+        var whistle = r.whistle_id ? '<a href="/whistle?lang=' + esc(encodeURIComponent(lang())) + "&amp;id=" +
+          esc(encodeURIComponent(r.whistle_id)) + '">' + esc(label("status", r.whistle_status) || "→") + "</a>" : "";
+        return '<tr data-report="' + esc(r.report_id) + '" data-community="' + esc(r.community_id) + '"' +
+          (r.overdue ? ' class="overdue"' : "") + "><td>" + esc(when(r.raised_at)) + "</td>" +
+          "<td>" + esc(r.community_id) + "</td>" +
+          "<td>" + esc(label("channel", r.channel)) + "</td>" +
+          "<td>" + esc(r.category) + "</td>" +
+          '<td class="text">' + esc(r.description) + "</td>" +
+          '<td><span class="status s-' + esc(r.status) + '">' + esc(label("status", r.status)) + "</span></td>" +
+          "<td>" + esc(when(r.due_at)) + (r.overdue ? ' <span class="flag">' + esc(t("col.overdue")) + "</span>" : "") +
+          "</td><td>" + whistle + "</td></tr>";
+      });
+      return table([t("col.raised_at"), t("col.community"), t("col.channel"), t("col.category"), t("col.description"),
+        t("col.status"), t("col.due"), t("col.whistle")], rows, "reports");
+    }
+  };
+
+  function drawCharts(root) {
+    if (!window.echarts) return;
+    Array.prototype.forEach.call(root.querySelectorAll("[data-chart]"), function (el) {
+      var option = pendingCharts[el.id];
+      if (!option) return;
+      delete pendingCharts[el.id];
+      window.echarts.init(el).setOption(option);
+    });
+  }
+
+  // htmx: the token on every request, empty filters dropped, {name} in a path from the form, JSON rendered ----------
+  if (window.htmx) {
+    window.htmx.defineExtension("baton", {
+      transformResponse: function (text, xhr, elt) {
+        var body = null;
+        try { body = JSON.parse(text); } catch (e) { body = null; }
+        if (xhr.status >= 400 || body === null) return errorBox(xhr.status, body);
+        var render = renderers[elt.getAttribute("data-render")];
+        return render ? render(body, elt) : esc(text);
+      }
+    });
+  }
+
+  document.addEventListener("htmx:configRequest", function (evt) {
+    var tok = token();
+    if (!tok) { evt.preventDefault(); return; } // not signed in: ask nothing (the page says so)
+    evt.detail.headers.Authorization = "Bearer " + tok;
+    evt.detail.headers.Accept = "application/json";
+    var params = evt.detail.parameters;
+    var names = Object.keys(params);
+    evt.detail.path = evt.detail.path.replace(/\{(\w+)\}/g, function (m, name) {
+      var value = params[name];
+      delete params[name];
+      return encodeURIComponent(value || "");
+    });
+    names.forEach(function (name) { if (params[name] === "") delete params[name]; });
+  });
+
+  document.addEventListener("htmx:afterSettle", function (evt) { drawCharts(evt.detail.target || document); });
+  document.addEventListener("htmx:sendError", function (evt) {
+    var target = evt.detail.target;
+    if (target) target.innerHTML = errorBox(0, null);
+  });
+
+  // The overview: every whistle this token sees (up to 2,000), counted in the browser -----------------------------
+  function overview() {
+    var section = document.getElementById("overview");
+    if (!section || !token()) return;
+    var items = [], pages = 0, LIMIT = 200, MAX_PAGES = 10;
+    function next(cursor) {
+      var path = "/v1/whistles?limit=" + LIMIT + (cursor ? "&cursor=" + encodeURIComponent(cursor) : "");
+      return api(path).then(function (r) {
+        if (r.status !== 200) {
+          document.getElementById("overview-error").innerHTML = errorBox(r.status, r.body);
+          return null;
+        }
+        items = items.concat(r.body.items || []);
+        pages += 1;
+        if (r.body.next_cursor && pages < MAX_PAGES) return next(r.body.next_cursor);
+        return r.body.next_cursor ? "more" : "all";
+      });
+    }
+    next(null).then(function (done) {
+      if (done === null) return;
+      var open = items.filter(function (w) { return w.status !== "closed"; });
+      document.getElementById("n-open").textContent = open.length;
+      document.getElementById("n-overdue").textContent = items.filter(function (w) { return w.overdue; }).length;
+      document.getElementById("n-escalated").textContent = open.filter(function (w) { return w.escalation_level > 0; }).length;
+      document.getElementById("n-closed").textContent = items.length - open.length;
+      document.getElementById("overview-note").textContent = t("overview.counted", { n: items.length }) +
+        (done === "more" ? t("overview.more", { n: items.length }) : "");
+      trend(items);
+    }).catch(function () {
+      document.getElementById("overview-error").innerHTML = errorBox(0, null);
+    });
+  }
+
+  function weekOf(iso) {
+    // The Monday (Asia/Shanghai) of the week an instant falls in, as YYYY-MM-DD.
+    var local = new Date(new Date(iso).getTime() + 8 * 3600 * 1000);
+    var day = (local.getUTCDay() + 6) % 7;
+    local.setUTCDate(local.getUTCDate() - day);
+    return local.toISOString().slice(0, 10);
+  }
+
+  function trend(items) {
+    var el = document.getElementById("trend-chart");
+    if (!el || !window.echarts) return;
+    var weeks = [], now = new Date();
+    for (var i = 11; i >= 0; i--) weeks.push(weekOf(new Date(now.getTime() - i * 7 * 86400000).toISOString()));
+    var blown = {}, closed = {};
+    items.forEach(function (w) {
+      var b = weekOf(w.blown_at);
+      blown[b] = (blown[b] || 0) + 1;
+      if (w.status === "closed") { var c = weekOf(w.updated_at); closed[c] = (closed[c] || 0) + 1; }
+    });
+    window.echarts.init(el).setOption({
+      animation: false,
+      grid: { left: 8, right: 16, top: 32, bottom: 8, containLabel: true },
+      tooltip: { trigger: "axis" },
+      legend: { data: [t("overview.blown"), t("overview.closed_week")] },
+      xAxis: { type: "category", data: weeks.map(function (w) { return w.slice(5); }) },
+      yAxis: { type: "value", minInterval: 1 },
+      series: [
+        { name: t("overview.blown"), type: "line", smooth: true, data: weeks.map(function (w) { return blown[w] || 0; }) },
+        { name: t("overview.closed_week"), type: "bar", data: weeks.map(function (w) { return closed[w] || 0; }) }
+      ]
+    });
+    el.setAttribute("data-weeks", JSON.stringify(weeks.map(function (w) { return [w, blown[w] || 0]; })));
+  }
+
+  // Sign-in, sign-out, who am I -----------------------------------------------------------------------------------
+  function start() {
+    var tok = token();
+    var who = document.getElementById("whoami");
+    var c = tok ? claims(tok) : null;
+    if (c && who) {
+      who.textContent = t("signin.as") + ": " + c.role + (c.unit ? " · " + c.unit : "");
+      who.setAttribute("data-role", c.role);
+      document.getElementById("signin-link").hidden = true;
+      document.getElementById("signout").hidden = false;
+    }
+    var signout = document.getElementById("signout");
+    if (signout) signout.addEventListener("click", function () {
+      sessionStorage.removeItem(TOKEN_KEY);
+      location.assign("/signin?lang=" + encodeURIComponent(lang()));
+    });
+    var form = document.getElementById("signin");
+    if (form) {
+      form.addEventListener("submit", function (evt) {
+        evt.preventDefault();
+        var value = document.getElementById("token").value.trim().replace(/^Bearer\s+/i, "");
+        if (!claims(value)) { document.getElementById("signin-error").hidden = false; return; }
+        sessionStorage.setItem(TOKEN_KEY, value);
+        location.assign("/?lang=" + encodeURIComponent(lang()));
+      });
+    } else if (!tok) {
+      location.replace("/signin?lang=" + encodeURIComponent(lang()));
+      return;
+    }
+    overview();
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
