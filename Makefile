@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DATA_DIR ?= $(or $(BATON_DATA_DIR),./var)
 
-.PHONY: run serve demo test test-fast bench bench-scale postgres docs clean cluster nats-cluster corpus
+.PHONY: run serve demo test test-fast bench bench-scale postgres browser docs clean cluster nats-cluster corpus
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/baton demo
 
 ## test: lint (ruff), type-check the domain (mypy --strict), then the whole suite on real SQLite, PostgreSQL, nats-server
-test: $(STAMP) postgres
+test: $(STAMP) postgres browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict domain/
@@ -50,6 +50,12 @@ cluster: $(STAMP) postgres
 ## nats-cluster: only the three nats-server nodes (JetStream, Baton's accounts) until Ctrl-C; prints BATON_NATS_URL
 nats-cluster: $(STAMP)
 	$(BIN)/python -m infra.installation --nats-only $(DATA_DIR)/cluster
+
+## browser: Debian's Chromium (and a CJK font for legible screenshots) for tests/e2e/test_dashboard.py, installed
+## when missing and running as root; otherwise those tests skip, or fail with CI set
+browser:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || apt-get install -y -q chromium fonts-wqy-microhei \
+		|| { apt-get update -q && apt-get install -y -q chromium fonts-wqy-microhei; } || true
 
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true

@@ -1,0 +1,325 @@
+"""The dashboard in a real browser (Debian's Chromium, driven by Playwright) against a real `baton serve`.
+
+Each actor signs in with a pasted token and sees what the API lets its token read, no more: the pages are shells
+and the data comes from the JSON API the browser calls. Screenshots go to tests/output/ (not committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from tests.conftest import blow, seed_county
+from tests.faults import Served
+
+pytestmark = pytest.mark.timeout(180)
+
+CHROMIUM = os.environ.get("BATON_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+OUTPUT = Path(__file__).resolve().parents[1] / "output"
+BLOCKED_RESOURCE = re.compile(r"^Failed to load resource: the server responded with a status of (\d{3})")
+
+
+@pytest.fixture(scope="module")
+def browser(county: County) -> Iterator[Any]:
+    """One Chromium for the module; missing, it is a skip, or a failure with CI set (as PostgreSQL is).
+
+    After the county: Playwright's sync API keeps an event loop running, so asyncio.run must come first."""
+    if not Path(CHROMIUM).exists():
+        message = (
+            f"Chromium is not installed at {CHROMIUM} (apt-get install -y chromium; make test installs it as root)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message + " (CI not set, so skipping)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@dataclass
+class County:
+    """What the seeding did, to compare the pages with."""
+
+    whistles: dict[str, str] = field(default_factory=dict)  # name -> whistle id
+    reports: list[str] = field(default_factory=list)
+    month: str = ""
+
+
+@pytest.fixture(scope="module")
+def county(served: Served) -> County:
+    """A small county over HTTP: four whistles in three communities, departments reporting in, two reports."""
+
+    async def seed() -> County:
+        found = County(month=datetime.now(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m"))
+        async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
+            await seed_county(client, served.auth)
+            found.whistles["tishu_drain"] = await blow(client, served.auth, title="提署路雨水井堵塞")
+            found.whistles["tishu_noise"] = await blow(
+                client, served.auth, title="夜间施工噪音", category="security", summoned_departments=["PSB"]
+            )
+            found.whistles["qingshan"] = await blow(
+                client, served.auth, community_id="qingshan", title="青山小区停水", summoned_departments=["HOUSING"]
+            )
+            found.whistles["taibai"] = await blow(
+                client, served.auth, community_id="taibai", title="太白路积水", summoned_departments=["HOUSING"]
+            )
+            for name, code in (("tishu_drain", "HOUSING"), ("tishu_noise", "PSB")):
+                r = await client.post(
+                    f"/v1/whistles/{found.whistles[name]}/report-in", headers=served.auth("department", code)
+                )
+                assert r.status_code == 200, r.text
+            for community, text in (("tishu", "楼道灯不亮"), ("taibai", "垃圾清运不及时")):
+                report = {"channel": "walk_in", "category": "neighbourhood", "description": text}
+                r = await client.post(
+                    "/v1/reports",
+                    json={**report, "community_id": community, "address": f"{community} 3号楼"},
+                    headers=served.auth("community", community, "wang"),
+                )
+                assert r.status_code == 201, r.text
+                found.reports.append(r.json()["report_id"])
+            admin = served.auth("admin", None, "root")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # the read models follow the log; wait until they show it all
+                board = (await client.get("/v1/whistles", headers=admin)).json()["items"]
+                inbox = (await client.get("/v1/reports", headers=admin)).json()["items"]
+                answered = [w for w in board if w["status"] == "answered"]
+                if len(board) == 4 and len(answered) == 2 and len(inbox) == 2:
+                    return found
+                await asyncio.sleep(0.1)
+            raise AssertionError("the board and the inbox did not show the seeded county in 30 s")
+
+    return asyncio.run(seed())
+
+
+class Session:
+    """A browser tab signed in with one token; collects console errors and every URL it requested."""
+
+    def __init__(self, browser: Any, served: Served, headers: dict[str, str], phone: bool = False) -> None:
+        self.served = served
+        self.token = headers["Authorization"].removeprefix("Bearer ")
+        viewport = {"width": 390, "height": 844} if phone else {"width": 1280, "height": 900}
+        self.context = browser.new_context(viewport=viewport, locale="zh-CN", timezone_id="Asia/Shanghai")
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.urls: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda exc: self.errors.append(f"page error: {exc}"))
+        self.page.on("request", lambda r: self.urls.append(r.url))
+        self.closed = False
+
+    def sign_in(self) -> None:
+        page = self.page
+        page.goto(f"{self.served.url}/signin")
+        page.fill("#token", self.token)
+        page.click("#signin button[type=submit]")
+        page.wait_for_url(f"{self.served.url}/?lang=zh")
+
+    def open(self, path: str) -> Any:
+        self.page.goto(f"{self.served.url}{path}")
+        return self.page
+
+    def shot(self, name: str) -> None:
+        OUTPUT.mkdir(exist_ok=True)
+        self.page.screenshot(path=str(OUTPUT / f"dashboard-{name}.png"), full_page=True)
+
+    def close(self, refused: int | None = None) -> None:
+        """Fail on any console error (a refusal the test expects shows as the browser's failed-resource line)."""
+        unexpected = [
+            e for e in self.errors if not (refused and (m := BLOCKED_RESOURCE.match(e)) and int(m[1]) == refused)
+        ]
+        leaked = [u for u in self.urls if self.token in u]
+        cookies = self.context.cookies()
+        self.context.close()
+        self.closed = True
+        assert not unexpected, f"console errors: {unexpected}"
+        assert not leaked, f"the token went into a URL: {leaked}"
+        assert not cookies, f"the dashboard set cookies: {cookies}"
+
+
+@pytest.fixture
+def signed_in(browser: Any, served: Served, county: County) -> Iterator[Callable[..., Session]]:
+    sessions: list[Session] = []
+
+    def open_as(role: str, unit: str | None, *, phone: bool = False) -> Session:
+        session = Session(browser, served, served.auth(role, unit, f"{role}-{unit}"), phone=phone)
+        sessions.append(session)
+        session.sign_in()
+        return session
+
+    yield open_as
+    for session in sessions:
+        if not session.closed:
+            session.context.close()
+
+
+def api(served: Served, path: str, role: str, unit: str | None, **params: str) -> httpx.Response:
+    return httpx.get(f"{served.url}{path}", params=params, headers=served.auth(role, unit, f"{role}-{unit}"))
+
+
+def test_district_sees_the_whole_county_on_the_overview(signed_in: Callable[..., Session], served: Served) -> None:
+    """Open, overdue, escalated and closed are counted over what the district's token reads; the trend is drawn."""
+    session = signed_in("district", "dangtu")
+    page = session.page
+    expect(page.locator("#n-open")).not_to_have_text("–")
+    board = api(served, "/v1/whistles", "district", "dangtu").json()["items"]
+    assert page.text_content("#n-open") == str(sum(w["status"] != "closed" for w in board)) == "4"
+    assert page.text_content("#n-overdue") == str(sum(w["overdue"] for w in board))
+    assert page.text_content("#n-escalated") == "0"
+    assert page.locator("#trend-chart canvas").count() == 1
+    assert "district · dangtu" in page.text_content("#whoami")
+    session.shot("overview-district")
+    session.close()
+
+
+def test_a_community_sees_its_own_whistles_and_follows_one_to_its_timeline(
+    signed_in: Callable[..., Session], served: Served, county: County
+) -> None:
+    """The board of a community token lists only its community's whistles; a row opens the whistle's timeline."""
+    session = signed_in("community", "tishu")
+    page = session.open("/board")
+    page.wait_for_selector("#board table.board tbody tr")
+    rows = page.locator("#board tbody tr")
+    assert {rows.nth(i).get_attribute("data-community") for i in range(rows.count())} == {"tishu"}
+    assert {rows.nth(i).get_attribute("data-whistle") for i in range(rows.count())} == {
+        county.whistles["tishu_drain"],
+        county.whistles["tishu_noise"],
+    }
+    assert "已应哨" in page.text_content("#board")
+    session.shot("board-community")
+
+    page.click(f"tr[data-whistle='{county.whistles['tishu_drain']}'] a")
+    page.wait_for_selector("ol.timeline li")
+    detail = api(served, f"/v1/whistles/{county.whistles['tishu_drain']}", "community", "tishu").json()
+    steps = page.locator("ol.timeline li")
+    assert [steps.nth(i).get_attribute("data-type") for i in range(steps.count())] == [
+        e["type"] for e in detail["timeline"]
+    ]
+    assert page.text_content("article.whistle h1") == "提署路雨水井堵塞"
+    assert "吹哨" in page.text_content("ol.timeline") and "应哨" in page.text_content("ol.timeline")
+    session.shot("whistle-timeline")
+
+    # Another community's whistle: the API's refusal, in its own words, where the timeline would be.
+    page = session.open(f"/whistle?id={county.whistles['taibai']}")
+    page.wait_for_selector(".api-error")
+    refusal = api(served, f"/v1/whistles/{county.whistles['taibai']}", "community", "tishu")
+    assert refusal.status_code == 403
+    assert page.text_content(".api-error .message") == refusal.json()["error"]["message"]
+    session.close(refused=403)
+
+
+def test_filters_narrow_the_board_and_english_is_a_click_away(
+    signed_in: Callable[..., Session], served: Served
+) -> None:
+    """Status and community filters go to the API as its query; the page reads the same in English; on a phone."""
+    session = signed_in("district", "dangtu", phone=True)
+    page = session.open("/board")
+    page.wait_for_selector("select[name=community] option[value=qingshan]", state="attached")
+    page.wait_for_selector("#board tbody tr")
+    page.select_option("select[name=status]", "answered")
+    expect(page.locator("#board tbody tr")).to_have_count(2)
+    answered = api(served, "/v1/whistles", "district", "dangtu", status="answered").json()["items"]
+    shown = page.locator("#board tbody tr")
+    assert {shown.nth(i).get_attribute("data-whistle") for i in range(shown.count())} == {
+        w["whistle_id"] for w in answered
+    }
+    page.select_option("select[name=status]", "")
+    page.select_option("select[name=community]", "qingshan")
+    expect(page.locator("#board tbody tr")).to_have_count(1)
+    expect(page.locator("#board tbody tr").first).to_have_attribute("data-community", "qingshan")
+    session.shot("board-filtered-phone")
+
+    page.click("a.lang")
+    page.wait_for_selector("#board tbody tr")
+    assert page.text_content("h1") == "Whistle board"
+    assert "Blown" in page.text_content("#board thead")
+    session.close()
+
+
+def test_the_ranking_page_shows_the_apis_figures(
+    signed_in: Callable[..., Session], served: Served, county: County
+) -> None:
+    """Rank, rates, composite and class per department, as GET /v1/rankings/{month} has them; a bar chart."""
+    session = signed_in("district", "dangtu")
+    page = session.open("/rankings?unit_type=department")
+    page.wait_for_selector("#ranking table.ranking tbody tr")
+    ranking = api(served, f"/v1/rankings/{county.month}", "district", "dangtu", unit_type="department").json()
+    assert ranking["units"], ranking
+    rows = page.locator("#ranking tbody tr")
+    assert [rows.nth(i).get_attribute("data-unit") for i in range(rows.count())] == [
+        u["unit"] for u in ranking["units"]
+    ]
+    labels = {"advanced": "先进", "good": "较好", "average": "一般", "lagging": "后进"}
+    for unit in ranking["units"]:
+        row = page.locator(f"#ranking tr[data-unit='{unit['unit']}']")
+        assert row.locator("td.rank").text_content() == (str(unit["rank"]) if unit["rank"] is not None else "–")
+        assert row.locator("td.composite").text_content() == (unit["composite"] or "–")
+        response = f"{float(unit['response_rate']) * 100:.2f}%" if unit["response_rate"] else "–"
+        assert row.locator("td.response").text_content() == response
+        assert row.locator("td.class").text_content() == (labels[unit["class"]] if unit["class"] else "–")
+    assert [u["unit"] for u in ranking["units"]][:1] == ["PSB"]  # reported in on every summons
+    assert page.locator("#ranking .chart canvas").count() == 1
+    session.shot("ranking-departments")
+
+    page.select_option("select[name=unit_type]", "community")
+    expect(page.locator("#ranking tr[data-unit=tishu]")).to_have_count(1)
+    session.close()
+
+
+def test_the_reports_inbox_is_each_tokens_own(signed_in: Callable[..., Session], served: Served) -> None:
+    """A community reads its own residents' reports; a department gets the API's 403 message instead."""
+    session = signed_in("community", "taibai")
+    page = session.open("/reports")
+    page.wait_for_selector("#reports tbody tr")
+    rows = page.locator("#reports tbody tr")
+    assert rows.count() == 1 and rows.first.get_attribute("data-community") == "taibai"
+    assert "垃圾清运不及时" in page.text_content("#reports")
+    session.shot("reports-community")
+    session.close()
+
+    session = signed_in("department", "HOUSING")
+    page = session.open("/reports")
+    page.wait_for_selector("#reports .api-error")
+    refusal = api(served, "/v1/reports", "department", "HOUSING")
+    assert refusal.status_code == 403
+    assert page.get_attribute("#reports .api-error", "data-status") == "403"
+    assert page.text_content("#reports .api-error .message") == refusal.json()["error"]["message"]
+    session.shot("reports-department-refused")
+    page = session.open("/board")  # the department's board: the whistles it is summoned to
+    page.wait_for_selector("#board tbody tr")
+    assert page.locator("#board tbody tr").count() == 3
+    session.close(refused=403)
+
+
+def test_without_a_token_the_pages_ask_for_one(browser: Any, served: Served) -> None:
+    """No token: the page sends no API request and goes to the sign-in page; a pasted non-token is refused there."""
+    context = browser.new_context()
+    page = context.new_page()
+    errors: list[str] = []
+    api_calls: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("request", lambda r: api_calls.append(r.url) if "/v1/" in r.url else None)
+    page.goto(f"{served.url}/board")
+    page.wait_for_url(re.compile(r"/signin\?lang=zh$"))
+    page.fill("#token", "not-a-token")
+    page.click("#signin button[type=submit]")
+    assert page.is_visible("#signin-error")
+    context.close()
+    assert not errors and not api_calls, (errors, api_calls)
