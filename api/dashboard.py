@@ -34,6 +34,7 @@ PAGES = {
     "/board": "board.html",
     "/whistle": "whistle.html",
     "/rankings": "rankings.html",
+    "/scorecards": "scorecards.html",
     "/reports": "reports.html",
 }
 SECURITY_HEADERS = {
@@ -60,7 +61,7 @@ def _asset(name: str) -> bytes:
 
 
 def dashboard_router() -> APIRouter:
-    """The pages at /, /signin, /board, /whistle, /rankings, /reports and their assets at /assets/NAME.
+    """The pages at /, /signin, /board, /whistle, /rankings, /scorecards, /reports and their assets at /assets/NAME.
 
     Left out of the OpenAPI document: they are HTML for people, not the API (which they call).
     """

@@ -100,8 +100,10 @@ def county(served: Served) -> County:
             while time.monotonic() < deadline:  # the read models follow the log; wait until they show it all
                 board = (await client.get("/v1/whistles", headers=admin)).json()["items"]
                 inbox = (await client.get("/v1/reports", headers=admin)).json()["items"]
+                cards = (await client.get("/v1/scorecards", headers=admin)).json()
                 answered = [w for w in board if w["status"] == "answered"]
-                if len(board) == 4 and len(answered) == 2 and len(inbox) == 2:
+                summoned = {c["department"]: c["summoned"] for c in cards}
+                if len(board) == 4 and len(answered) == 2 and len(inbox) == 2 and summoned.get("HOUSING") == 3:
                     return found
                 await asyncio.sleep(0.1)
             raise AssertionError("the board and the inbox did not show the seeded county in 30 s")
@@ -280,6 +282,34 @@ def test_the_ranking_page_shows_the_apis_figures(
 
     page.select_option("select[name=unit_type]", "community")
     expect(page.locator("#ranking tr[data-unit=tishu]")).to_have_count(1)
+    session.close()
+
+
+def test_scorecards_every_department_for_the_district_its_own_for_a_department(
+    signed_in: Callable[..., Session], served: Served
+) -> None:
+    """The district reads every department's scorecard as GET /v1/scorecards has it; a department its own card."""
+    session = signed_in("district", "dangtu")
+    page = session.open("/scorecards")
+    page.wait_for_selector("#scorecards tbody tr")
+    cards = api(served, "/v1/scorecards", "district", "dangtu").json()
+    rows = page.locator("#scorecards tbody tr")
+    assert [rows.nth(i).get_attribute("data-department") for i in range(rows.count())] == [
+        c["department"] for c in cards
+    ]
+    for card in cards:
+        row = page.locator(f"#scorecards tr[data-department='{card['department']}']")
+        shown = f"{card['report_in_on_time_pct']}%" if card["report_in_on_time_pct"] is not None else "–"
+        assert row.locator("td.report-in").text_content() == shown
+    assert page.locator("#scorecards .chart canvas").count() == 1
+    session.shot("scorecards-district")
+    session.close()
+
+    session = signed_in("department", "HOUSING")
+    page = session.open("/scorecards")
+    page.wait_for_selector("#scorecards tbody tr")
+    rows = page.locator("#scorecards tbody tr")
+    assert rows.count() == 1 and rows.first.get_attribute("data-department") == "HOUSING"
     session.close()
 
 

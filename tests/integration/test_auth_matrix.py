@@ -41,6 +41,7 @@ DASHBOARD = {
     "GET /board",
     "GET /whistle",
     "GET /rankings",
+    "GET /scorecards",
     "GET /reports",
     "GET /assets/htmx.min.js",
     "GET /assets/echarts.min.js",

@@ -174,6 +174,39 @@
         t("rankings.resolution"), t("rankings.satisfaction"), t("rankings.composite"), t("rankings.change"),
         t("rankings.class")], rows, "ranking");
     },
+    scorecards: function (body) {
+      var cards = Array.isArray(body) ? body : [body];
+      if (!cards.length) return '<p class="empty">' + esc(t("scorecards.empty")) + "</p>";
+      function shown(value) { return value === null || value === undefined ? "–" : value + "%"; }
+      var rows = cards.map(function (c) {
+        return '<tr data-department="' + esc(c.department) + '"><td>' + esc(c.department) + "</td>" +
+          '<td class="num">' + esc(c.summoned) + "</td>" +
+          '<td class="num report-in">' + esc(shown(c.report_in_on_time_pct)) + "</td>" +
+          '<td class="num">' + esc(c.work_orders) + "</td>" +
+          '<td class="num handled">' + esc(shown(c.handled_on_time_pct)) + "</td>" +
+          '<td class="num satisfaction">' + esc(shown(c.satisfaction_pct)) + "</td>" +
+          '<td class="num">' + esc(c.declines) + "</td>" +
+          '<td class="num">' + esc(c.reopens) + "</td>" +
+          '<td class="num">' + esc(c.escalations) + "</td></tr>";
+      });
+      function series(key, name) {
+        return { type: "bar", name: name, data: cards.map(function (c) { return c[key] === null ? null : Number(c[key]); }) };
+      }
+      var option = {
+        animation: false,
+        grid: { left: 8, right: 16, top: 40, bottom: 8, containLabel: true },
+        tooltip: { trigger: "axis" },
+        legend: { data: [t("scorecards.report_in"), t("scorecards.handled"), t("scorecards.satisfaction")] },
+        xAxis: { type: "category", data: cards.map(function (c) { return c.department; }), axisLabel: { interval: 0, rotate: 30 } },
+        yAxis: { type: "value", min: 0, max: 100 },
+        series: [series("report_in_on_time_pct", t("scorecards.report_in")),
+          series("handled_on_time_pct", t("scorecards.handled")),
+          series("satisfaction_pct", t("scorecards.satisfaction"))]
+      };
+      return chart(option) + table([t("scorecards.department"), t("scorecards.summoned"), t("scorecards.report_in"),
+        t("scorecards.work_orders"), t("scorecards.handled"), t("scorecards.satisfaction"), t("scorecards.declines"),
+        t("scorecards.reopens"), t("scorecards.escalations")], rows, "scorecards");
+    },
     reports: function (page) {
       var items = page.items || [];
       if (!items.length) return '<p class="empty">' + esc(t("reports.empty")) + "</p>";
@@ -223,6 +256,12 @@
     if (!tok) { evt.preventDefault(); return; } // not signed in: ask nothing (the page says so)
     evt.detail.headers.Authorization = "Bearer " + tok;
     evt.detail.headers.Accept = "application/json";
+    var own = evt.detail.elt.getAttribute("data-department-path");
+    var c = claims(tok);
+    if (own && c && c.role === "department" && c.unit) {
+      // A department's own card: the page asks for it; the API still decides what the token may read.
+      evt.detail.path = own.replace("{unit}", encodeURIComponent(c.unit));
+    }
     var params = evt.detail.parameters;
     var names = Object.keys(params);
     evt.detail.path = evt.detail.path.replace(/\{(\w+)\}/g, function (m, name) {
