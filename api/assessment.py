@@ -15,6 +15,7 @@ from api.common import (
     MAX_POSITION,
     UNKNOWN_IN_QUERY,
     Commands,
+    When,
     actor_dependency,
     document,
     path_id,
@@ -165,7 +166,7 @@ def assessment_router(app: AssessmentApp, notary: Notary, tokens: Tokens) -> API
         year: Year,
         actor: Actor = actor_dep,
         unit_type: Annotated[str, Query(pattern="^(department|community|street)$")] = "department",
-        as_of: Annotated[AwareDatetime | None, Query(description="Cut-off time (default: now).")] = None,
+        as_of: Annotated[When | None, Query(description="Cut-off time (default: now).")] = None,
         position: Annotated[
             int | None, Query(ge=0, le=MAX_POSITION, description="Cut-off position (instead of as_of).")
         ] = None,

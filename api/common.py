@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import re
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any
 
 import structlog
@@ -16,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, WithJsonSchema
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
@@ -395,6 +397,21 @@ def actor_dependency(tokens: Tokens) -> Callable[..., Actor]:
 
 MAX_POSITION = 2**63 - 1
 """The largest store position or tree size (a signed 64-bit integer in SQLite and PostgreSQL)."""
+
+
+DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]")
+
+
+def _written_out(value: Any) -> Any:
+    if isinstance(value, datetime) or (isinstance(value, str) and DATE_TIME.match(value)):
+        return value
+    raise ValueError("give a date and time with its offset, e.g. 2026-03-01T00:00:00+08:00 (not a number)")
+
+
+When = Annotated[AwareDatetime, BeforeValidator(_written_out)]
+"""A date and time in a query: ISO 8601 with its offset; a bare number (which pydantic reads as epoch seconds) is
+refused, as the document says."""
+
 MinPosition = Annotated[
     int | None,
     Query(ge=0, le=MAX_POSITION, description="Wait (up to 5 s) until the board has applied this store position."),

@@ -8,9 +8,18 @@ from typing import Annotated, Any
 import anyio
 import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import AwareDatetime
 
-from api.common import ERRORS, Commands, IdempotencyKey, MinPosition, actor_dependency, answer, command_context, path_id
+from api.common import (
+    ERRORS,
+    Commands,
+    IdempotencyKey,
+    MinPosition,
+    When,
+    actor_dependency,
+    answer,
+    command_context,
+    path_id,
+)
 from api.schemas import (
     PhotoKept,
     ReportCreated,
@@ -119,8 +128,8 @@ def report_router(
     )
     def rates(
         actor: Actor = actor_dep,
-        raised_from: AwareDatetime | None = None,
-        raised_until: AwareDatetime | None = None,
+        raised_from: When | None = None,
+        raised_until: When | None = None,
     ) -> list[dict[str, Any]]:
         communities = report_communities(org.current(), actor)
         return view.rates(

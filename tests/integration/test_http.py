@@ -251,7 +251,13 @@ async def test_health_reports_store_nats_relay_and_projections(
     assert health["relay"]["lag"] == 0
     top = runtime.baton.store.max_position()
     assert health["projections"] == {name: {"lag": 0, "position": top} for name in runtime.baton.projections}
-    assert set(health["projections"]) == {"whistle_board", "department_scorecard", "volunteering", "branches"}
+    assert set(health["projections"]) == {
+        "whistle_board",
+        "department_scorecard",
+        "volunteering",
+        "branches",
+        "reports",
+    }
 
 
 def test_a_method_a_path_does_not_serve_is_405_with_every_allowed_method_over_http(served: Served) -> None:
