@@ -13,7 +13,7 @@ import json
 import random
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -31,6 +31,7 @@ from api.tokens import Keyring, Tokens
 from demo.assessment import AssessmentDemo
 from demo.branches import BranchesDemo
 from demo.county import GIVEN, SURNAMES, County, build_county
+from demo.residents import ResidentsDemo
 from demo.stories import run_stories
 from demo.volunteering import VolunteeringDemo
 from domain.common import year_end
@@ -138,6 +139,9 @@ class Demo:
         self.volunteering = VolunteeringDemo(self.county, clock, runtime, self.post, self.auth, self.rng)
         self.branches = BranchesDemo(self.county, self.post, self.auth, self.rng)
         self.assessment = AssessmentDemo(self.county, self.post, self.auth, self.rng)
+        self.residents = ResidentsDemo(
+            self.county, baton, runtime, clock, http, self.post, self.auth, self.tally, self.whistle_life, FATES
+        )
 
     def auth(self, role: str, unit: str | None = None, actor: str | None = None) -> dict[str, str]:
         key = (role, unit, actor)
@@ -281,6 +285,23 @@ class Demo:
         whistle = r.json()["whistle_id"]
         if r.json().get("reporter_id"):
             self.tally.reporters.append((r.json()["reporter_id"], community))
+        async for moment in self.whistle_life(whistle, start, fate, community, category, urgent, summoned, rng):
+            yield moment
+
+    async def whistle_life(
+        self,
+        whistle: str,
+        start: datetime,
+        fate: str,
+        community: str,
+        category: dict[str, Any],
+        urgent: bool,
+        summoned: list[str],
+        rng: random.Random,
+        evaluate: Callable[[str], AsyncIterator[datetime]] | None = None,
+    ) -> AsyncIterator[datetime]:
+        """A whistle blown at start, along its fate: report-in, dispatch, handling, feedback and evaluation (by the
+        community, or by `evaluate`: for a whistle escalated from a resident's report, the resident's rating)."""
         self.tally.fates[fate] += 1
         community_auth = self.auth("community", community)
         report_in_limit = timedelta(
@@ -314,7 +335,8 @@ class Demo:
                 f"/v1/whistles/{whistle}/feedback", {"result": "已处理并回访居民", "resolved": True}, community_auth
             )
             yield from_now(self.clock, hours=rng.randint(2, 20))
-            await self.post(f"/v1/whistles/{whistle}/evaluate", {"rating": "satisfied"}, community_auth)
+            async for moment in self.evaluated(whistle, community_auth, "satisfied", evaluate):
+                yield moment
             return
         co = [d for d in summoned if d != lead][:1]
         await self.post(
@@ -342,7 +364,22 @@ class Demo:
             yield from_now(self.clock, hours=rng.randint(4, 48))
             unhappy = round_ < rounds
             rating = "dissatisfied" if unhappy else rng.choice(["satisfied", "satisfied", "basically_satisfied"])
+            async for moment in self.evaluated(whistle, community_auth, rating, evaluate):
+                yield moment
+
+    async def evaluated(
+        self,
+        whistle: str,
+        community_auth: dict[str, str],
+        rating: str,
+        evaluate: Callable[[str], AsyncIterator[datetime]] | None,
+    ) -> AsyncIterator[datetime]:
+        """评价: the community evaluates the whistle, or `evaluate` has it rated (yielding while it waits)."""
+        if evaluate is None:
             await self.post(f"/v1/whistles/{whistle}/evaluate", {"rating": rating}, community_auth)
+            return
+        async for moment in evaluate(rating):
+            yield moment
 
     async def watcher(
         self, start: datetime, end: datetime, every: timedelta = timedelta(hours=1)
@@ -370,6 +407,7 @@ class Demo:
         stories += self.volunteering.stories(start, self.days)
         stories += self.branches.stories(start, self.days, self.clock.now)
         stories += self.whistles(start, self.days)
+        stories += self.residents.stories(start, self.days)
         await run_stories(self.clock, stories, end)
         await self.runtime.wait_idle(timeout=60)
         await asyncio.to_thread(self.runtime.watcher.tick)
@@ -457,6 +495,7 @@ async def _play(
             with Stages(console, clock) as stages:
                 async with stages.stage("building the county"):
                     await demo.build_county()
+                    await demo.residents.setup()
                     await runtime.wait_idle(timeout=60)  # and the departments' NATS logins
                     await demo.follow_departments()
                 december = clock.now()
@@ -466,6 +505,7 @@ async def _play(
                     await demo.assessment.publish()
                     whistles = [demo.watcher(december, last_tick, every=timedelta(hours=6))]
                     whistles += demo.whistles(december, min(days, PRELUDE_DAYS))
+                    whistles += demo.residents.stories(december, min(days, PRELUDE_DAYS), prelude=True)
                     await demo.volunteering.prelude(december, whistles)
                 async with stages.stage(f"two-way evaluation and the {december.year} assessment, finalised"):
                     await demo.assessment.rate(december.year)
@@ -528,6 +568,7 @@ async def summarise(demo: Demo, http: httpx.AsyncClient, console: Console, setti
         f"Personal data: {len(demo.tally.reporters)} residents' contact details sealed, each under its own key; "
         f"erased on request: {', '.join(demo.tally.erased) or 'none'}."
     )
+    console.print(await demo.residents.summary(http))
     cards = (await http.get("/v1/scorecards", headers=admin)).json()
     table = Table(title="Department scorecards")
     for column in ("department", "summoned", "report-in on time %", "handled on time %", "satisfaction %", "declines"):
@@ -569,6 +610,9 @@ async def summarise(demo: Demo, http: httpx.AsyncClient, console: Console, setti
         f'  curl -s -H "Authorization: Bearer $PSB" {base}/v1/scorecards/PSB\n'
         f'  curl -s -H "Authorization: Bearer $TISHU" {base}/v1/communities/tishu/leaderboard\n'
         f'  curl -s -H "Authorization: Bearer $TISHU" "{base}/v1/rewards?community=tishu"\n'
+        f'  curl -s -H "Authorization: Bearer $TISHU" "{base}/v1/reports?status=received"\n'
+        f"  curl -s {base}/v1/track/{demo.residents.example}    # a resident's own view, by tracking code\n"
+        f'  curl -s "{base}/open311/v2/requests.json"\n'
         "  More tokens: baton token issue --role department --unit HOUSING\n"
         "  NATS: /health shows nats.url; events are on stream BATON_EVENTS (baton.evt.>), each department's\n"
         "  inbox and outcomes on BATON_DEPT (durable consumer dept_CODE). A department system's login:\n"

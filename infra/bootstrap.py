@@ -581,9 +581,13 @@ class Runtime:
         log.info("runtime_stopped")
 
     async def wait_idle(self, timeout: float = 30.0) -> None:
-        """Wait until the relay and every projection have caught up with the store (for tests, demo)."""
+        """Wait until the relay and every projection have caught up with the store (for tests, demo).
+
+        Looks again after 2 ms, then twice as long each time up to 20 ms: most waits end within a few ms, and the
+        demo waits once a simulated hour."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        pause = 0.002
         while True:
             published = await self._published() if self.runs_commands else None
             lags = await asyncio.to_thread(self._lags, published)
@@ -591,7 +595,8 @@ class Runtime:
                 return
             if loop.time() > deadline:
                 raise TimeoutError(f"still behind after {timeout}s: {lags}")
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.02)
 
     async def _published(self) -> int:
         """The last position on BATON_EVENTS: this process's relay's, or the stream's if another relays."""
