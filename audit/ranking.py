@@ -4,10 +4,12 @@ A month's figures are over the cases that arrived in it (Asia/Shanghai), as the 
 rates: a community's over the residents' reports raised that month, unreasonable complaints and duplicates left
 out; a department's over the whistles that summoned it that month. The cases are followed up to the cut-off:
 response = answered on time (a report triaged before its deadline; a summons reported in on time), resolution =
-resolved (a report with a result; a whistle whose lead department fed back resolved), satisfaction = satisfied or
+resolved (a report with a result; a whistle dispatched to the department as lead that it fed back resolved;
+a lead that is a community is not ranked here), satisfaction = satisfied or
 basically satisfied among the ratings (a report's by its resident, in person or on the callback; a whistle's
 last evaluation). The composite weighs them 10 : 45 : 45, as Beijing's 三率 does; units are ranked by it and
-sorted into four classes by quarter. Every figure lists the positions of the events behind it.
+sorted into four classes by quarter; a rate with no case behind it is left out of the composite and its weight
+with it. Every figure lists the positions of the events behind it.
 """
 
 from __future__ import annotations
@@ -147,6 +149,13 @@ class Cases:
         if case is not None:
             case.on_time = not d["late"]
             case.positions["answered"].append(pos)
+
+    @handles(Whistle.Dispatched)
+    def _dispatched(self, e: dict[str, Any], d: dict[str, Any], pos: int) -> None:
+        """The lead department owns the whistle's outcome from now: unresolved until it feeds back resolved."""
+        case = self._lead_case(e, d["lead_department"])
+        if case is not None:
+            case.positions["dispatched"].append(pos)
 
     @handles(Whistle.FedBack)
     def _fed_back(self, e: dict[str, Any], d: dict[str, Any], pos: int) -> None:

@@ -37,6 +37,7 @@ class Summons:
     offset_minutes: int
     on_time: dict[str, bool]
     lead: str | None
+    fed_back: bool
     resolved: bool
     rating: str | None
 
@@ -60,6 +61,7 @@ def summonses(draw: Any) -> Summons:
         offset_minutes=draw(st.integers(-3000, 3000)),
         on_time={d: draw(st.booleans()) for d in departments},
         lead=draw(st.sampled_from([None, *departments])),
+        fed_back=draw(st.booleans()),
         resolved=draw(st.booleans()),
         rating=draw(st.sampled_from([None, "satisfied", "dissatisfied"])),
     )
@@ -113,6 +115,8 @@ def history(rs: list[Report], ss: list[Summons]) -> list[dict[str, Any]]:
         for d in s.departments:
             add("whistle", "reported_in", wid, blown + timedelta(minutes=30), department=d, late=not s.on_time[d])
         if s.lead:
+            add("whistle", "dispatched", wid, blown + timedelta(hours=1), lead_department=s.lead)
+        if s.lead and s.fed_back:
             add("whistle", "fed_back", wid, blown + timedelta(days=1), department=s.lead, resolved=s.resolved)
             if s.rating:
                 add("whistle", "evaluated", wid, blown + timedelta(days=2), department=s.lead, rating=s.rating)
@@ -165,9 +169,9 @@ def recount_departments(ss: list[Summons], month: str) -> dict[str, dict[str, An
             t(d)["on_time"] += s.on_time[d]
         if s.lead:
             t(s.lead)["resolvable"] += 1
-            t(s.lead)["resolved"] += s.resolved
-            t(s.lead)["rated"] += s.rating is not None
-            t(s.lead)["satisfied"] += s.rating == "satisfied"
+            t(s.lead)["resolved"] += s.fed_back and s.resolved
+            t(s.lead)["rated"] += s.fed_back and s.rating is not None
+            t(s.lead)["satisfied"] += s.fed_back and s.rating == "satisfied"
     return {
         d: {
             "response_rate": rate(x["on_time"], x["cases"]),
