@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI, Response
 
 from api.assessment import assessment_router
 from api.branches import branch_router
+from api.changes import changes_router
 from api.common import install_error_handlers, install_middleware, install_openapi
 from api.credentials import credentials_router
 from api.dashboard import dashboard_router
@@ -84,6 +85,8 @@ def create_app(
     app.include_router(report_router(baton.reports, baton.report_board, baton.board, baton.org, vault, tokens))
     app.include_router(tracking_router(baton.reports, baton.report_board))
     app.include_router(media_router(baton.reports, tokens))
+    views = list(baton.projections.values())
+    app.include_router(changes_router(lambda: min(p.position() for p in views), tokens))
     app.include_router(privacy_router(baton.privacy, tokens))
     app.include_router(credentials_router(baton.credentials, tokens))
     app.include_router(

@@ -353,3 +353,29 @@ def test_without_a_token_the_pages_ask_for_one(browser: Any, served: Served) -> 
     assert page.is_visible("#signin-error")
     context.close()
     assert not errors and not api_calls, (errors, api_calls)
+
+
+def test_a_whistle_blown_over_http_shows_on_an_open_board_without_a_reload(
+    signed_in: Callable[..., Session], served: Served
+) -> None:
+    """Live: the page follows the read models' position (server-sent events) and reads its board again."""
+    session = signed_in("community", "qingshan")
+    page = session.open("/board")
+    page.wait_for_selector("#board table.board tbody tr")
+    expect(page.locator("body")).to_have_attribute("data-position", re.compile(r"^\d+$"))
+    page.evaluate("window.__still_this_page = true")
+    started = time.monotonic()
+    r = httpx.post(
+        f"{served.url}/v1/whistles",
+        json={"community_id": "qingshan", "category": "drainage", "title": "青山路井盖缺失", "description": "夜里危险"},
+        headers=served.auth("community", "qingshan", "li"),
+    )
+    assert r.status_code == 201, r.text
+    row = page.locator(f"tr[data-whistle='{r.json()['whistle_id']}']")
+    expect(row).to_be_visible(timeout=15_000)
+    shown_after = time.monotonic() - started
+    assert page.evaluate("window.__still_this_page") is True  # the same page: no reload
+    assert "青山路井盖缺失" in row.text_content()
+    print(f"\nlive: a whistle blown over HTTP showed on the open board {shown_after:.2f} s later")
+    session.shot("board-live")
+    session.close()

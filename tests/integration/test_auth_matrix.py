@@ -288,6 +288,7 @@ POLICY: dict[str, tuple[Case, ...]] = {
     "GET /v1/rankings/{month}": (
         Case(get("/v1/rankings/2026-01", unit_type="street"), {**LEAGUE_TABLES, Role.DEPARTMENT: ANY}),
     ),
+    "GET /v1/changes": (Case(get("/v1/changes", wait="0"), EVERYONE),),
     "GET /v1/track/{code}": (Case(get("/v1/track/{read_code}"), EVERYONE),),
     "POST /v1/track/{code}/rating": (Case(post("/v1/track/{rate_code}/rating", {"rating": "satisfied"}), EVERYONE),),
     # Department scorecards are county-wide league tables; a department reads its own only.

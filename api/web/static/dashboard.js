@@ -345,6 +345,51 @@
     el.setAttribute("data-weeks", JSON.stringify(weeks.map(function (w) { return [w, blown[w] || 0]; })));
   }
 
+  // Live: the read models' position, streamed (server-sent events over fetch, so the token stays in a header) ------
+  function live() {
+    var last = null;
+    var pending = null;
+    var decoder = new TextDecoder();
+    function changed(position) {
+      if (last !== null && position !== last && pending === null) {
+        pending = setTimeout(function () {  // many events in a moment: the page reads once
+          pending = null;
+          if (window.htmx) window.htmx.trigger(document.body, "baton:changed");
+          if (document.getElementById("overview")) overview();
+        }, 150);
+      }
+      last = position;
+      document.body.setAttribute("data-position", String(position));
+    }
+    function connect() {
+      fetch("/v1/changes", { headers: Object.assign({ Accept: "text/event-stream" }, authHeaders()), credentials: "omit" })
+        .then(function (r) {
+          if (!r.ok || !r.body) return null;
+          var reader = r.body.getReader();
+          var buffer = "";
+          function pump() {
+            return reader.read().then(function (chunk) {
+              if (chunk.done) return null;
+              buffer += decoder.decode(chunk.value, { stream: true });
+              var parts = buffer.split("\n\n");
+              buffer = parts.pop();
+              parts.forEach(function (part) {
+                var data = part.split("\n").filter(function (l) { return l.indexOf("data: ") === 0; }).map(function (l) { return l.slice(6); });
+                if (data.length) {
+                  try { changed(JSON.parse(data.join("\n")).position); } catch (e) { /* a line we do not read */ }
+                }
+              });
+              return pump();
+            });
+          }
+          return pump();
+        })
+        .catch(function () { return null; })
+        .then(function () { setTimeout(connect, 1000); });
+    }
+    connect();
+  }
+
   // Sign-in, sign-out, who am I -----------------------------------------------------------------------------------
   function start() {
     var tok = token();
@@ -375,6 +420,7 @@
       return;
     }
     overview();
+    if (tok && !form) live();
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
