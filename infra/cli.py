@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -624,6 +624,67 @@ def ranking(
             u["class"] or "-",
         )
     Console(soft_wrap=True).print(table)
+
+
+def _county_name(org: Any) -> str:
+    """The district(s) the organisation holds, by name (the organisation's own name otherwise)."""
+    districts = [u["name"] for u in org.units.values() if u["kind"] == "district"]
+    return "、".join(districts) or str(org.name)
+
+
+@app.command()
+def report(
+    year: Annotated[int, typer.Option(help="The assessment year.")],
+    out: Annotated[Path, typer.Option(help="FILE.html, or FILE.pdf (printed by headless Chromium).")],
+    month: Annotated[str | None, typer.Option(help="Add this month's 接诉即办 rankings, YYYY-MM.")] = None,
+) -> None:
+    """Write the year's assessment report a district circulates: rankings, charts, strengths and gaps, signed root."""
+    from audit.report import Basis, b64, render, to_pdf
+    from domain.errors import DomainError
+    from infra.bootstrap import bootstrap
+
+    if out.suffix not in (".html", ".pdf"):
+        err.print("[red]--out must end in .html or .pdf[/red]")
+        raise typer.Exit(2)
+    baton = bootstrap(_settings())
+    try:
+        scores = {}
+        finals = {r["unit_type"]: r for r in baton.assessment.finalisations(year) if r.get("voided") is None}
+        for unit_type in ("department", "community", "street"):
+            final = finals.get(unit_type)
+            if final is not None:
+                result = baton.assessment.compute(
+                    year, unit_type, cutoff=final["cutoff_position"], scheme_version=final["scheme_version"]
+                )
+                basis = Basis(True, final["cutoff_position"], final["tree_size"], final["root"])
+            else:
+                result = baton.assessment.compute(year, unit_type)
+                baton.notary.catch_up()
+                signed = baton.notary.view.checkpoint()
+                root = b64(signed["root"]) if signed else None
+                basis = Basis(False, result["cutoff_position"], signed["size"] if signed else None, root)
+            scores[unit_type] = (result, basis)
+        rankings = (
+            {t: baton.assessment.ranking(month, t) for t in ("community", "street", "department")} if month else None
+        )
+        html = render(
+            organisation=_county_name(baton.org.current()),
+            year=year,
+            generated=baton.clock.now().isoformat(timespec="seconds"),
+            scores=scores,
+            month=month,
+            rankings=rankings,
+        )
+    except DomainError as exc:
+        err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        baton.close()
+    if out.suffix == ".pdf":
+        to_pdf(html, out)
+    else:
+        out.write_text(html, encoding="utf-8")
+    typer.echo(f"wrote {out} ({out.stat().st_size:,} bytes)")
 
 
 @scheme_app.command("publish")
