@@ -36,6 +36,7 @@ PAGES = {
     "/rankings": "rankings.html",
     "/scorecards": "scorecards.html",
     "/reports": "reports.html",
+    "/audit": "audit.html",
 }
 SECURITY_HEADERS = {
     # Scripts only from this origin (no inline script, no eval: htmx runs with allowEval off); ECharts and htmx set
@@ -94,6 +95,7 @@ def dashboard_router() -> APIRouter:
                 "unit_type": unit_type if unit_type in UNIT_TYPES else "community",
                 "unit_types": UNIT_TYPES,
                 "whistle_id": whistle if ID.match(whistle) else "",
+                "position": p if (p := request.query_params.get("position", "")).isdigit() and len(p) < 16 else "",
                 "whistle_statuses": WHISTLE_STATUSES,
                 "report_statuses": REPORT_STATUSES,
                 "q": {k: v for k, v in request.query_params.items() if k in FILTERS},

@@ -379,3 +379,34 @@ def test_a_whistle_blown_over_http_shows_on_an_open_board_without_a_reload(
     print(f"\nlive: a whistle blown over HTTP showed on the open board {shown_after:.2f} s later")
     session.shot("board-live")
     session.close()
+
+
+def test_an_auditor_verifies_an_events_inclusion_in_the_browser_and_a_forgery_fails(
+    signed_in: Callable[..., Session], served: Served
+) -> None:
+    """The page hashes the event's bytes and walks the inclusion proof with WebCrypto, against the signed root."""
+    deadline = time.monotonic() + 30
+    while api(served, "/v1/audit/checkpoint", "auditor", None).status_code != 200:  # the notary signs every few s
+        assert time.monotonic() < deadline, "no checkpoint signed in 30 s"
+        time.sleep(0.2)
+    session = signed_in("auditor", None)
+    page = session.open("/audit?position=3")
+    verdict = page.locator("#verdict")
+    expect(verdict).to_have_attribute("data-verdict", "ok", timeout=10_000)
+    proof = api(served, "/v1/audit/proof/3", "auditor", None).json()
+    assert proof["root"] in verdict.text_content() and page.text_content("#checkpoint") == proof["checkpoint"]
+    session.shot("audit-verified")
+
+    original = httpx.get(f"{served.url}/v1/audit/events/3", headers=served.auth("auditor", None)).content
+    forged = original.replace(b'"position":3', b'"position":3 ')  # one byte more: another leaf
+    assert forged != original
+    page.route("**/v1/audit/events/3", lambda route: route.fulfill(status=200, body=forged))
+    page.click("#verify button[type=submit]")
+    expect(verdict).to_have_attribute("data-verdict", "failed", timeout=10_000)
+    assert "叶子哈希" in verdict.text_content()
+    session.close()
+
+    district = signed_in("community", "tishu")
+    page = district.open("/audit")
+    expect(page.locator("#verdict .api-error")).to_be_visible(timeout=10_000)  # the API's refusal, in its words
+    district.close(refused=403)

@@ -43,6 +43,7 @@ DASHBOARD = {
     "GET /rankings",
     "GET /scorecards",
     "GET /reports",
+    "GET /audit",
     "GET /assets/htmx.min.js",
     "GET /assets/echarts.min.js",
     "GET /assets/dashboard.js",

@@ -345,6 +345,98 @@
     el.setAttribute("data-weeks", JSON.stringify(weeks.map(function (w) { return [w, blown[w] || 0]; })));
   }
 
+  // The audit page: one event's inclusion in the signed tree, checked by this browser (RFC 9162, WebCrypto) ------
+  function b64bytes(text) {
+    var raw = atob(text);
+    var out = new Uint8Array(raw.length);
+    for (var i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+    return out;
+  }
+  function bytesb64(bytes) {
+    var raw = "";
+    for (var i = 0; i < bytes.length; i++) raw += String.fromCharCode(bytes[i]);
+    return btoa(raw);
+  }
+  function sha256(prefix, parts) {
+    var size = 1 + parts.reduce(function (n, p) { return n + p.length; }, 0);
+    var all = new Uint8Array(size);
+    all[0] = prefix;
+    var at = 1;
+    parts.forEach(function (p) { all.set(p, at); at += p.length; });
+    return crypto.subtle.digest("SHA-256", all).then(function (d) { return new Uint8Array(d); });
+  }
+  function same(a, b) {
+    if (a.length !== b.length) return false;
+    for (var i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+    return true;
+  }
+  function rootFromProof(leaf, index, size, proof) {
+    // RFC 9162 2.1.3.2, as audit/merkle.py verify_inclusion does it.
+    var fn = index, sn = size - 1, r = Promise.resolve(leaf);
+    proof.forEach(function (p) {
+      r = r.then(function (h) {
+        if (sn === 0) throw new Error("proof too long");
+        var next;
+        if ((fn & 1) || fn === sn) {
+          next = sha256(1, [p, h]);
+          if (!(fn & 1)) { while (fn && !(fn & 1)) { fn >>= 1; sn >>= 1; } }
+        } else {
+          next = sha256(1, [h, p]);
+        }
+        fn >>= 1; sn >>= 1;
+        return next;
+      });
+    });
+    return r.then(function (h) { if (sn !== 0) throw new Error("proof too short"); return h; });
+  }
+  function audit() {
+    var section = document.getElementById("audit");
+    if (!section) return;
+    var note = document.getElementById("checkpoint");
+    fetch("/v1/audit/checkpoint", { headers: authHeaders(), credentials: "omit" }).then(function (r) {
+      return r.text().then(function (text) {
+        if (r.ok) { note.textContent = text; return; }
+        var body = null;
+        try { body = JSON.parse(text); } catch (e) { body = null; }
+        document.getElementById("verdict").innerHTML = errorBox(r.status, body);
+      });
+    });
+    var form = document.getElementById("verify");
+    form.addEventListener("submit", function (evt) {
+      evt.preventDefault();
+      var position = document.getElementById("position").value;
+      var verdict = document.getElementById("verdict");
+      verdict.removeAttribute("data-verdict");
+      verdict.textContent = "…";
+      var headers = authHeaders();
+      Promise.all([
+        fetch("/v1/audit/events/" + encodeURIComponent(position), { headers: headers, credentials: "omit" }),
+        api("/v1/audit/proof/" + encodeURIComponent(position))
+      ]).then(function (answers) {
+        var event = answers[0], proof = answers[1];
+        if (!event.ok) return event.text().then(function (t) { verdict.innerHTML = errorBox(event.status, JSON.parse(t)); });
+        if (proof.status !== 200) { verdict.innerHTML = errorBox(proof.status, proof.body); return null; }
+        var p = proof.body;
+        return event.arrayBuffer().then(function (buffer) {
+          return sha256(0, [new Uint8Array(buffer)]);
+        }).then(function (leaf) {
+          if (!same(leaf, b64bytes(p.leaf_hash))) throw new Error(t("audit.leaf"));
+          return rootFromProof(leaf, p.index, p.tree_size, p.proof.map(b64bytes));
+        }).then(function (root) {
+          if (!same(root, b64bytes(p.root))) throw new Error(t("audit.path"));
+          var lines = String(p.checkpoint).split("\n");
+          if (lines[2] !== bytesb64(root)) throw new Error(t("audit.note"));
+          verdict.setAttribute("data-verdict", "ok");
+          verdict.innerHTML = '<p class="ok">' + esc(t("audit.ok", { position: position, size: p.tree_size, root: lines[2] })) + "</p>";
+        });
+      }).catch(function (err) {
+        verdict.setAttribute("data-verdict", "failed");
+        verdict.innerHTML = '<p class="bad">' + esc(t("audit.failed", { reason: err.message })) + "</p>";
+      });
+    });
+    if (document.getElementById("position").value) form.requestSubmit();
+  }
+
   // Live: the read models' position, streamed (server-sent events over fetch, so the token stays in a header) ------
   function live() {
     var last = null;
@@ -420,6 +512,7 @@
       return;
     }
     overview();
+    if (tok) audit();
     if (tok && !form) live();
   }
 
