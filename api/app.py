@@ -93,7 +93,8 @@ def create_app(
         open311_router(baton.reports, baton.report_board.view, baton.board.view, baton.org, baton.credentials)
     )
     install_open311_errors(app)
-    app.include_router(dashboard_router())  # HTML shells at / (outside /v1 and the OpenAPI); data from the API
+    # HTML shells at / (outside /v1 and the OpenAPI); data from the API
+    app.include_router(dashboard_router(baton.settings.data_dir))
     tokens.attach(baton.credentials.current)
     return app
 

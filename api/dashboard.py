@@ -13,6 +13,7 @@ import json
 import re
 from datetime import datetime
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -49,6 +50,9 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }
+DEMO_ACTORS = "demo-actors.json"
+"""Written into the data dir by `baton demo` only: the demo's actors and their tokens, which the sign-in page offers.
+An installation that was not filled by the demo has no such file, and GET /demo/actors answers [] there."""
 LOCAL = ZoneInfo("Asia/Shanghai")
 ID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -61,7 +65,7 @@ def _asset(name: str) -> bytes:
     return resources.files("api").joinpath("web", "static", name).read_bytes()
 
 
-def dashboard_router() -> APIRouter:
+def dashboard_router(data_dir: Path | None = None) -> APIRouter:
     """The pages at /, /signin, /board, /whistle, /rankings, /scorecards, /reports and their assets at /assets/NAME.
 
     Left out of the OpenAPI document: they are HTML for people, not the API (which they call).
@@ -121,6 +125,15 @@ def dashboard_router() -> APIRouter:
 
     for name in ASSETS:
         asset(name)
+
+    @router.get("/demo/actors")
+    def demo_actors() -> Response:
+        """The demo's actors to sign in as: only in a data dir `baton demo` filled."""
+        found = (data_dir / DEMO_ACTORS) if data_dir is not None else None
+        if found is None or not found.is_file():  # not a demo: nobody to offer (an empty list, not an error)
+            return Response("[]", media_type="application/json", headers=SECURITY_HEADERS)
+        return Response(found.read_bytes(), media_type="application/json", headers=SECURITY_HEADERS)
+
     return router
 
 

@@ -72,6 +72,7 @@ ZH: dict[str, str] = {
     "rankings.empty": "本月暂无可排名的单位",
     "reports.heading": "民情诉求",
     "nav.audit": "审计核验",
+    "signin.demo": "演示数据：以演示中的身份进入",
     "audit.heading": "审计核验：在浏览器中核验",
     "audit.help": "每个事件的存储字节是默克尔树的一片叶子；输入事件位置，"
     "浏览器自行计算叶子哈希和包含证明，与最新签名检查点的根比对。",
@@ -215,6 +216,7 @@ EN: dict[str, str] = {
     "rankings.empty": "No unit to rank this month",
     "reports.heading": "Residents' reports",
     "nav.audit": "Audit",
+    "signin.demo": "Demo data: sign in as one of the demo's actors",
     "audit.heading": "Audit: verify in your browser",
     "audit.help": "Each event's stored bytes are a leaf of a Merkle tree. Give a position: this browser hashes the "
     "event and its inclusion proof itself and compares the result with the latest signed checkpoint's root.",

@@ -27,6 +27,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from api.app import create_app
+from api.dashboard import DEMO_ACTORS
 from api.tokens import Keyring, Tokens
 from demo.assessment import AssessmentDemo
 from demo.branches import BranchesDemo
@@ -38,6 +39,7 @@ from domain.common import year_end
 from infra.bootstrap import Container, Runtime, bootstrap
 from infra.clock import ManualClock
 from infra.jetstream import DEPT_STREAM, department_durable
+from infra.keys import write_private
 from infra.nats_auth import JS_API_PREFIX
 from infra.settings import Settings
 
@@ -598,8 +600,26 @@ async def summarise(demo: Demo, http: httpx.AsyncClient, console: Console, setti
     def token(role: str, unit: str | None = None) -> str:
         return demo.auth(role, unit)["Authorization"].split(" ", 1)[1]
 
+    actors = [
+        ("县管理员 county admin", "admin", None),
+        ("当涂县 district", "district", "dangtu"),
+        ("姑孰镇 street", "street", "gushu"),
+        ("提署社区 community", "community", "tishu"),
+        ("县公安局城关派出所 department PSB", "department", "PSB"),
+        ("考核组 auditor", "auditor", None),
+    ]
+    # The dashboard's sign-in offers these, and only for a data dir `baton demo` filled (the file says so).
+    write_private(
+        settings.data_dir / DEMO_ACTORS,
+        json.dumps(
+            [{"label": label, "role": role, "unit": unit, "token": token(role, unit)} for label, role, unit in actors],
+            ensure_ascii=False,
+            indent=2,
+        ),
+    )
     print(
-        f"\nLook at it (tokens are valid for {settings.token_ttl_days} days):\n"
+        f"\nLook at it (tokens are valid for {settings.token_ttl_days} days; the dashboard at {base}/ signs in "
+        "as any of the demo's actors):\n"
         "  baton serve &\n"
         f"  curl -s {base}/health\n"
         f"  ADMIN={token('admin')}\n"

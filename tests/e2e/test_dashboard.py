@@ -7,6 +7,7 @@ and the data comes from the JSON API the browser calls. Screenshots go to tests/
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -410,3 +411,36 @@ def test_an_auditor_verifies_an_events_inclusion_in_the_browser_and_a_forgery_fa
     page = district.open("/audit")
     expect(page.locator("#verdict .api-error")).to_be_visible(timeout=10_000)  # the API's refusal, in its words
     district.close(refused=403)
+
+
+def test_a_demo_data_dir_offers_its_actors_at_sign_in_and_others_do_not(browser: Any, served: Served) -> None:
+    """Only where `baton demo` left its actors' file: one click signs in as one of them; elsewhere, paste a token."""
+    actors = served.data_dir / "demo-actors.json"
+    actors.write_text(
+        json.dumps(
+            [
+                {
+                    "label": "当涂县 district",
+                    "role": "district",
+                    "unit": "dangtu",
+                    "token": served.auth("district", "dangtu", "demo")["Authorization"].removeprefix("Bearer "),
+                }
+            ],
+            ensure_ascii=False,
+        )
+    )
+    context = browser.new_context(locale="zh-CN")
+    try:
+        page = context.new_page()
+        page.goto(f"{served.url}/signin")
+        page.click("#demo-actor-list button[data-role=district]")
+        page.wait_for_url(f"{served.url}/?lang=zh")
+        expect(page.locator("#whoami")).to_contain_text("district · dangtu")
+        actors.unlink()
+        with page.expect_response("**/demo/actors") as answered:
+            page.goto(f"{served.url}/signin")
+        assert answered.value.status == 200 and answered.value.json() == []
+        page.wait_for_timeout(200)
+        assert page.locator("#demo-actors").is_hidden()
+    finally:
+        context.close()

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.common import FIND
+from api.dashboard import DEMO_ACTORS
 from api.tokens import ISSUABLE, Tokens
 from infra.bootstrap import Container
 from infra.clock import ManualClock
@@ -44,6 +45,7 @@ DASHBOARD = {
     "GET /scorecards",
     "GET /reports",
     "GET /audit",
+    "GET /demo/actors",
     "GET /assets/htmx.min.js",
     "GET /assets/echarts.min.js",
     "GET /assets/dashboard.js",
@@ -619,6 +621,9 @@ async def build_world(client: httpx.AsyncClient, auth: Auth, baton: Container) -
     )
     ids.update(read_whistle=blown["whistle_id"], reporter=blown["reporter_id"], position=str(blown["position"]))
     ids["photo"] = baton.reports.upload_photo(Context(ROOT, "matrix"), PHOTO)["sha256"]
+    (baton.settings.data_dir / DEMO_ACTORS).write_text(
+        '[{"label": "admin", "role": "admin", "unit": null, "token": "t"}]'
+    )
     steps = {
         "report": [],
         "dispatch": ["report-in"],

@@ -482,6 +482,31 @@
     connect();
   }
 
+  // The demo's actors, offered only where `baton demo` filled the data dir (GET /demo/actors is [] elsewhere) -----
+  function demoActors() {
+    fetch("/demo/actors", { credentials: "omit" }).then(function (r) {
+      if (!r.ok) return;
+      return r.json().then(function (actors) {
+        if (!actors.length) return;
+        var list = document.getElementById("demo-actor-list");
+        actors.forEach(function (actor) {
+          var item = document.createElement("li");
+          var button = document.createElement("button");
+          button.type = "button";
+          button.textContent = actor.label;
+          button.setAttribute("data-role", actor.role);
+          button.addEventListener("click", function () {
+            sessionStorage.setItem(TOKEN_KEY, actor.token);
+            location.assign("/?lang=" + encodeURIComponent(lang()));
+          });
+          item.appendChild(button);
+          list.appendChild(item);
+        });
+        document.getElementById("demo-actors").hidden = false;
+      });
+    }).catch(function () { return null; });
+  }
+
   // Sign-in, sign-out, who am I -----------------------------------------------------------------------------------
   function start() {
     var tok = token();
@@ -499,6 +524,7 @@
       location.assign("/signin?lang=" + encodeURIComponent(lang()));
     });
     var form = document.getElementById("signin");
+    if (form) demoActors();
     if (form) {
       form.addEventListener("submit", function (evt) {
         evt.preventDefault();
