@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends
 from pydantic import WithJsonSchema
 
-from api.common import ERRORS, CadreId, Commands, actor_dependency, path_id
+from api.common import ERRORS, JSON_VALUE, CadreId, Commands, actor_dependency, path_id
 from api.schemas import Accepted, CadreIn, CategoryIn, DepartmentIn, OrgTree, SecondmentIn, UnitIn
 from api.tokens import Tokens
 from domain.errors import Thing
@@ -26,6 +26,7 @@ Boundary = Annotated[
             "[longitude, latitude], rings closed; at most 20,000 vertices.",
             "required": ["type"],
             "properties": {"type": {"enum": ["Polygon", "MultiPolygon", "Feature"]}},
+            "additionalProperties": {"$ref": f"#/components/schemas/{JSON_VALUE}"},
         }
     ),
 ]
