@@ -25,9 +25,27 @@ POLL = 0.2
 HEARTBEAT = 15.0
 
 
+class SharedPosition:
+    """The read models' position, read at most once per POLL whatever the number of open streams."""
+
+    def __init__(self, applied: Callable[[], int]) -> None:
+        self.applied = applied
+        self.value, self.read_at = 0, -POLL
+        self.lock = asyncio.Lock()
+
+    async def now(self) -> int:
+        async with self.lock:
+            loop = asyncio.get_running_loop()
+            if loop.time() - self.read_at >= POLL:
+                self.value = await anyio.to_thread.run_sync(self.applied)
+                self.read_at = loop.time()
+            return self.value
+
+
 def changes_router(applied: Callable[[], int], tokens: Tokens) -> APIRouter:
     """applied(): the position every read model has reached."""
     router = APIRouter(prefix="/v1", tags=["live"], responses=ERRORS)
+    shared = SharedPosition(applied)
 
     @router.get(
         "/changes",
@@ -47,7 +65,7 @@ def changes_router(applied: Callable[[], int], tokens: Tokens) -> APIRouter:
             end, beat = loop.time() + wait, loop.time() + HEARTBEAT
             last = -1
             while True:
-                position = await anyio.to_thread.run_sync(applied)
+                position = await shared.now()
                 if position != last:
                     last = position
                     yield f"event: position\ndata: {json.dumps({'position': position})}\n\n".encode()

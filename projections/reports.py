@@ -294,8 +294,10 @@ class ReportProjection(BatonProjection[ReportView]):
 
     name = "reports"
 
-    def _update(self, tx: Tx, e: Envelope, public: dict[str, Any], **changes: Any) -> None:
+    def _update(self, tx: Tx, e: Envelope, public: dict[str, Any], rated: bool = False, **changes: Any) -> None:
         row = self.view.row(tx, e.aggregate_id)
+        if rated:
+            changes["ratings"] = row["ratings"] + 1
         if e.type in TRIAGED and row["responded_at"] is None:
             changes.update(responded_at=e.occurred_at, responded_on_time=e.occurred_at <= row["triage_due"])
         row.update(changes, updated_at=e.occurred_at, last_position=e.position)
@@ -378,15 +380,14 @@ class ReportProjection(BatonProjection[ReportView]):
     @handles(Report.Rated)
     def _rated(self, tx: Tx, e: Envelope) -> None:
         d = e.data
-        row = self.view.row(tx, e.aggregate_id)
         self._update(
             tx,
             e,
             {"rating": d["rating"], "rated_by": d["rated_by"], "status": d["status"]},
+            rated=True,
             status=d["status"],
             rating=d["rating"],
             rated_by=d["rated_by"],
-            ratings=row["ratings"] + 1,
             due_at=d.get("due_at"),
         )
 

@@ -31,7 +31,7 @@ from infra.store import Store
 from services.access import Actor, Context, Role, check_community_scope, require_role
 from services.base import BatonApplication, Decision, Receipt
 from services.organisation import OrganisationApp
-from services.whistles import REPORTER_FIELDS, WhistleApp
+from services.whistles import REPORTER_FIELDS, WhistleApp, seal_reporter
 
 TRIAGERS = (Role.ADMIN, Role.COMMUNITY, Role.STREET, Role.DISTRICT)
 """Who triages a report: the community (社区管), or a street or district acting for it."""
@@ -139,11 +139,7 @@ class ReportApp(BatonApplication):
         def decide(now: datetime) -> Decision:
             sealed = None
             if reporter is not None and person_id is not None:
-                vault = self.store.vault
-                sealed = Reporter(
-                    person_id=person_id,
-                    **{f: vault.seal_optional(person_id, community_id, reporter.get(f)) for f in REPORTER_FIELDS},
-                )
+                sealed = seal_reporter(self.store.vault, person_id, community_id, reporter)
             report = Report.raise_(
                 code=code,
                 channel=channel,

@@ -14,6 +14,7 @@ from domain.organisation import Organisation, UnitKind
 from domain.privacy import PersonErased
 from domain.whistle import Reporter, Source, Whistle
 from infra.clock import Clock
+from infra.privacy import Vault
 from infra.store import Store
 from services.access import (
     Actor,
@@ -27,6 +28,14 @@ from services.base import BatonApplication, Decision, Receipt
 from services.organisation import OrganisationApp
 
 REPORTER_FIELDS = ("name", "phone", "address")
+
+
+def seal_reporter(vault: Vault, person_id: UUID, community_id: str, reporter: dict[str, Any]) -> Reporter:
+    """The resident's contact details, each sealed under their own key (a whistle's or a report's reporter)."""
+    return Reporter(
+        person_id=person_id,
+        **{f: vault.seal_optional(person_id, community_id, reporter.get(f)) for f in REPORTER_FIELDS},
+    )
 
 
 class WhistleApp(BatonApplication):
@@ -130,11 +139,7 @@ class WhistleApp(BatonApplication):
         def make(now: datetime) -> Whistle:
             sealed = sealed_reporter
             if reporter is not None and reporter_id is not None:
-                vault = self.store.vault
-                sealed = Reporter(
-                    person_id=reporter_id,
-                    **{f: vault.seal_optional(reporter_id, community_id, reporter.get(f)) for f in REPORTER_FIELDS},
-                )
+                sealed = seal_reporter(self.store.vault, reporter_id, community_id, reporter)
             whistle = Whistle.blow(
                 community_id=community_id,
                 escalation_chain=org.ancestors(community_id),
