@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DATA_DIR ?= $(or $(BATON_DATA_DIR),./var)
 
-.PHONY: run serve demo test test-fast bench bench-scale postgres browser docs clean cluster nats-cluster corpus
+.PHONY: run serve demo test test-fast bench bench-scale postgres browser wrk docs clean cluster nats-cluster corpus
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/baton demo
 
 ## test: lint (ruff), type-check the domain (mypy --strict), then the whole suite on real SQLite, PostgreSQL, nats-server
-test: $(STAMP) postgres browser
+test: $(STAMP) postgres browser wrk
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict domain/
@@ -36,7 +36,7 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
 ## bench: every path's speed as a ratio of the bare substrate measured in the same run (SQLite and PostgreSQL)
-bench: $(STAMP) postgres
+bench: $(STAMP) postgres wrk
 	$(BIN)/python -m bench
 
 ## bench-scale: county x 10, ~1M events in a fresh SQLite dir under /tmp; rebuild, score, export, verify at 250k/500k/1M
@@ -56,6 +56,11 @@ nats-cluster: $(STAMP)
 browser:
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || apt-get install -y -q chromium fonts-wqy-microhei \
 		|| { apt-get update -q && apt-get install -y -q chromium fonts-wqy-microhei; } || true
+
+## wrk: Debian's wrk, the HTTP load generator of `make bench` (and its test), installed when missing and running as root
+wrk:
+	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || apt-get install -y -q wrk \
+		|| { apt-get update -q && apt-get install -y -q wrk; } || true
 
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true

@@ -36,6 +36,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the read models and the notary in the measuring process (BATON_PROJECTOR_PROCESS=false)",
     )
     parser.add_argument(
+        "--http-only",
+        action="store_true",
+        help="only the HTTP rows (1-1e, 3a-3c: baton serve and bare Starlette from outside); the others not measured",
+    )
+    parser.add_argument(
         "--log-file",
         type=Path,
         default=Path(tempfile.gettempdir()) / "baton-bench.log",
@@ -65,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     log_to_file(args.log_file, args.log_level)
     console = Console(width=max(Console().width, 180), soft_wrap=False)
     plan = Plan.quick() if args.quick else Plan.full()
-    plan = dataclasses.replace(plan, projector_process=not args.one_process, log_file=args.log_file)
+    plan = dataclasses.replace(
+        plan, projector_process=not args.one_process, log_file=args.log_file, http_only=args.http_only
+    )
     console.print(machine())
     started = time.perf_counter()
     results: list[Results] = []

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import io
 import json
 import os
 import random
-import statistics
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -28,6 +25,7 @@ from psycopg import sql
 from api.app import create_app
 from api.tokens import Tokens
 from audit.verify import verify
+from bench.served import BoardPoller, Load, Row, Served, latencies, p50_p99, run_paced, write_rows, wrk
 from bench.substrate import BARE_STREAM, Timing, bare_publish, bare_read, bare_saves, bare_sha256
 from demo.county import County, build_county
 from infra.bootstrap import ALL, COMMANDS, Container, Runtime, bootstrap
@@ -43,36 +41,38 @@ from infra.jetstream import (
 from infra.nats_server import EmbeddedNats
 from infra.relay import Relay
 from infra.settings import Settings
-from projections.base import BatonProjection
 from services.access import Actor, Context, Role
 
 log = structlog.get_logger("baton.bench")
 
 PG_URL = os.environ.get("BATON_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-HTTP_CONCURRENCY = 8
-"""HTTP clients sending commands at once in the throughput measurement (closed loop)."""
 
 
 @dataclass(frozen=True)
 class Plan:
     """How much work each measurement does."""
 
-    http_commands: int
+    wrk_seconds: float
+    """How long wrk loads each HTTP row (whole seconds)."""
     intake_whistles: int
     departments_per_whistle: int
     offered_rates: tuple[int, ...]
     offered_seconds: float
+    read_rate: int = 200
+    read_seconds: float = 5.0
     bare_latency_saves: int = 300
     drain_timeout: float = 90.0
     projector_process: bool = True
+    """Read models and notary in a second process, as `baton serve` runs them; False: all in this process."""
     log_file: Path | None = None
     """Where the projector process writes its log (default: this process's stderr)."""
-    """Read models and notary in a second process, as `baton serve` runs them; False: all in this process."""
+    http_only: bool = False
+    """Only the HTTP rows (baton serve from outside); the in-process ones are not measured."""
 
     @classmethod
     def full(cls) -> Plan:
         return cls(
-            http_commands=1500,
+            wrk_seconds=5,
             intake_whistles=300,
             departments_per_whistle=5,
             offered_rates=(100, 500, 1000),
@@ -82,11 +82,12 @@ class Plan:
     @classmethod
     def quick(cls) -> Plan:
         return cls(
-            http_commands=40,
+            wrk_seconds=1,
             intake_whistles=8,
             departments_per_whistle=5,
             offered_rates=(100, 500, 1000),
             offered_seconds=0.1,
+            read_seconds=0.2,
             bare_latency_saves=30,
             drain_timeout=30.0,
         )
@@ -102,6 +103,8 @@ class Figure:
     ours_p99: float | None = None
     bare_p99: float | None = None
     note: str = ""
+    bare_unit: str | None = None
+    """The substrate's unit when it is not Baton's (req/s of bare Starlette next to Baton's cmd/s)."""
 
     @property
     def latency(self) -> bool:
@@ -131,6 +134,18 @@ class Results:
     events: int = 0
 
 
+async def measure(results: Results, key: str, step: Callable[[], Awaitable[Figure]]) -> None:
+    """Run one measurement; a failure is recorded for its row and the run goes on."""
+    started = time.perf_counter()
+    try:
+        results.figures[key] = await step()
+    except Exception as exc:
+        log.exception("bench_measurement_failed", backend=results.backend, measurement=key)
+        results.errors[key] = f"{type(exc).__name__}: {exc}"[:200]
+    seconds = round(time.perf_counter() - started, 1)
+    log.info("bench_measured", backend=results.backend, measurement=key, seconds=seconds)
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0-100) by nearest rank."""
     ordered = sorted(values)
@@ -143,55 +158,6 @@ def percentile(values: Sequence[float], q: float) -> float:
 def best(*timings: Timing) -> Timing:
     """The fastest of the bare runs around a measurement: a noisy neighbour slows the substrate, never speeds it."""
     return max(timings, key=lambda t: t.rate)
-
-
-class BoardClock:
-    """When the whistle board's read model reached each position: wraps the projection instance's process_batch."""
-
-    def __init__(self, projection: BatonProjection[Any]) -> None:
-        self.positions: list[int] = []
-        self.times: list[float] = []
-        original = projection.process_batch
-
-        def timed(envelopes: Sequence[Any]) -> int:
-            self.reached(original(envelopes))
-            return self.positions[-1]
-
-        projection.process_batch = timed  # type: ignore[method-assign]
-
-    def reached(self, position: int) -> None:
-        now = time.perf_counter()
-        if not self.positions or position > self.positions[-1]:
-            self.positions.append(position)
-            self.times.append(now)
-
-    def seen_at(self, position: int) -> float | None:
-        """When the read model first held this position (None if not yet)."""
-        index = bisect.bisect_left(self.positions, position)
-        return self.times[index] if index < len(self.times) else None
-
-    def stop(self) -> None:
-        """Nothing to stop: the clock is the projection's own call."""
-
-
-class BoardPoller(BoardClock):
-    """The same clock for a board another process updates: its tracking position read every POLL seconds."""
-
-    POLL = 0.002
-
-    def __init__(self, projection: BatonProjection[Any]) -> None:
-        self.positions, self.times = [], []
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._poll, args=(projection,), name="board-poller", daemon=True)
-        self._thread.start()
-
-    def _poll(self, projection: BatonProjection[Any]) -> None:
-        while not self._stopped.wait(self.POLL):
-            self.reached(projection.position())
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._thread.join()
 
 
 class Bench:
@@ -225,12 +191,6 @@ class Bench:
         self.baton = bootstrap(self.settings)
         try:
             app = create_app(self.baton, self.tokens, rate_limit=0)
-
-            @app.post("/bench/noop", include_in_schema=False)
-            def noop() -> dict[str, Any]:
-                """The HTTP stack alone: the same app, middleware and threadpool as a command, no work."""
-                return {}
-
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://baton.bench", timeout=60) as http:
                 self.http = http
@@ -320,60 +280,9 @@ class Bench:
             "summoned_departments": departments or ["HOUSING"],
         }
 
-    async def blow_http(self, i: int, path: str = "/v1/whistles") -> httpx.Response:
-        body = self.blow_body(i)
-        headers = {**self.auth("community", body["community_id"]), "Idempotency-Key": uuid.uuid4().hex}
-        return await self._client().post(path, json=body, headers=headers)
-
     async def measure(self, key: str, step: Callable[[], Awaitable[Figure]]) -> None:
         """Run one measurement; a failure is recorded for its row and the run goes on."""
-        started = time.perf_counter()
-        try:
-            self.results.figures[key] = await step()
-        except Exception as exc:
-            log.exception("bench_measurement_failed", backend=self.results.backend, measurement=key)
-            self.results.errors[key] = f"{type(exc).__name__}: {exc}"[:200]
-        seconds = round(time.perf_counter() - started, 1)
-        log.info("bench_measured", backend=self.results.backend, measurement=key, seconds=seconds)
-
-    # 1. HTTP commands -----------------------------------------------------------------------
-
-    async def http_throughput(self) -> Figure:
-        """Blow whistles over HTTP with HTTP_CONCURRENCY clients, store + relay + projections running."""
-        n = self.plan.http_commands
-        before = await self.bare_saves(n, "BareHttp")
-        counter = iter(range(n))
-        failures: list[str] = []
-
-        async def client() -> None:
-            for i in counter:
-                r = await self.blow_http(i)
-                if r.status_code != 201:
-                    failures.append(r.text[:200])
-
-        started = time.perf_counter()
-        async with asyncio.timeout(self.plan.drain_timeout * 2):
-            await asyncio.gather(*(client() for _ in range(HTTP_CONCURRENCY)))
-        seconds = time.perf_counter() - started
-        if failures:
-            raise RuntimeError(f"{len(failures)} of {n} commands refused, e.g. {failures[0]}")
-        noop = await self._closed_loop(n, lambda i: self.blow_http(i, "/bench/noop"))
-        bare = best(before, await self.bare_saves(n, "BareHttp"))
-        self.results.figures["http_noop"] = Figure("req/s", noop, bare.rate, note="the HTTP stack's own ceiling")
-        return Figure("cmd/s", n / seconds, bare.rate, note=f"{HTTP_CONCURRENCY} clients")
-
-    async def _closed_loop(self, n: int, send: Callable[[int], Awaitable[httpx.Response]]) -> float:
-        """Requests/s of n requests sent by HTTP_CONCURRENCY clients, each sending its next on an answer."""
-        counter = iter(range(n))
-
-        async def client() -> None:
-            for i in counter:
-                r = await send(i)
-                r.raise_for_status()
-
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(HTTP_CONCURRENCY)))
-        return n / (time.perf_counter() - started)
+        await measure(self.results, key, step)
 
     # 2. NATS intake --------------------------------------------------------------------------
 
@@ -431,68 +340,6 @@ class Bench:
             out.append(str(whistles.blow(ctx, **body).body["whistle_id"]))
         return out
 
-    # 3. Command-to-read-model latency -------------------------------------------------------
-
-    async def latency(self, rate: int, board: BoardClock, bare: Timing) -> Figure:
-        """Open loop: a blow every 1/rate s whatever the answers; latency = send until the board shows it."""
-        plan = self.plan
-        n = max(1, round(rate * plan.offered_seconds))
-        await self.settle()
-        sent: list[tuple[float, int | None]] = []
-        answered: list[float] = []
-        failures: list[str] = []
-
-        async def one(i: int, due: float) -> None:
-            r = await self.blow_http(i)
-            answered.append(time.perf_counter())
-            if r.status_code != 201:
-                failures.append(r.text[:200])
-                return
-            sent.append((due, r.json()["position"]))
-
-        tasks: list[asyncio.Task[None]] = []
-        started = time.perf_counter()
-        for i in range(n):
-            due = started + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, due)))
-        offered_for = time.perf_counter() - started
-        try:
-            async with asyncio.timeout(plan.drain_timeout):
-                await asyncio.gather(*tasks)
-                await self._runtime().wait_idle(timeout=plan.drain_timeout)
-        finally:
-            for task in tasks:
-                task.cancel()
-        idle_at = time.perf_counter()
-        if failures:
-            raise RuntimeError(f"{len(failures)} of {n} commands refused, e.g. {failures[0]}")
-        latencies = []
-        unclocked = 0
-        for due, position in sent:
-            seen = board.seen_at(position or 0)
-            if seen is None:
-                # The view holds it (wait_idle said so) but no timed batch showed it: count the time the runtime
-                # was found idle, an upper bound, and say how many.
-                seen, unclocked = idle_at, unclocked + 1
-            latencies.append(max(seen - due, 0.0))
-        achieved = n / max(max(answered) - started, n / rate)
-        note = f"{n} commands"
-        if unclocked:
-            note += f" ({unclocked} timed at idle, an upper bound)"
-        if achieved < 0.95 * rate or offered_for > 1.05 * n / rate:
-            note += f"; achieved {achieved:,.0f}/s of {rate:,}/s offered"
-        return Figure(
-            "ms",
-            statistics.median(latencies) * 1000,
-            statistics.median(bare.each) * 1000,
-            ours_p99=percentile(latencies, 99) * 1000,
-            bare_p99=percentile(bare.each, 99) * 1000,
-            note=note,
-        )
-
     # 4. Relay ------------------------------------------------------------------------------
 
     async def relay_throughput(self) -> Figure:
@@ -549,6 +396,127 @@ class Bench:
         return out
 
 
+class ServedBench:
+    """The HTTP rows on a served Baton: rates by wrk against bare Starlette's, latencies by the paced client."""
+
+    HTTP_ROWS = ("http_404", "http_org", "http_board", "http_blow", "http_report_in")
+
+    def __init__(self, served: Served, plan: Plan, results: Results) -> None:
+        self.served, self.plan, self.results = served, plan, results
+        self.scratch = served.settings.data_dir / "load"
+        self.scratch.mkdir(exist_ok=True)
+        self.loads: dict[str, Load] = {}
+
+    async def wrk(self, name: str, url: str, rows: Sequence[Row]) -> Load:
+        """wrk against url with rows, in its own process; refused answers or socket errors fail the row."""
+        path = write_rows(self.scratch / f"{name}.tsv", rows)
+        load = await asyncio.to_thread(wrk, url, path, self.plan.wrk_seconds, self.scratch / "rows.lua")
+        log.info("bench_wrk", backend=self.results.backend, row=name, rate=round(load.rate), p99_ms=load.p99_ms)
+        if load.socket_errors:
+            raise RuntimeError(f"{load.socket_errors} of {load.requests} requests failed on the socket")
+        if name != "http_404" and load.status_errors:
+            raise RuntimeError(f"{load.status_errors} of {load.requests} requests were answered 4xx/5xx")
+        self.loads[name] = load
+        return load
+
+    async def rate_row(self, key: str, rows: Callable[[], Awaitable[Sequence[Row]]]) -> None:
+        async def step() -> Figure:
+            await self.wrk(key, self.served.url, await rows())
+            return Figure("req/s", 0, 0)  # filled in once bare Starlette's figure of the run is known
+
+        await measure(self.results, key, step)
+
+    async def run(self) -> None:
+        served, plan = self.served, self.plan
+        bare_rows = [Row("bare", "GET", "/")]
+        before = await self.wrk("bare_before", served.bare_url, bare_rows)
+
+        async def rows(*made: Row) -> Sequence[Row]:
+            return made
+
+        admin = served.auth("admin")
+        await self.rate_row("http_404", lambda: rows(Row("404", "GET", "/v1/no-such-path")))
+        await self.rate_row("http_org", lambda: rows(Row("org", "GET", "/v1/org", admin)))
+        await self.rate_row("http_blow", lambda: rows(*served.blow_rows()))
+        await served.settle(plan.drain_timeout)
+        await self.rate_row("http_board", lambda: rows(Row("board", "GET", "/v1/whistles?limit=1", admin)))
+
+        async def report_in() -> Sequence[Row]:
+            return served.report_in_rows(await served.whistles())
+
+        await self.rate_row("http_report_in", report_in)
+        after = await self.wrk("bare_after", served.bare_url, bare_rows)
+        bare = max(before.rate, after.rate)
+        for key in self.HTTP_ROWS:
+            if key in self.loads:
+                self.results.figures[key] = self.rate_figure(key, bare)
+        await served.settle(plan.drain_timeout)
+        one_save = await asyncio.to_thread(bare_saves, served.settings, plan.bare_latency_saves, "BareLatency")
+        write_rows(self.scratch / "blow.tsv", served.blow_rows())
+        for rate in plan.offered_rates:
+            await measure(self.results, f"latency_{rate}", lambda rate=rate: self.board_latency(rate, one_save))
+        await measure(self.results, "reads", self.reads)
+
+    def rate_figure(self, key: str, bare: float) -> Figure:
+        load = self.loads[key]
+        unit = "cmd/s" if key in ("http_blow", "http_report_in") else "req/s"
+        note = f"p50 {load.p50_ms:.1f} / p99 {load.p99_ms:.1f} ms"
+        return Figure(unit, load.rate, bare, note=note, bare_unit="req/s")
+
+    async def board_latency(self, rate: int, one_save: Timing) -> Figure:
+        """Blows at `rate` from the paced client's process; latency = due until the board (read from here) has it."""
+        served, plan = self.served, self.plan
+        await served.settle(plan.drain_timeout)
+        poller = BoardPoller(served._baton())
+        try:
+            out = self.scratch / f"paced-{rate}.jsonl"
+            records = await asyncio.to_thread(
+                run_paced, served.url, self.scratch / "blow.tsv", rate, plan.offered_seconds, out, plan.drain_timeout
+            )
+            refused = [r for r in records if r["status"] != 201]
+            if refused:
+                raise RuntimeError(f"{len(refused)} of {len(records)} commands refused, e.g. status {refused[0]}")
+            await served.settle(plan.drain_timeout)
+        finally:
+            poller.stop()
+
+        def seen(position: int) -> float:
+            at = poller.seen_at(position)
+            assert at is not None, f"the board never showed position {position}"
+            return at
+
+        p50, p99 = p50_p99(latencies(records, seen))
+        started = min(r["due"] for r in records)
+        achieved = len(records) / max(max(r["answered"] for r in records) - started, len(records) / rate)
+        note = f"{len(records)} commands, from the paced client's process"
+        if achieved < 0.95 * rate:
+            note += f"; achieved {achieved:,.0f}/s of {rate:,}/s offered"
+        bare_p50, bare_p99 = p50_p99(one_save.each)
+        return Figure("ms", p50, bare_p50, ours_p99=p99, bare_p99=bare_p99, note=note)
+
+    async def reads(self) -> Figure:
+        """Reads a community's pages make, round robin at plan.read_rate, against GET {} of bare Starlette."""
+        served, plan = self.served, self.plan
+        await served.settle(plan.drain_timeout)
+        rows = write_rows(self.scratch / "reads.tsv", await served.read_rows())
+        bare_rows = write_rows(self.scratch / "bare.tsv", [Row("bare", "GET", "/")])
+        rate, seconds, timeout = plan.read_rate, plan.read_seconds, plan.drain_timeout
+        ours = await asyncio.to_thread(run_paced, served.url, rows, rate, seconds, self.scratch / "r.jsonl", timeout)
+        bare = await asyncio.to_thread(
+            run_paced, served.bare_url, bare_rows, rate, seconds, self.scratch / "b.jsonl", timeout
+        )
+        refused = [r for r in ours if r["status"] != 200]
+        if refused:
+            raise RuntimeError(f"{len(refused)} of {len(ours)} reads refused, e.g. {refused[0]}")
+        p50, p99 = p50_p99(latencies(ours))
+        bare_p50, bare_p99 = p50_p99(latencies(bare))
+        kinds = {r["kind"] for r in ours}
+        worst = max(kinds, key=lambda k: p50_p99(latencies([r for r in ours if r["kind"] == k]))[1])
+        worst_p99 = p50_p99(latencies([r for r in ours if r["kind"] == worst]))[1]
+        note = f"{len(kinds)} kinds round robin ({', '.join(sorted(kinds))}); slowest p99: {worst} {worst_p99:.1f} ms"
+        return Figure("ms", p50, bare_p50, ours_p99=p99, bare_p99=bare_p99, note=note)
+
+
 async def rebuild_throughput(settings: Settings) -> Figure:
     """`baton rebuild` (every read model, the CLI's own code path) against one plain read of the log."""
     before = await asyncio.to_thread(bare_read, settings)
@@ -588,36 +556,47 @@ async def audit_throughput(settings: Settings, out: Path) -> tuple[Figure, Figur
 async def run_backend(backend: str, plan: Plan) -> Results:
     """Every measurement on one backend, in a temporary data dir (and PostgreSQL schema), cleaned up after."""
     results = Results(backend)
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    schemas = [f"bench_{uuid.uuid4().hex[:10]}" for _ in range(2)]
     try:
         with tempfile.TemporaryDirectory(prefix=f"baton-bench-{backend}-") as tmp:
-            data_dir = Path(tmp)
-            store = f"{PG_URL}?schema={schema}" if backend == "postgres" else "sqlite"
-            settings = Settings(data_dir=data_dir, store=store, watch_interval=3600, _env_file=None)  # type: ignore[call-arg]
+            served, data_dir = Path(tmp) / "served", Path(tmp) / "in-process"
+            stores = [f"{PG_URL}?schema={s}" if backend == "postgres" else "sqlite" for s in schemas]
             try:
-                await _measure_all(settings, plan, results)
+                await _measure_served(_settings(served, stores[0]), plan, results)
+                if not plan.http_only:
+                    await _measure_all(_settings(data_dir, stores[1]), plan, results)
             finally:
                 if backend == "postgres":
-                    await asyncio.to_thread(drop_schema, schema)
+                    for schema in schemas:
+                        await asyncio.to_thread(drop_schema, schema)
     except Exception as exc:
         log.exception("bench_backend_failed", backend=backend)
         results.errors["*"] = f"{type(exc).__name__}: {exc}"[:200]
     return results
 
 
+def _settings(data_dir: Path, store: str) -> Settings:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return Settings(data_dir=data_dir, store=store, watch_interval=3600, _env_file=None)  # type: ignore[call-arg]
+
+
+async def _measure_served(settings: Settings, plan: Plan, results: Results) -> None:
+    """The HTTP rows: `baton serve` and bare Starlette in their own processes, loaded from others."""
+    served = Served(settings, plan.projector_process, plan.log_file)
+    try:
+        async with served.running():
+            await ServedBench(served, plan, results).run()
+    except Exception as exc:
+        log.exception("bench_served_failed", backend=results.backend)
+        for key in (*ServedBench.HTTP_ROWS, "reads", *(f"latency_{rate}" for rate in plan.offered_rates)):
+            if key not in results.figures:
+                results.errors.setdefault(key, f"{type(exc).__name__}: {exc}"[:200])
+
+
 async def _measure_all(settings: Settings, plan: Plan, results: Results) -> None:
     bench = Bench(settings, plan, results)
     async with bench.running():
-        await bench.measure("http", bench.http_throughput)
         await bench.measure("intake", bench.intake_throughput)
-        bare = await bench.bare_saves(plan.bare_latency_saves, "BareLatency")
-        in_process = None if plan.projector_process else BoardClock(bench._baton().board)
-        for rate in plan.offered_rates:
-            board = in_process or BoardPoller(bench._baton().board)
-            try:
-                await bench.measure(f"latency_{rate}", lambda rate=rate, board=board: bench.latency(rate, board, bare))
-            finally:
-                board.stop()
         await bench.measure("relay", bench.relay_throughput)
         results.events = await asyncio.to_thread(bench._baton().store.max_position)
     await bench.measure("rebuild", lambda: rebuild_throughput(settings))

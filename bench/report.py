@@ -35,13 +35,22 @@ def machine() -> str:
 def rows(plan: Plan) -> list[tuple[str, str, str]]:
     """(key, number, label) of every row, in order; the label names the bare substrate after "vs"."""
     out = [
-        ("http", "1", "HTTP commands/s (blow whistle; store, relay, projections running) vs save loop"),
-        ("http_noop", "1a", "  the same clients and app, an endpoint that does nothing, vs save loop"),
+        ("http_404", "1", "HTTP from outside (wrk -t2 -c16 → baton serve): a 404, no token, vs bare Starlette {}"),
+        ("http_org", "1a", "  GET /v1/org (a small authenticated read) vs bare Starlette"),
+        ("http_board", "1b", "  GET /v1/whistles?limit=1 vs bare Starlette"),
+        ("http_blow", "1c", "  POST /v1/whistles (blow a whistle) vs bare Starlette"),
+        ("http_report_in", "1d", "  POST /v1/whistles/{id}/report-in (a department) vs bare Starlette"),
+        (
+            "reads",
+            "1e",
+            f"  reads p50 / p99 at {plan.read_rate}/s offered (paced client) vs bare Starlette at the same rate",
+        ),
         ("intake", "2", "NATS intake commands/s (report_in, counted by outcomes) vs save loop"),
     ]
     for i, rate in enumerate(plan.offered_rates):
         number = f"3{'abc'[i]}" if i < 3 else f"3.{i + 1}"
-        out.append((f"latency_{rate}", number, f"command → whistle board p50 / p99, {rate:,}/s offered vs one save"))
+        label = f"command → whistle board p50 / p99, {rate:,}/s offered (paced client → baton serve) vs one save"
+        out.append((f"latency_{rate}", number, label))
     out += [
         ("relay", "4", "relay events/s to an empty BATON_EVENTS vs js.publish_async"),
         ("rebuild", "5", "baton rebuild events/s (all 4 read models) vs select_notifications"),
@@ -71,7 +80,7 @@ def _bare(figure: Figure) -> str:
     if figure.latency:
         assert figure.bare_p99 is not None
         return f"{_amount(figure.bare)} / {_amount(figure.bare_p99)} ms"
-    unit = "ev/s" if figure.unit in ("cmd/s", "req/s") else figure.unit
+    unit = figure.bare_unit or ("ev/s" if figure.unit in ("cmd/s", "req/s") else figure.unit)
     return f"{_amount(figure.bare)} {unit}"
 
 
@@ -97,7 +106,9 @@ def table(plan: Plan, results: list[Results]) -> Table:
         title=f"Baton vs the bare substrate, same run, same machine; {layout}",
         caption=(
             "ratio = Baton's fraction of the substrate's speed (ours/bare for rates, bare/ours for latencies "
-            "p50 / p99): 1.00x = as fast as the substrate. Bare: save loop = eventsourcing Application, one "
+            "p50 / p99): 1.00x = as fast as the substrate. Bare: bare Starlette {} = a Starlette app answering {} on "
+            "the same uvicorn options in its own process, loaded by the same client in the same run; "
+            "save loop = eventsourcing Application, one "
             "trivial event per transaction on the same backend and recorder; one save = the latency of such a save; "
             "js.publish_async = nats-py to a stream with BATON_EVENTS's settings; select_notifications = one read "
             "of the log in pages of 5,000; sha256 per line = hashlib over each line of events.jsonl."

@@ -64,11 +64,17 @@ def _settings() -> Settings:
     return settings
 
 
+def run_http(asgi: Any, host: str, port: int) -> None:
+    """Serve an ASGI app as `baton serve` does (the bench runs its bare Starlette app through this too)."""
+    import uvicorn
+
+    uvicorn.run(asgi, host=host, port=port, log_config=None, access_log=False)
+
+
 @app.command()
 def serve() -> None:
     """Run everything in one process: HTTP API, NATS consumers, the relay, and (unless BATON_NATS_URL) nats-server."""
     import structlog
-    import uvicorn
 
     from api.app import create_app
     from api.tokens import Keyring, Tokens
@@ -86,7 +92,7 @@ def serve() -> None:
         runtime = Runtime(baton, part=COMMANDS if settings.projector_process else ALL)
         asgi = create_app(baton, tokens, runtime)
         try:
-            uvicorn.run(asgi, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False)
+            run_http(asgi, settings.http_host, settings.http_port)
         finally:
             baton.close()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.scenarios import ROOT
 
-ROWS = ["1", "2", "3a", "3b", "3c", "4", "5", "6", "6a", "6b"]
+ROWS = ["1", "1a", "1b", "1c", "1d", "1e", "2", "3a", "3b", "3c", "4", "5", "6", "6a", "6b"]
 
 
 def test_quick_bench_prints_every_row_with_a_ratio(tmp_path: Path) -> None:
