@@ -7,7 +7,7 @@ import inspect
 import json
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, WithJsonSchema
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
@@ -381,14 +382,20 @@ BEARER = HTTPBearer(
 )
 
 
-def actor_dependency(tokens: Tokens) -> Callable[..., Actor]:
-    def actor(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> Actor:
+def actor_dependency(tokens: Tokens) -> Callable[..., Awaitable[Actor]]:
+    """The bearer token's actor, checked on the event loop (a thread hand-off costs more than the check) unless
+    the check must read the credentials log or the keyring, which it then does in the thread pool."""
+
+    async def actor(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> Actor:
         if credentials is None:
             raise ApiError(
                 401, "unauthenticated", "send Authorization: Bearer <token>; get one with `baton token issue`"
             )
         try:
-            return tokens.verify(credentials.credentials)
+            found = tokens.verify_cached(credentials.credentials)
+            if found is None:
+                found = await run_in_threadpool(tokens.verify, credentials.credentials)
+            return found
         except InvalidToken as exc:
             raise ApiError(401, "unauthenticated", str(exc)) from None
 
@@ -473,11 +480,13 @@ class Commands:
         def register(decide: Decide) -> Decide:
             own = list(inspect.signature(decide, eval_str=True).parameters.values())[1:]
 
-            def endpoint(
+            async def endpoint(
                 request: Request, response: Response, actor: Actor, idempotency_key: str | None, **params: Any
             ) -> dict[str, Any]:
                 ctx = command_context(request, actor, idempotency_key, params.get("body"))
-                return answer(response, decide(ctx, **params))
+                # one hand-off to the thread pool, for the decision and the save; FastAPI would add another for
+                # checking the answer against the response model if the endpoint were not a coroutine
+                return answer(response, await run_in_threadpool(decide, ctx, **params))
 
             shared = [
                 inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, annotation=Request),

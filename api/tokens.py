@@ -247,8 +247,11 @@ class Tokens:
                 self._state, self._fetched = state, time.monotonic()
         self.keyring.reload_if_changed()
 
+    def _stale(self) -> bool:
+        return self._credentials is not None and time.monotonic() - self._fetched > REFRESH_SECONDS
+
     def _current(self) -> Credentials | None:
-        if self._credentials is not None and time.monotonic() - self._fetched > REFRESH_SECONDS:
+        if self._stale():
             self.refresh()
         return self._state
 
@@ -305,6 +308,19 @@ class Tokens:
             raise InvalidToken("the token is not valid yet (issued in the future); check the clocks")
         claims["kid"] = kid
         return claims
+
+    def verify_cached(self, token: str) -> Actor | None:
+        """verify() without I/O: None when it would read the store or the keyring (the state is due for its
+        refresh, or the token names a key not on the ring); then call verify() where blocking is fine."""
+        if self._stale():
+            return None
+        try:
+            kid = jwt.get_unverified_header(token).get("kid", "k1")
+        except jwt.InvalidTokenError:
+            raise InvalidToken("the token is not valid; issue one with `baton token issue`") from None
+        if kid not in self.keyring.keys:
+            return None
+        return self.verify(token)
 
     def verify(self, token: str) -> Actor:
         claims = self.claims(token)
