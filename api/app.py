@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI, Response
 from api.assessment import assessment_router
 from api.branches import branch_router
 from api.changes import changes_router
-from api.common import install_error_handlers, install_middleware, install_openapi
+from api.common import Router, install_error_handlers, install_middleware, install_openapi
 from api.credentials import credentials_router
 from api.dashboard import dashboard_router
 from api.limits import RateLimit, RequestGuard
@@ -102,7 +102,7 @@ def include(app: FastAPI, router: APIRouter) -> None:
 
 
 def _health_router(runtime: Runtime | None) -> APIRouter:
-    router = APIRouter(tags=["operations"])
+    router = Router(tags=["operations"])
 
     @router.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

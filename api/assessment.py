@@ -15,6 +15,7 @@ from api.common import (
     MAX_POSITION,
     UNKNOWN_IN_QUERY,
     Commands,
+    Router,
     When,
     actor_dependency,
     document,
@@ -133,7 +134,7 @@ def b64(value: bytes) -> str:
 def assessment_router(app: AssessmentApp, notary: Notary, tokens: Tokens) -> APIRouter:
     actor_dep = Depends(actor_dependency(tokens))
     # On the router too, so the token is checked before a dependency looks up the year in the path.
-    router = APIRouter(prefix="/v1", responses=ERRORS, dependencies=[actor_dep])
+    router = Router(prefix="/v1", responses=ERRORS, dependencies=[actor_dep])
     command = Commands(router, actor_dep)
 
     @command.post(

@@ -11,6 +11,7 @@ from api.common import (
     BranchId,
     Commands,
     RectificationId,
+    Router,
     StandardVersionId,
     actor_dependency,
     document,
@@ -45,7 +46,7 @@ StandardDocument = document(
 
 
 def branch_router(app: BranchApp, view: BranchView, org: OrganisationApp, clock: Clock, tokens: Tokens) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["branches"], responses=ERRORS)
+    router = Router(prefix="/v1", tags=["branches"], responses=ERRORS)
     actor_dep = Depends(actor_dependency(tokens))
     command = Commands(router, actor_dep)
 

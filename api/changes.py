@@ -16,7 +16,7 @@ import anyio
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
-from api.common import ERRORS, actor_dependency
+from api.common import ERRORS, Router, actor_dependency
 from api.tokens import Tokens
 from services.access import Actor
 
@@ -44,7 +44,7 @@ class SharedPosition:
 
 def changes_router(applied: Callable[[], int], tokens: Tokens) -> APIRouter:
     """applied(): the position every read model has reached."""
-    router = APIRouter(prefix="/v1", tags=["live"], responses=ERRORS)
+    router = Router(prefix="/v1", tags=["live"], responses=ERRORS)
     shared = SharedPosition(applied)
 
     @router.get(

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends
 
-from api.common import ERRORS, Commands, actor_dependency
+from api.common import ERRORS, Commands, Router, actor_dependency
 from api.schemas import RevocationIn, RevocationOut
 from api.tokens import InvalidToken, Tokens
 from domain.errors import InvalidCommand
@@ -16,7 +16,7 @@ from services.credentials import CredentialsApp
 
 
 def credentials_router(credentials: CredentialsApp, tokens: Tokens) -> APIRouter:
-    router = APIRouter(prefix="/v1/tokens", tags=["credentials"], responses=ERRORS)
+    router = Router(prefix="/v1/tokens", tags=["credentials"], responses=ERRORS)
     command = Commands(router, Depends(actor_dependency(tokens)))
 
     @command.post(

@@ -21,6 +21,7 @@ import jinja2
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 
+from api.common import Router
 from api.dashboard_labels import LABELS, LANGUAGES, REPORT_STATUSES, WHISTLE_STATUSES
 
 ASSETS = {
@@ -70,7 +71,7 @@ def dashboard_router(data_dir: Path | None = None) -> APIRouter:
 
     Left out of the OpenAPI document: they are HTML for people, not the API (which they call).
     """
-    router = APIRouter(include_in_schema=False)
+    router = Router(include_in_schema=False)
     templates = jinja2.Environment(
         loader=jinja2.PackageLoader("api", "web/templates"),
         autoescape=True,

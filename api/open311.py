@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.common import IdempotencyKey, command_context
+from api.common import IdempotencyKey, Router, command_context
 from domain.common import LOCAL_TIMEZONE
 from domain.errors import DomainError, NotFound, OutOfScope
 from domain.geo import contains
@@ -367,7 +367,7 @@ def open311_router(
 ) -> APIRouter:
     """The GeoReport v2 routes over the reports service, its read model (and the whistles a report is escalated
     into, for who handles it), the organisation (services, jurisdictions, boundaries) and the Open311 keys."""
-    router = APIRouter(prefix=PREFIX, tags=["open311"], responses=ERRORS)
+    router = Router(prefix=PREFIX, tags=["open311"], responses=ERRORS)
 
     @router.get(
         "/discovery.{format}",

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from api.common import ERRORS, Commands, PersonId, actor_dependency
+from api.common import ERRORS, Commands, PersonId, Router, actor_dependency
 from api.schemas import EraseIn, PersonOut
 from api.tokens import Tokens
 from services.access import Actor, Context
@@ -15,7 +15,7 @@ from services.privacy import PrivacyApp
 
 
 def privacy_router(privacy: PrivacyApp, tokens: Tokens) -> APIRouter:
-    router = APIRouter(prefix="/v1/people", tags=["personal data"], responses=ERRORS)
+    router = Router(prefix="/v1/people", tags=["personal data"], responses=ERRORS)
     actor_dep = Depends(actor_dependency(tokens))
     command = Commands(router, actor_dep)
 

@@ -14,6 +14,7 @@ from api.common import (
     Commands,
     IdempotencyKey,
     MinPosition,
+    Router,
     When,
     actor_dependency,
     answer,
@@ -69,7 +70,7 @@ def report_router(
     vault: Vault,
     tokens: Tokens,
 ) -> APIRouter:
-    router = APIRouter(prefix="/v1/reports", tags=["reports"], responses=ERRORS)
+    router = Router(prefix="/v1/reports", tags=["reports"], responses=ERRORS)
     actor_dep = Depends(actor_dependency(tokens))
     command = Commands(router, actor_dep)
     view = projection.view
@@ -218,7 +219,7 @@ PHOTO_READERS |= {Role.DEPARTMENT}  # the department handling an escalated repor
 
 def media_router(reports: ReportApp, tokens: Tokens) -> APIRouter:
     """Residents' photos: kept outside the event log by SHA-256, which the report's event names."""
-    router = APIRouter(prefix="/v1/media", tags=["reports"], responses=ERRORS)
+    router = Router(prefix="/v1/media", tags=["reports"], responses=ERRORS)
     actor_dep = Depends(actor_dependency(tokens))
 
     @router.post(
@@ -254,7 +255,7 @@ def media_router(reports: ReportApp, tokens: Tokens) -> APIRouter:
 
 def tracking_router(reports: ReportApp, projection: ReportProjection) -> APIRouter:
     """The resident's own page: no token, the tracking code is the key; no personal data in or out."""
-    router = APIRouter(prefix="/v1/track", tags=["reports"], responses=ERRORS)
+    router = Router(prefix="/v1/track", tags=["reports"], responses=ERRORS)
 
     @router.get("/{code}", response_model=ReportTracked, summary="Follow your report with its tracking code")
     def track(code: TrackingCode) -> dict[str, Any]:

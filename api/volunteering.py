@@ -14,6 +14,7 @@ from api.common import (
     Commands,
     CommunityId,
     RewardId,
+    Router,
     VolunteerId,
     actor_dependency,
 )
@@ -67,7 +68,7 @@ CommunityFilter = Annotated[str | None, Query(description=f"Only this community 
 def volunteering_router(
     app: VolunteeringApp, view: VolunteeringView, org: OrganisationApp, vault: Vault, clock: Clock, tokens: Tokens
 ) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["volunteering"], responses=ERRORS)
+    router = Router(prefix="/v1", tags=["volunteering"], responses=ERRORS)
     actor_dep = Depends(actor_dependency(tokens))
     command = Commands(router, actor_dep)
 

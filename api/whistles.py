@@ -14,6 +14,7 @@ from api.common import (
     Commands,
     DepartmentCode,
     MinPosition,
+    Router,
     WhistleId,
     actor_dependency,
 )
@@ -42,7 +43,7 @@ log = structlog.get_logger("baton.http")
 def whistle_router(
     whistles: WhistleApp, projection: WhistleBoardProjection, org: OrganisationApp, vault: Vault, tokens: Tokens
 ) -> APIRouter:
-    router = APIRouter(prefix="/v1/whistles", tags=["whistles"], responses=ERRORS)
+    router = Router(prefix="/v1/whistles", tags=["whistles"], responses=ERRORS)
     actor_dep = Depends(actor_dependency(tokens))
     command = Commands(router, actor_dep)
 
@@ -142,7 +143,7 @@ def _wait_for(board: WhistleBoardProjection, position: int | None) -> None:
 
 
 def scorecard_router(scorecards: ScorecardView, org: OrganisationApp, tokens: Tokens) -> APIRouter:
-    router = APIRouter(prefix="/v1/scorecards", tags=["scorecards"], responses=ERRORS)
+    router = Router(prefix="/v1/scorecards", tags=["scorecards"], responses=ERRORS)
     actor_dep = Depends(actor_dependency(tokens))
 
     def cards(actor: Actor, department: str | None) -> list[dict[str, Any]]:

@@ -45,6 +45,21 @@ def test_expiry_reads_the_injected_clock(tmp_path: Path) -> None:
         tokens.verify(token)
 
 
+def test_a_checked_signature_is_remembered_only_for_its_own_token_and_key(tmp_path: Path) -> None:
+    keyring = Keyring.load(tmp_path)
+    tokens = Tokens(keyring)
+    token = tokens.issue("community", "tishu", "wang")
+    assert tokens.verify_cached(token) == tokens.verify(token)
+    head, payload, signature = token.split(".")
+    forged = f"{head}.{payload}.{signature[:-4]}AAAA"
+    for other in (forged, f"{head}.{payload}."):
+        with pytest.raises(InvalidToken):
+            tokens.verify(other)
+    keyring.keys["k1"] = b"another secret for the same key id, long enough"  # the key changed under its id
+    with pytest.raises(InvalidToken):
+        tokens.verify(token)
+
+
 async def test_rotation_keeps_old_tokens_until_their_key_is_retired(baton: Container, tmp_path: Path) -> None:
     keyring = Keyring.load(tmp_path / "ring")
     tokens = Tokens(keyring)
