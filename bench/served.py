@@ -171,7 +171,8 @@ def wrk(url: str, rows: Path, seconds: float, script: Path) -> Load:
 
 
 def bare_app() -> Any:
-    """Starlette alone: GET / answers {} (the least an HTTP JSON endpoint can cost on this server stack)."""
+    """Starlette alone: GET / answers {} (the least an HTTP JSON endpoint can cost on this server stack); /health
+    says it is up, as `baton serve`'s does."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -180,7 +181,10 @@ def bare_app() -> Any:
     async def empty(request: Request) -> JSONResponse:
         return JSONResponse({})
 
-    return Starlette(routes=[Route("/", empty)])
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(routes=[Route("/", empty), Route("/health", health)])
 
 
 # The paced client --------------------------------------------------------------------------------
@@ -352,7 +356,7 @@ class Served:
             )
         try:
             await until_healthy(serve, self.url, log_path, 90)
-            await self._until_bare_answers(bare)
+            await until_healthy(bare, self.bare_url, log_path, 30)
             await self._seed()
             self.baton = await asyncio.to_thread(bootstrap, self.settings)
             try:
@@ -362,18 +366,6 @@ class Served:
         finally:
             terminate(bare)
             terminate(serve)
-
-    async def _until_bare_answers(self, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=2) as client:
-            while time.monotonic() < deadline:
-                if process.poll() is not None:
-                    raise RuntimeError(f"the bare app exited with {process.returncode}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(self.bare_url)).status_code == 200:
-                        return
-                await asyncio.sleep(0.1)
-        raise RuntimeError("the bare app did not answer")
 
     async def _seed(self) -> None:
         """The demo county (13 communities, their grids, 10 departments, 13 categories) over HTTP."""
