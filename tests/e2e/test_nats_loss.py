@@ -12,6 +12,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,8 @@ class Department:
         self.sent: dict[str, bytes] = {}
         self.outcomes: list[Any] = []
         self.inbox: list[Any] = []
-        self.generation = 0
-        """Bumped by the test when NATS lost its data: what is read from then on comes from the new streams."""
-        self.read_in: dict[int, int] = {}  # id(msg) -> the generation it was read in
+        self.lost_at: datetime | None = None
+        """When NATS lost its data (set by the test): a message JetStream stored after it is in the new streams."""
         self._seen: set[tuple[int, int]] = set()  # (stream sequence, timestamp): a redelivery is not a second copy
         self.task: asyncio.Task[None] | None = None
 
@@ -90,7 +90,6 @@ class Department:
                 if key in self._seen:
                     continue
                 self._seen.add(key)
-                self.read_in[id(msg)] = self.generation
                 (self.outcomes if msg.subject.endswith(".outcome") else self.inbox).append(msg)
 
     def start(self) -> None:
@@ -101,6 +100,11 @@ class Department:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
+
+    def generation(self, msg: Any) -> int:
+        """0 for a message of the streams before the loss, 1 for one of the streams after it (by when it was stored:
+        a message of the old streams may still be read after the test learns of the loss, on a loaded machine)."""
+        return int(self.lost_at is not None and msg.metadata.timestamp >= self.lost_at)
 
     def answered(self) -> Counter[str]:
         return Counter(json.loads(m.data)["command_id"] for m in self.outcomes)
@@ -151,7 +155,7 @@ def check_department(dept: Department, expected: dict[str, int], lost_after: int
         ("outcomes", dept.outcomes, lambda m: json.loads(m.data)["command_id"]),
         ("inbox copies", dept.inbox, lambda m: m.headers["Nats-Msg-Id"]),
     ):
-        per_generation = Counter((dept.read_in[id(m)], ident(m)) for m in messages)
+        per_generation = Counter((dept.generation(m), ident(m)) for m in messages)
         twice = [key for key, n in per_generation.items() if n > 1]
         assert not twice, f"{kind} twice on one durable: {twice[:5]}"
         across = Counter(ident(m) for m in messages)
@@ -194,16 +198,19 @@ async def repeat_first_command(dept: Department, timeout: float = 20.0) -> str:
     return first
 
 
-async def lose(fault: str, nc: Client, server: EmbeddedNats) -> None:
-    """Delete BATON_EVENTS, or kill the nats-server, delete its store dir and start it again on the same port."""
+async def lose(fault: str, nc: Client, server: EmbeddedNats) -> datetime:
+    """Delete BATON_EVENTS, or kill the nats-server, delete its store dir and start it again on the same port; the
+    moment the old data was gone (the old server stores nothing after it)."""
     if fault == "stream_deleted":
         await nc.jetstream().delete_stream(EVENTS_STREAM)
-        return
+        return datetime.now(UTC)
     assert server.process is not None
     server.kill()
     await server.stop()
+    lost_at = datetime.now(UTC)
     await asyncio.to_thread(shutil.rmtree, server.dir)
     await server.start()
+    return lost_at
 
 
 async def until_republished(nc: Client, position: int, timeout: float = 120.0) -> float:
@@ -257,8 +264,7 @@ async def test_the_runtime_rebuilds_nats_from_the_store(
             await asyncio.sleep(1.5)
             top = await asyncio.to_thread(baton.store.max_position)
             lost_at = time.monotonic()
-            await lose(fault, nc, nats_server)
-            housing.generation = 1
+            housing.lost_at = await lose(fault, nc, nats_server)
             republished_s = await until_republished(nc, top)
             await asyncio.sleep(1.5)  # commands go on after the recovery
             stopping = True
@@ -372,8 +378,7 @@ async def test_serve_rebuilds_nats_from_the_store(settings: Settings, tmp_path: 
         try:
             await asyncio.sleep(2.5)
             top = (await served.ready())["store"]["position"]
-            await lose(fault, nc, server)
-            psb.generation = housing.generation = 1
+            psb.lost_at = housing.lost_at = await lose(fault, nc, server)
             republished_s = await until_republished(nc, top)
             await asyncio.sleep(2.0)
         finally:
