@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 
 from api.dashboard_labels import LABELS, LANGUAGES, REPORT_STATUSES, WHISTLE_STATUSES
+from services.access import SEE_EVERYTHING, UNIT_ROLES, Role
 
 ASSETS = {
     "htmx.min.js": "text/javascript; charset=utf-8",
@@ -38,7 +39,20 @@ PAGES = {
     "/scorecards": "scorecards.html",
     "/reports": "reports.html",
     "/audit": "audit.html",
+    "/volunteering": "volunteering.html",
 }
+EVERYONE: frozenset[str] = frozenset()
+NAV: tuple[tuple[str, str, frozenset[str]], ...] = (
+    ("/", "nav.overview", EVERYONE),
+    ("/board", "nav.board", EVERYONE),
+    ("/rankings", "nav.rankings", EVERYONE),
+    ("/scorecards", "nav.scorecards", EVERYONE),
+    ("/reports", "nav.reports", EVERYONE),
+    ("/volunteering", "nav.volunteering", frozenset({*SEE_EVERYTHING, *UNIT_ROLES, Role.ORGANISER, Role.VOLUNTEER})),
+    ("/audit", "nav.audit", EVERYONE),
+)
+"""The nav: (path, label, the roles it is shown to; empty: every role). Showing a link is a courtesy to the reader,
+taken from `services.access`'s role sets; what a page then shows is still the API's answer to its token."""
 SECURITY_HEADERS = {
     # Scripts only from this origin (no inline script, no eval: htmx runs with allowEval off); ECharts and htmx set
     # inline styles. Nothing is framed, nothing leaks in a Referer.
@@ -93,6 +107,7 @@ def dashboard_router(data_dir: Path | None = None) -> APIRouter:
                 "t": LABELS[lang],
                 "labels_json": json.dumps(LABELS[lang], ensure_ascii=False).replace("<", "\\u003c"),
                 "path": path,
+                "nav": [(href, key, " ".join(sorted(roles))) for href, key, roles in NAV],
                 "v": versions,
                 "month": month if MONTH.match(month) else now.strftime("%Y-%m"),
                 "months": _months(now, 12),

@@ -11,8 +11,10 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +26,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import blow, seed_county
-from tests.faults import Served
+from tests.faults import BATON, Served
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -175,6 +177,43 @@ def signed_in(browser: Any, served: Served, county: County) -> Iterator[Callable
 
 def api(served: Served, path: str, role: str, unit: str | None, **params: str) -> httpx.Response:
     return httpx.get(f"{served.url}{path}", params=params, headers=served.auth(role, unit, f"{role}-{unit}"))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """`baton demo --days 2` on a fresh data dir, then `baton serve` on it: the county the README's tour shows."""
+    server = Served(tmp_path_factory.mktemp("demo"), "sqlite")
+    server.data_dir.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([BATON, "demo", "--days", "2"], env=server.env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    try:
+        with ThreadPoolExecutor(1) as thread:  # Playwright's loop may be running here already: start it in another
+            thread.submit(asyncio.run, server.start()).result()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def demo_signed_in(browser: Any, demo: Served) -> Iterator[Callable[..., Session]]:
+    sessions: list[Session] = []
+
+    def open_as(role: str, unit: str | None, *, phone: bool = False) -> Session:
+        session = Session(browser, demo, demo.auth(role, unit, f"{role}-{unit}"), phone=phone)
+        sessions.append(session)
+        session.sign_in()
+        return session
+
+    yield open_as
+    for session in sessions:
+        if not session.closed:
+            session.context.close()
+
+
+def nav_links(page: Any) -> list[str]:
+    """The nav links the page shows (hidden ones left out)."""
+    links = page.locator("nav a:visible")
+    return [str(links.nth(i).get_attribute("href")).split("?")[0] for i in range(links.count())]
 
 
 def test_district_sees_the_whole_county_on_the_overview(signed_in: Callable[..., Session], served: Served) -> None:
@@ -444,3 +483,49 @@ def test_a_demo_data_dir_offers_its_actors_at_sign_in_and_others_do_not(browser:
         assert page.locator("#demo-actors").is_hidden()
     finally:
         context.close()
+
+
+def test_volunteering_leaderboard_reward_stock_and_lapses_are_the_apis(
+    demo_signed_in: Callable[..., Session], demo: Served
+) -> None:
+    """A community's leaderboard, catalogue and lapsed points as the volunteering API has them; on a phone."""
+    session = demo_signed_in("community", "tishu", phone=True)
+    assert "/volunteering" in nav_links(session.page)
+    page = session.open("/volunteering")
+    page.wait_for_selector("#leaderboard table.leaderboard tbody tr")
+    page.wait_for_selector("#lapses .lapse-total")
+    board = api(demo, "/v1/communities/tishu/leaderboard", "community", "tishu", limit="200").json()
+    rows = page.locator("#leaderboard tbody tr")
+    assert [rows.nth(i).get_attribute("data-volunteer") for i in range(rows.count())] == [
+        v["volunteer_id"] for v in board
+    ]
+    for v in board[:5]:
+        row = page.locator(f"#leaderboard tr[data-volunteer='{v['volunteer_id']}']")
+        assert row.locator("td.earned").text_content() == v["earned"]
+        assert row.locator("td.balance").text_content() == v["balance"]
+        assert row.locator("td.expired").text_content() == v["expired"]
+    assert page.locator("#leaderboard .chart canvas").count() == 1
+    lapsed = [v for v in board if float(v["expired"]) != 0]  # a lapse is a negative ledger entry
+    assert lapsed, "the demo lapses last year's points at New Year"
+    total = sum(-float(v["expired"]) for v in lapsed)
+    assert page.get_attribute("#lapses .lapse-total", "data-total") == f"{total:.2f}"
+    assert page.locator("#lapses tbody tr").count() == len(lapsed)
+    rewards = api(demo, "/v1/rewards", "community", "tishu", community="tishu").json()
+    assert rewards, "the demo offers a catalogue"
+    shown = page.locator("#rewards tbody tr")
+    assert [shown.nth(i).get_attribute("data-reward") for i in range(shown.count())] == [
+        r["reward_id"] for r in rewards
+    ]
+    for r in rewards:
+        stock = page.locator(f"#rewards tr[data-reward='{r['reward_id']}'] td.stock").text_content()
+        assert stock.split()[0] == str(r["stock"])
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1  # no sideways scrolling on a phone
+    session.shot("volunteering-community-phone")
+    session.close()
+
+    session = demo_signed_in("department", "PSB")  # not a volunteering reader: no link, and the API's refusal
+    assert "/volunteering" not in nav_links(session.page)
+    page = session.open("/volunteering")
+    page.wait_for_selector("#leaderboard .api-error")
+    assert page.get_attribute("#leaderboard .api-error", "data-status") == "403"
+    session.close(refused=403)

@@ -99,6 +99,79 @@
         return '<option value="' + esc(u.id) + '"' + (u.id === selected ? " selected" : "") + ">" + esc(u.name) + "</option>";
       }).join("");
     },
+    "own-community-options": function (org, elt) {
+      // The communities this token's unit covers (every one for a county-wide role); the API still decides.
+      var units = org.units || [], byId = {};
+      units.forEach(function (u) { byId[u.id] = u; });
+      var c = claims(token()) || {};
+      var mine = c.unit && byId[c.unit] ? c.unit : null;
+      function within(id) {
+        for (var at = byId[id]; at; at = byId[at.parent]) if (at.id === mine) return true;
+        return false;
+      }
+      var home = mine && byId[mine].kind === "grid" ? byId[mine].parent : null;
+      var communities = units.filter(function (u) {
+        return u.kind === "community" && (!mine || u.id === home || within(u.id));
+      });
+      var wanted = elt.getAttribute("data-selected") || home || (communities[0] || {}).id || "";
+      return communities.map(function (u) {
+        return '<option value="' + esc(u.id) + '"' + (u.id === wanted ? " selected" : "") + ">" + esc(u.name) + "</option>";
+      }).join("");
+    },
+    leaderboard: function (rows) {
+      if (!rows.length) return '<p class="empty">' + esc(t("volunteering.empty")) + "</p>";
+      var body = rows.map(function (v) {
+        return '<tr data-volunteer="' + esc(v.volunteer_id) + '"><td class="rank">' + esc(v.rank) + "</td>" +
+          "<td>" + esc(v.name === null ? t("volunteering.erased") : v.name) +
+          (v.party_member ? ' <span class="tag">' + esc(t("volunteering.party_member")) + "</span>" : "") + "</td>" +
+          '<td class="num earned">' + esc(v.earned) + "</td>" +
+          '<td class="num balance">' + esc(v.balance) + "</td>" +
+          '<td class="num redeemed">' + esc(v.redeemed) + "</td>" +
+          '<td class="num expired">' + esc(v.expired) + "</td>" +
+          '<td class="num hours">' + esc(v.hours) + "</td></tr>";
+      });
+      var top = rows.slice(0, 10);
+      var option = {
+        animation: false,
+        grid: { left: 8, right: 16, top: 32, bottom: 8, containLabel: true },
+        tooltip: { trigger: "axis" },
+        legend: { data: [t("volunteering.earned"), t("volunteering.balance")] },
+        xAxis: { type: "category", data: top.map(function (v) { return v.name === null ? "–" : v.name; }), axisLabel: { interval: 0, rotate: 30 } },
+        yAxis: { type: "value" },
+        series: [
+          { type: "bar", name: t("volunteering.earned"), data: top.map(function (v) { return Number(v.earned); }) },
+          { type: "bar", name: t("volunteering.balance"), data: top.map(function (v) { return Number(v.balance); }) }
+        ]
+      };
+      return chart(option) + table([t("rankings.rank"), t("volunteering.volunteer"), t("volunteering.earned"),
+        t("volunteering.balance"), t("volunteering.redeemed"), t("volunteering.expired"), t("volunteering.hours")],
+        body, "leaderboard");
+    },
+    rewards: function (rows) {
+      if (!rows.length) return '<p class="empty">' + esc(t("volunteering.no_rewards")) + "</p>";
+      var body = rows.map(function (r) {
+        return '<tr data-reward="' + esc(r.reward_id) + '"' + (r.stock === 0 ? ' class="out"' : "") + "><td>" +
+          esc(r.name) + "</td>" + '<td class="num cost">' + esc(r.cost) + "</td>" +
+          '<td class="num stock">' + esc(r.stock) + (r.stock === 0 ? ' <span class="flag">' +
+            esc(t("volunteering.out_of_stock")) + "</span>" : "") + "</td>" +
+          '<td class="num handed-out">' + esc(r.handed_out) + "</td></tr>";
+      });
+      return table([t("volunteering.reward"), t("volunteering.cost"), t("volunteering.stock"),
+        t("volunteering.handed_out")], body, "rewards");
+    },
+    lapses: function (rows) {
+      // A lapse is a ledger entry against the balance: the API gives it negative; the total is the points lost.
+      var lapsed = rows.filter(function (v) { return Number(v.expired) !== 0; });
+      var total = lapsed.reduce(function (n, v) { return n + Math.abs(Number(v.expired)); }, 0);
+      var summary = '<p class="lapse-total" data-total="' + esc(total.toFixed(2)) + '">' +
+        esc(t("volunteering.lapsed_total", { points: total.toFixed(2), n: lapsed.length })) + "</p>";
+      if (!lapsed.length) return summary;
+      var body = lapsed.map(function (v) {
+        return '<tr data-volunteer="' + esc(v.volunteer_id) + '"><td>' + esc(v.name === null ? t("volunteering.erased") : v.name) +
+          '</td><td class="num expired">' + esc(v.expired) + '</td><td class="num balance">' + esc(v.balance) + "</td></tr>";
+      });
+      return summary + table([t("volunteering.volunteer"), t("volunteering.expired"), t("volunteering.balance")], body, "lapses");
+    },
     board: function (page) {
       var items = page.items || [];
       if (!items.length) return '<p class="empty">' + esc(t("board.empty")) + "</p>";
@@ -264,15 +337,24 @@
     }
     var params = evt.detail.parameters;
     var names = Object.keys(params);
+    var missing = false;
     evt.detail.path = evt.detail.path.replace(/\{(\w+)\}/g, function (m, name) {
       var value = params[name];
       delete params[name];
+      if (!value) missing = true;
       return encodeURIComponent(value || "");
     });
+    if (missing) { evt.preventDefault(); return; } // a choice the page has not made yet (its options still loading)
     names.forEach(function (name) { if (params[name] === "") delete params[name]; });
   });
 
-  document.addEventListener("htmx:afterSettle", function (evt) { drawCharts(evt.detail.target || document); });
+  document.addEventListener("htmx:afterSettle", function (evt) {
+    drawCharts(evt.detail.target || document);
+    var elt = evt.detail.elt;
+    if (elt && elt.getAttribute && elt.getAttribute("data-render") === "own-community-options") {
+      window.htmx.trigger(document.body, "baton:ready");  // the community is chosen: the page's parts read it
+    }
+  });
   document.addEventListener("htmx:sendError", function (evt) {
     var target = evt.detail.target;
     if (target) target.innerHTML = errorBox(0, null);
@@ -515,6 +597,9 @@
     if (c && who) {
       who.textContent = t("signin.as") + ": " + c.role + (c.unit ? " · " + c.unit : "");
       who.setAttribute("data-role", c.role);
+      Array.prototype.forEach.call(document.querySelectorAll("nav a[data-roles]"), function (a) {
+        a.hidden = a.getAttribute("data-roles").split(" ").indexOf(c.role) < 0;  // a courtesy: the API decides
+      });
       document.getElementById("signin-link").hidden = true;
       document.getElementById("signout").hidden = false;
     }
