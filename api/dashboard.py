@@ -40,6 +40,7 @@ PAGES = {
     "/reports": "reports.html",
     "/audit": "audit.html",
     "/volunteering": "volunteering.html",
+    "/branches": "branches.html",
 }
 EVERYONE: frozenset[str] = frozenset()
 NAV: tuple[tuple[str, str, frozenset[str]], ...] = (
@@ -49,6 +50,7 @@ NAV: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("/scorecards", "nav.scorecards", EVERYONE),
     ("/reports", "nav.reports", EVERYONE),
     ("/volunteering", "nav.volunteering", frozenset({*SEE_EVERYTHING, *UNIT_ROLES, Role.ORGANISER, Role.VOLUNTEER})),
+    ("/branches", "nav.branches", frozenset({*SEE_EVERYTHING, *UNIT_ROLES, Role.SECRETARY, Role.DEPARTMENT})),
     ("/audit", "nav.audit", EVERYONE),
 )
 """The nav: (path, label, the roles it is shown to; empty: every role). Showing a link is a courtesy to the reader,

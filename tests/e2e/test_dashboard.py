@@ -529,3 +529,64 @@ def test_volunteering_leaderboard_reward_stock_and_lapses_are_the_apis(
     page.wait_for_selector("#leaderboard .api-error")
     assert page.get_attribute("#leaderboard .api-error", "data-status") == "403"
     session.close(refused=403)
+
+
+def test_branches_grades_aspects_and_rectifications_are_the_apis(
+    demo_signed_in: Callable[..., Session], demo: Served
+) -> None:
+    """The district's branches by grade and rectifications; a branch's aspects; a community sees its own."""
+    session = demo_signed_in("district", "dangtu")
+    assert "/branches" in nav_links(session.page)
+    page = session.open("/branches")
+    page.wait_for_selector("#branches table.branches tbody tr")
+    page.wait_for_selector("#n-branches")
+    overview = api(demo, "/v1/branches/overview", "district", "dangtu").json()
+    assert page.text_content("#n-branches") == str(overview["branches"])
+    assert page.text_content("#n-open-rect") == str(overview["open_rectifications"])
+    assert page.text_content("#n-overdue-rect") == str(overview["overdue_rectifications"])
+    assert page.locator("#branch-overview .chart canvas").count() == 1
+    board = api(demo, "/v1/branches", "district", "dangtu").json()
+    rows = page.locator("#branches tbody tr")
+    assert [rows.nth(i).get_attribute("data-branch") for i in range(rows.count())] == [b["branch_id"] for b in board]
+    grades = {"red_flag": "红旗型", "exemplary": "示范型", "standard": "标准型", "below_standard": "未达标"}
+    for b in board:
+        row = page.locator(f"#branches tr[data-branch='{b['branch_id']}']")
+        assert row.locator("td.grade").text_content() == (grades[b["grade"]] if b["grade"] else "–")
+        assert row.locator("td.open").text_content() == str(b["open_rectifications"])
+        assert row.locator("td.overdue").text_content() == str(b["overdue_rectifications"])
+    audited = next(b for b in board if b["audits"] and b["open_rectifications"])
+    page.click(f"#branches tr[data-branch='{audited['branch_id']}'] button")
+    page.wait_for_selector("#branch-detail table.aspects tbody tr")
+    detail = api(demo, f"/v1/branches/{audited['branch_id']}", "district", "dangtu").json()
+    latest = max(detail["audit_history"], key=lambda a: a["position"])
+    aspects = page.locator("#branch-detail table.aspects tbody tr")
+    assert [aspects.nth(i).get_attribute("data-aspect") for i in range(aspects.count())] == [
+        a["code"] for a in latest["aspects"]
+    ]
+    assert [aspects.nth(i).locator("td.score").text_content() for i in range(aspects.count())] == [
+        a["score"] for a in latest["aspects"]
+    ]
+    assert "组织生活" in page.text_content("#branch-detail")
+    shown = page.locator("#branch-detail table.rectifications tbody tr")
+    assert [shown.nth(i).get_attribute("data-status") for i in range(shown.count())] == [
+        r["status"] for r in detail["rectifications"]
+    ]
+    assert page.locator("#branch-detail .chart canvas").count() == 1
+    session.shot("branches-district")
+    session.close()
+
+    session = demo_signed_in("community", "tishu", phone=True)
+    page = session.open("/branches")
+    page.wait_for_selector("#branches tbody tr")
+    own = api(demo, "/v1/branches", "community", "tishu").json()
+    assert own and {b["community_id"] for b in own} == {"tishu"}
+    assert page.locator("#branches tbody tr").count() == len(own)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
+    session.close()
+
+    session = demo_signed_in("volunteer", "tishu")  # no branches for a volunteer: no link, and the API's refusal
+    assert "/branches" not in nav_links(session.page)
+    page = session.open("/branches")
+    page.wait_for_selector("#branches .api-error")
+    assert page.get_attribute("#branches .api-error", "data-status") == "403"
+    session.close(refused=403)

@@ -172,6 +172,79 @@
       });
       return summary + table([t("volunteering.volunteer"), t("volunteering.expired"), t("volunteering.balance")], body, "lapses");
     },
+    "branch-overview": function (o) {
+      var grades = Object.keys(o.by_grade || {});
+      var colours = { red_flag: "#c23531", exemplary: "#d48265", standard: "#5b8c7a", below_standard: "#6b7280" };
+      var option = {
+        animation: false,
+        tooltip: { trigger: "item" },
+        legend: { bottom: 0 },
+        series: [{
+          type: "pie", radius: ["35%", "65%"], label: { formatter: "{b}: {c}" },
+          data: grades.map(function (g) {
+            return { name: label("grade", g), value: o.by_grade[g], itemStyle: { color: colours[g] || "#5470c6" } };
+          })
+        }]
+      };
+      return '<div class="cards"><div class="card figure"><span class="n" id="n-branches">' + esc(o.branches) +
+        "</span><span>" + esc(t("branches.count")) + '</span></div><div class="card figure warn"><span class="n" id="n-open-rect">' +
+        esc(o.open_rectifications) + "</span><span>" + esc(t("branches.open")) + "</span></div>" +
+        '<div class="card figure alert"><span class="n" id="n-overdue-rect">' + esc(o.overdue_rectifications) +
+        "</span><span>" + esc(t("branches.overdue")) + "</span></div></div>" + chart(option);
+    },
+    branches: function (rows) {
+      if (!rows.length) return '<p class="empty">' + esc(t("branches.empty")) + "</p>";
+      var body = rows.map(function (b) {
+        return '<tr data-branch="' + esc(b.branch_id) + '"' + (b.overdue_rectifications ? ' class="overdue"' : "") + ">" +
+          '<td><button type="button" class="link" hx-get="/v1/branches/' + esc(encodeURIComponent(b.branch_id)) +
+          '" hx-target="#branch-detail" data-render="branch">' + esc(b.name) + "</button></td>" +
+          "<td>" + esc(b.community_id || b.parent_id) + "</td>" +
+          '<td class="grade">' + (b.grade ? '<span class="grade g-' + esc(b.grade) + '">' + esc(label("grade", b.grade)) +
+            "</span>" : "–") + "</td>" +
+          '<td class="num total">' + esc(b.total === null ? "–" : b.total) + "</td>" +
+          "<td>" + esc(b.last_audit_on || "–") + "</td>" +
+          '<td class="num open">' + esc(b.open_rectifications) + "</td>" +
+          '<td class="num overdue">' + esc(b.overdue_rectifications) + "</td></tr>";
+      });
+      return table([t("branches.branch"), t("col.community"), t("branches.grade"), t("branches.total"),
+        t("branches.last_audit"), t("branches.open"), t("branches.overdue")], body, "branches");
+    },
+    branch: function (b) {
+      var audit = (b.audit_history || [])[0] || null;
+      (b.audit_history || []).forEach(function (a) { if (!audit || a.position > audit.position) audit = a; });
+      var parts = ['<h2 data-branch="' + esc(b.branch_id) + '">' + esc(b.name) + " · " +
+        esc(b.grade ? label("grade", b.grade) : "–") + "</h2>"];
+      if (audit) {
+        var aspects = audit.aspects || [];
+        var option = {
+          animation: false,
+          grid: { left: 8, right: 24, top: 16, bottom: 8, containLabel: true },
+          tooltip: { trigger: "axis" },
+          xAxis: { type: "value", min: 0, max: 100, name: "%" },
+          yAxis: { type: "category", inverse: true, data: aspects.map(function (a) { return label("aspect", a.code); }) },
+          series: [{ type: "bar", label: { show: true, position: "right" }, data: aspects.map(function (a) {
+            return Number(a.weight) ? Math.round(10000 * Number(a.score) / Number(a.weight)) / 100 : 0;
+          }) }]
+        };
+        parts.push('<p class="help">' + esc(t("branches.audited", { on: audit.audited_on, version: audit.standard_version,
+          total: audit.total })) + "</p>" + chart(option) + table([t("branches.aspect"), t("branches.score"), t("branches.weight")],
+          aspects.map(function (a) {
+            return '<tr data-aspect="' + esc(a.code) + '"><td>' + esc(label("aspect", a.code)) + '</td><td class="num score">' +
+              esc(a.score) + '</td><td class="num weight">' + esc(a.weight) + "</td></tr>";
+          }), "aspects"));
+      } else {
+        parts.push('<p class="empty">' + esc(t("branches.not_audited")) + "</p>");
+      }
+      var rects = b.rectifications || [];
+      parts.push("<h3>" + esc(t("branches.rectifications")) + "</h3>");
+      parts.push(rects.length ? table([t("branches.finding"), t("col.due"), t("col.status")], rects.map(function (r) {
+        return '<tr data-rectification="' + esc(r.rectification_id) + '" data-status="' + esc(r.status) + '"' +
+          (r.status === "overdue" ? ' class="overdue"' : "") + '><td class="text">' + esc(r.text) + "</td><td>" +
+          esc(r.due_on) + '</td><td><span class="status s-' + esc(r.status) + '">' + esc(label("rectification", r.status)) +
+          "</span></td></tr>";
+      }), "rectifications") : '<p class="empty">' + esc(t("branches.no_rectifications")) + "</p>");
+      return parts.join("");
+    },
     board: function (page) {
       var items = page.items || [];
       if (!items.length) return '<p class="empty">' + esc(t("board.empty")) + "</p>";
