@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 
 from api.dashboard_labels import LABELS, LANGUAGES, REPORT_STATUSES, WHISTLE_STATUSES
-from services.access import SEE_EVERYTHING, UNIT_ROLES, Role
+from services.access import ASSESSMENT_READERS, SEE_EVERYTHING, UNIT_ROLES, Role
 
 ASSETS = {
     "htmx.min.js": "text/javascript; charset=utf-8",
@@ -41,6 +41,7 @@ PAGES = {
     "/audit": "audit.html",
     "/volunteering": "volunteering.html",
     "/branches": "branches.html",
+    "/assessment": "assessment.html",
 }
 EVERYONE: frozenset[str] = frozenset()
 NAV: tuple[tuple[str, str, frozenset[str]], ...] = (
@@ -51,6 +52,7 @@ NAV: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("/reports", "nav.reports", EVERYONE),
     ("/volunteering", "nav.volunteering", frozenset({*SEE_EVERYTHING, *UNIT_ROLES, Role.ORGANISER, Role.VOLUNTEER})),
     ("/branches", "nav.branches", frozenset({*SEE_EVERYTHING, *UNIT_ROLES, Role.SECRETARY, Role.DEPARTMENT})),
+    ("/assessment", "nav.assessment", frozenset(ASSESSMENT_READERS)),
     ("/audit", "nav.audit", EVERYONE),
 )
 """The nav: (path, label, the roles it is shown to; empty: every role). Showing a link is a courtesy to the reader,
@@ -113,6 +115,8 @@ def dashboard_router(data_dir: Path | None = None) -> APIRouter:
                 "v": versions,
                 "month": month if MONTH.match(month) else now.strftime("%Y-%m"),
                 "months": _months(now, 12),
+                "year": int(y) if (y := request.query_params.get("year", "")).isdigit() and len(y) == 4 else now.year,
+                "years": [now.year - i for i in range(5)],
                 "unit_type": unit_type if unit_type in UNIT_TYPES else "community",
                 "unit_types": UNIT_TYPES,
                 "whistle_id": whistle if ID.match(whistle) else "",

@@ -590,3 +590,80 @@ def test_branches_grades_aspects_and_rectifications_are_the_apis(
     page.wait_for_selector("#branches .api-error")
     assert page.get_attribute("#branches .api-error", "data-status") == "403"
     session.close(refused=403)
+
+
+def test_the_assessment_table_and_its_drill_down_to_events_are_the_apis(
+    demo_signed_in: Callable[..., Session], demo: Served
+) -> None:
+    """Units x indicators as GET /v1/assessments/{year} scores them; an indicator opens its facts and events."""
+    this_year = datetime.now(ZoneInfo("Asia/Shanghai")).year
+    year = next(  # the demo finalises last December's year
+        y for y in (this_year - 1, this_year) if api(demo, f"/v1/assessments/{y}/final", "district", "dangtu").json()
+    )
+    final = [
+        f for f in api(demo, f"/v1/assessments/{year}/finalisations", "district", "dangtu").json() if not f["voided"]
+    ]
+    cutoff = next(f["cutoff_position"] for f in final if f["unit_type"] == "community")
+    session = demo_signed_in("district", "dangtu")
+    assert "/assessment" in nav_links(session.page)
+    page = session.open(f"/assessment?year={year}&unit_type=community")
+    # A finalised year shows its final scores: those at the finalisation's cut-off, not as of now.
+    expect(page.locator("#assessment p[data-cutoff]")).to_have_attribute("data-cutoff", str(cutoff))
+    result = api(
+        demo, f"/v1/assessments/{year}", "district", "dangtu", unit_type="community", position=str(cutoff)
+    ).json()
+    assert result["cutoff_position"] == cutoff
+    ranked = sorted(result["units"], key=lambda u: (u["rank"] is None, u["rank"] or 0, u["unit"]))
+    rows = page.locator("#assessment tbody tr")
+    assert [rows.nth(i).get_attribute("data-unit") for i in range(rows.count())] == [u["unit"] for u in ranked]
+    for unit in ranked:
+        row = page.locator(f"#assessment tr[data-unit='{unit['unit']}']")
+        assert row.locator("td.total").text_content() == (unit["total"] or "–")
+        cells = row.locator("td.ind")
+        assert [cells.nth(i).text_content() for i in range(cells.count())] == [
+            i["score"] or "–" for i in unit["indicators"]
+        ]
+    notes = page.locator("#finalisations p.final")
+    assert notes.count() == len(final) > 0
+    assert {notes.nth(i).get_attribute("data-tree-size") for i in range(notes.count())} == {
+        str(f["tree_size"]) for f in final
+    }
+    assert final[0]["root"] in page.text_content("#finalisations")
+
+    unit = next(u for u in ranked if any(i["events"] for i in u["indicators"]))
+    indicator = next(i for i in unit["indicators"] if i["events"])
+    page.click(f"#assessment tr[data-unit='{unit['unit']}'] button[data-indicator='{indicator['code']}']")
+    page.wait_for_selector("#drill ol.positions li")
+    assert page.get_attribute("#drill h3", "data-events") == str(len(indicator["events"]))
+    facts = page.locator("#drill table.facts tbody tr")
+    assert {facts.nth(i).get_attribute("data-fact") for i in range(facts.count())} == set(indicator["facts"])
+    shown = page.locator("#drill ol.positions a")
+    assert [int(shown.nth(i).get_attribute("data-position")) for i in range(shown.count())] == indicator["events"][:500]
+    assert indicator["name"] in page.text_content("#drill h2")
+    session.shot("assessment-drill-down")
+    session.close()
+
+    session = demo_signed_in("auditor", None)  # an auditor reads events one by one: one behind the score, verified
+    page = session.open(f"/assessment?year={year}&unit_type=community")
+    expect(page.locator("#assessment p[data-cutoff]")).to_have_attribute("data-cutoff", str(cutoff))
+    page.click(f"#assessment tr[data-unit='{unit['unit']}'] button[data-indicator='{indicator['code']}']")
+    page.click("#drill ol.positions a >> nth=0")
+    expect(page.locator("#verdict")).to_have_attribute("data-verdict", "ok", timeout=10_000)
+    assert page.input_value("#position") == str(indicator["events"][0])
+    session.close()
+
+    session = demo_signed_in("community", "tishu", phone=True)
+    page = session.open(f"/assessment?year={this_year}")
+    page.wait_for_selector("#assessment tbody tr")
+    page.wait_for_selector("#finalisations p")
+    if not api(demo, f"/v1/assessments/{this_year}/final", "community", "tishu").json():
+        assert page.locator("#finalisations p.provisional").count() == 1
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
+    session.close()
+
+    session = demo_signed_in("volunteer", "tishu")  # not an assessment reader: no link, and the API's refusal
+    assert "/assessment" not in nav_links(session.page)
+    page = session.open("/assessment")
+    page.wait_for_selector("#assessment .api-error")
+    assert page.get_attribute("#assessment .api-error", "data-status") == "403"
+    session.close(refused=403)

@@ -9,6 +9,7 @@
   var TOKEN_KEY = "baton.token";
   var labels = {};
   var pendingCharts = {};
+  var assessment = null;  // the assessment the page shows, for its drill-down
   var chartSeq = 0;
   try { labels = JSON.parse(document.getElementById("labels").textContent); } catch (e) { labels = {}; }
 
@@ -245,6 +246,55 @@
       }), "rectifications") : '<p class="empty">' + esc(t("branches.no_rectifications")) + "</p>");
       return parts.join("");
     },
+    assessment: function (a) {
+      assessment = a;
+      document.getElementById("drill").innerHTML = "";
+      var units = (a.units || []).slice().sort(function (x, y) {
+        return (x.rank === null) - (y.rank === null) || (x.rank || 0) - (y.rank || 0) || (x.unit < y.unit ? -1 : 1);
+      });
+      if (!units.length) return '<p class="empty">' + esc(t("assessment.empty")) + "</p>";
+      var indicators = units[0].indicators || [];
+      var body = units.map(function (u) {
+        return '<tr data-unit="' + esc(u.unit) + '"><td class="rank">' + esc(u.rank === null ? "–" : u.rank) + "</td><td>" +
+          esc(u.name) + '</td><td class="num total">' + esc(u.total === null ? "–" : u.total) + '</td><td class="grade">' +
+          esc(u.grade ? label("agrade", u.grade) : "–") + "</td>" + u.indicators.map(function (i) {
+            return '<td class="num ind" data-indicator="' + esc(i.code) + '"><button type="button" class="link drill" data-unit="' +
+              esc(u.unit) + '" data-indicator="' + esc(i.code) + '">' + esc(i.score === null ? "–" : i.score) + "</button></td>";
+          }).join("") + "</tr>";
+      });
+      var ranked = units.filter(function (u) { return u.total !== null; });
+      var option = {
+        animation: false,
+        grid: { left: 8, right: 16, top: 32, bottom: 8, containLabel: true },
+        tooltip: { trigger: "axis" },
+        xAxis: { type: "category", data: ranked.map(function (u) { return u.name; }), axisLabel: { interval: 0, rotate: 30 } },
+        yAxis: { type: "value", min: 0, max: 100, name: t("assessment.total") },
+        series: [{ type: "bar", data: ranked.map(function (u) { return Number(u.total); }), label: { show: true, position: "top" } }]
+      };
+      return '<p class="help" data-cutoff="' + esc(a.cutoff_position) + '">' + esc(t("assessment.cutoff",
+        { version: a.scheme_version, position: a.cutoff_position })) + "</p>" + chart(option) +
+        table([t("rankings.rank"), t("rankings.unit"), t("assessment.total"), t("assessment.grade")].concat(
+          indicators.map(function (i) { return i.name + " (" + i.weight + ")"; })), body, "assessment");
+    },
+    finalisations: function (rows) {
+      var standing = rows.filter(function (f) { return !f.voided; });
+      // A finalised unit type is shown as finalised: its scores at the finalisation's cut-off, not as of now.
+      var form = document.getElementById("assessment-filter");
+      var type = form.querySelector("[name=unit_type]").value;
+      var final = standing.filter(function (f) { return f.unit_type === type; })[0];
+      var cutoff = form.querySelector("[name=position]");
+      var wanted = final ? String(final.cutoff_position) : "";
+      if (cutoff.value !== wanted) {
+        cutoff.value = wanted;
+        setTimeout(function () { window.htmx.trigger(form, "change"); }, 0);
+      }
+      if (!standing.length) return '<p class="help provisional">' + esc(t("assessment.provisional")) + "</p>";
+      return standing.map(function (f) {
+        return '<p class="ok final" data-unit-type="' + esc(f.unit_type) + '" data-tree-size="' + esc(f.tree_size) + '">' +
+          esc(t("assessment.final", { type: label("unit_type", f.unit_type), size: f.tree_size, root: f.root,
+            at: when(f.finalised_at) })) + "</p>";
+      }).join("");
+    },
     board: function (page) {
       var items = page.items || [];
       if (!items.length) return '<p class="empty">' + esc(t("board.empty")) + "</p>";
@@ -431,6 +481,34 @@
   document.addEventListener("htmx:sendError", function (evt) {
     var target = evt.detail.target;
     if (target) target.innerHTML = errorBox(0, null);
+  });
+
+  // The assessment's drill-down: an indicator of a unit, its formula, facts and the events behind it ------------
+  var DRILL_SHOWN = 500;
+  document.addEventListener("click", function (evt) {
+    var button = evt.target.closest ? evt.target.closest("button.drill") : null;
+    if (!button || !assessment) return;
+    var unit = (assessment.units || []).filter(function (u) { return u.unit === button.getAttribute("data-unit"); })[0];
+    if (!unit) return;
+    var ind = unit.indicators.filter(function (i) { return i.code === button.getAttribute("data-indicator"); })[0];
+    var events = ind.events || [];
+    var facts = Object.keys(ind.facts || {}).map(function (f) {
+      return '<tr data-fact="' + esc(f) + '"><td><code>' + esc(f) + '</code></td><td class="num">' + esc(ind.facts[f]) + "</td></tr>";
+    });
+    var links = events.slice(0, DRILL_SHOWN).map(function (p) {
+      return '<li><a data-position="' + esc(p) + '" href="/audit?lang=' + esc(encodeURIComponent(lang())) + "&amp;position=" +
+        esc(p) + '">' + esc(p) + "</a></li>";
+    });
+    var drill = document.getElementById("drill");
+    drill.innerHTML = '<h2 data-unit="' + esc(unit.unit) + '" data-indicator="' + esc(ind.code) + '">' + esc(unit.name) +
+      " · " + esc(ind.name) + "</h2><dl><dt>" + esc(t("assessment.formula")) + "</dt><dd><code>" + esc(ind.formula) +
+      "</code></dd><dt>" + esc(t("assessment.value")) + "</dt><dd>" + esc(ind.value === null ? "–" : ind.value) + "</dd><dt>" +
+      esc(t("assessment.score")) + "</dt><dd>" + esc(ind.score === null ? "–" : ind.score) + "</dd></dl>" +
+      table([t("assessment.fact"), t("assessment.count")], facts, "facts") +
+      '<h3 data-events="' + esc(events.length) + '">' + esc(t("assessment.events", { n: events.length })) + "</h3>" +
+      '<p class="help">' + esc(t("assessment.events_help")) + '</p><ol class="positions">' + links.join("") + "</ol>" +
+      (events.length > DRILL_SHOWN ? '<p class="help">' + esc(t("assessment.more", { n: DRILL_SHOWN })) + "</p>" : "");
+    drill.scrollIntoView({ block: "start" });
   });
 
   // The overview: every whistle this token sees (up to 2,000), counted in the browser -----------------------------
