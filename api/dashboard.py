@@ -42,6 +42,7 @@ PAGES = {
     "/volunteering": "volunteering.html",
     "/branches": "branches.html",
     "/assessment": "assessment.html",
+    "/map": "map.html",
 }
 EVERYONE: frozenset[str] = frozenset()
 NAV: tuple[tuple[str, str, frozenset[str]], ...] = (
@@ -52,6 +53,7 @@ NAV: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("/reports", "nav.reports", EVERYONE),
     ("/volunteering", "nav.volunteering", frozenset({*SEE_EVERYTHING, *UNIT_ROLES, Role.ORGANISER, Role.VOLUNTEER})),
     ("/branches", "nav.branches", frozenset({*SEE_EVERYTHING, *UNIT_ROLES, Role.SECRETARY, Role.DEPARTMENT})),
+    ("/map", "nav.map", frozenset({*SEE_EVERYTHING, *UNIT_ROLES})),
     ("/assessment", "nav.assessment", frozenset(ASSESSMENT_READERS)),
     ("/audit", "nav.audit", EVERYONE),
 )

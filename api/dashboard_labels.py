@@ -230,6 +230,19 @@ ZH: dict[str, str] = {
     "agrade.good": "良好",
     "agrade.pass": "合格",
     "agrade.fail": "不合格",
+    "nav.map": "诉求地图",
+    "map.heading": "民情诉求地图（按网格）",
+    "map.help": "网格边界来自已划定的网格范围（不需要在线地图）；"
+    "带坐标的诉求按位置落点，颜色表示状态；网格颜色越深，诉求越多。",
+    "map.summary": "本令牌可见 {n} 条诉求，其中 {placed} 条带坐标；已划定边界的网格 {grids} 个",
+    "map.by_grid": "各网格诉求",
+    "map.grid": "网格",
+    "map.reports": "诉求",
+    "map.open": "未办结",
+    "map.placed": "带坐标",
+    "map.no_grid": "（未定网格）",
+    "map.many": "多",
+    "map.few": "少",
 }
 
 EN: dict[str, str] = {
@@ -460,6 +473,19 @@ EN: dict[str, str] = {
     "agrade.good": "Good",
     "agrade.pass": "Pass",
     "agrade.fail": "Fail",
+    "nav.map": "Case map",
+    "map.heading": "Residents' reports by grid",
+    "map.help": "Grid boundaries as drawn (no online map tiles); reports that carry coordinates are placed where "
+    "they were raised, coloured by status; the darker a grid, the more reports.",
+    "map.summary": "{n} reports this token sees, {placed} with coordinates; {grids} grids with a boundary",
+    "map.by_grid": "Reports per grid",
+    "map.grid": "Grid",
+    "map.reports": "Reports",
+    "map.open": "Open",
+    "map.placed": "With coordinates",
+    "map.no_grid": "(no grid)",
+    "map.many": "more",
+    "map.few": "fewer",
 }
 
 LABELS = {"zh": ZH, "en": EN}

@@ -667,3 +667,57 @@ def test_the_assessment_table_and_its_drill_down_to_events_are_the_apis(
     page.wait_for_selector("#assessment .api-error")
     assert page.get_attribute("#assessment .api-error", "data-status") == "403"
     session.close(refused=403)
+
+
+def all_reports(served: Served, role: str, unit: str | None) -> list[dict[str, Any]]:
+    """Every report the token reads, page by page."""
+    items: list[dict[str, Any]] = []
+    cursor: dict[str, str] = {}
+    while True:
+        page = api(served, "/v1/reports", role, unit, limit="200", **cursor).json()
+        items += page["items"]
+        if not page["next_cursor"]:
+            return items
+        cursor = {"cursor": page["next_cursor"]}
+
+
+def test_the_case_map_places_reports_over_the_grid_boundaries(
+    demo_signed_in: Callable[..., Session], demo: Served
+) -> None:
+    """The demo's grid boundaries drawn with ECharts (no tiles), its reports with coordinates as points, by grid."""
+    boundaries = api(demo, "/v1/org/boundaries", "district", "dangtu").json()
+    reports = all_reports(demo, "district", "dangtu")
+    placed = [r for r in reports if r["lat"] is not None and r["long"] is not None]
+    assert boundaries["features"] and placed, "baton demo draws the grids and places reports raised through the apps"
+    session = demo_signed_in("district", "dangtu")
+    assert "/map" in nav_links(session.page)
+    page = session.open("/map")
+    chart = page.locator("#map-chart")
+    expect(chart).to_have_attribute("data-points", str(len(placed)))
+    assert chart.get_attribute("data-regions") == str(len(boundaries["features"]))
+    assert page.locator("#map-chart canvas").count() == 1
+    by_grid: dict[str, int] = {}
+    for r in reports:
+        by_grid[r["grid_id"] or ""] = by_grid.get(r["grid_id"] or "", 0) + 1
+    rows = page.locator("#map-grids tbody tr")
+    assert {
+        rows.nth(i).get_attribute("data-grid"): int(rows.nth(i).locator("td.reports").text_content())
+        for i in range(rows.count())
+    } == by_grid
+    session.shot("map-district")
+    session.close()
+
+    session = demo_signed_in("community", "tishu", phone=True)
+    page = session.open("/map")
+    own = [r for r in all_reports(demo, "community", "tishu") if r["lat"] is not None]
+    expect(page.locator("#map-chart")).to_have_attribute("data-points", str(len(own)))
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
+    session.shot("map-community-phone")
+    session.close()
+
+    session = demo_signed_in("department", "PSB")  # departments read whistles, not residents' reports
+    assert "/map" not in nav_links(session.page)
+    page = session.open("/map")
+    page.wait_for_selector("#map-error .api-error")
+    assert page.get_attribute("#map-error .api-error", "data-status") == "403"
+    session.close(refused=403)

@@ -544,6 +544,88 @@
     });
   }
 
+  // The map: residents' reports where they carry coordinates, over the grids' boundaries (no tiles: offline) ----
+  function casemap() {
+    var section = document.getElementById("casemap");
+    if (!section || !token()) return;
+    var reports = [], LIMIT = 200, MAX_PAGES = 10;
+    function page(cursor, n) {
+      return api("/v1/reports?limit=" + LIMIT + (cursor ? "&cursor=" + encodeURIComponent(cursor) : "")).then(function (r) {
+        if (r.status !== 200) throw r;
+        reports = reports.concat(r.body.items || []);
+        return r.body.next_cursor && n < MAX_PAGES ? page(r.body.next_cursor, n + 1) : !!r.body.next_cursor;
+      });
+    }
+    Promise.all([api("/v1/org/boundaries"), api("/v1/org"), page(null, 1)]).then(function (answers) {
+      var bounds = answers[0], org = answers[1], more = answers[2];
+      if (bounds.status !== 200) throw bounds;
+      if (org.status !== 200) throw org;
+      drawCaseMap(bounds.body, org.body, reports, more);
+    }).catch(function (r) {
+      document.getElementById("map-error").innerHTML = r && r.status ? errorBox(r.status, r.body) : errorBox(0, null);
+    });
+  }
+
+  function drawCaseMap(collection, org, reports, more) {
+    var names = {};
+    (org.units || []).forEach(function (u) { names[u.id] = u.name; });
+    var features = collection.features || [];
+    var placed = reports.filter(function (r) { return r.lat !== null && r.long !== null; });
+    var byGrid = {};
+    reports.forEach(function (r) {
+      var key = r.grid_id || "";
+      var row = byGrid[key] || (byGrid[key] = { reports: 0, open: 0, placed: 0 });
+      row.reports += 1;
+      if (["closed", "merged", "unreasonable"].indexOf(r.status) < 0) row.open += 1;
+      if (r.lat !== null && r.long !== null) row.placed += 1;
+    });
+    var el = document.getElementById("map-chart");
+    el.setAttribute("data-points", String(placed.length));
+    el.setAttribute("data-regions", String(features.length));
+    document.getElementById("map-summary").textContent = t("map.summary", {
+      n: reports.length, placed: placed.length, grids: features.length
+    }) + (more ? t("overview.more", { n: reports.length }) : "");
+    var colours = { received: "#d97706", accepted: "#1d5fbf", escalated: "#c23531", resolved: "#15803d", closed: "#6b7280" };
+    var points = placed.map(function (r) {
+      return { name: r.description, value: [r.long, r.lat], status: r.status, itemStyle: { color: colours[r.status] || "#5470c6" } };
+    });
+    var scatter = {
+      type: "scatter", name: t("map.reports"), data: points, symbolSize: 12,
+      tooltip: { formatter: function (p) { return esc(p.data.name) + "<br>" + esc(label("status", p.data.status)); } }
+    };
+    var option;
+    if (features.length && window.echarts) {
+      window.echarts.registerMap("baton-grids", collection);
+      var counts = features.map(function (f) { return { name: f.id, value: (byGrid[f.id] || {}).reports || 0 }; });
+      var top = Math.max.apply(null, counts.map(function (c) { return c.value; }).concat([1]));
+      option = {
+        animation: false,
+        tooltip: { trigger: "item" },
+        visualMap: { min: 0, max: top, left: 8, bottom: 8, text: [t("map.many"), t("map.few")], inRange: { color: ["#f5f6f7", "#f4b183", "#c23531"] }, seriesIndex: 0 },
+        geo: { map: "baton-grids", nameProperty: "id", roam: true, itemStyle: { borderColor: "#646a73" } },
+        series: [
+          { type: "map", geoIndex: 0, name: t("map.by_grid"), data: counts,
+            tooltip: { formatter: function (p) { return esc(names[p.name] || p.name) + ": " + esc(p.value || 0); } } },
+          Object.assign(scatter, { coordinateSystem: "geo" })
+        ]
+      };
+    } else {
+      option = {  // no boundary drawn: the points on plain longitude/latitude axes
+        animation: false, tooltip: { trigger: "item" },
+        xAxis: { type: "value", scale: true, name: "E" }, yAxis: { type: "value", scale: true, name: "N" },
+        series: [scatter]
+      };
+    }
+    if (window.echarts) window.echarts.init(el).setOption(option);
+    var rows = Object.keys(byGrid).sort().map(function (g) {
+      var row = byGrid[g];
+      return '<tr data-grid="' + esc(g) + '"><td>' + esc(g ? names[g] || g : t("map.no_grid")) + '</td><td class="num reports">' +
+        esc(row.reports) + '</td><td class="num open">' + esc(row.open) + '</td><td class="num placed">' + esc(row.placed) + "</td></tr>";
+    });
+    document.getElementById("map-grids").innerHTML = rows.length ? table([t("map.grid"), t("map.reports"),
+      t("map.open"), t("map.placed")], rows, "grids") : '<p class="empty">' + esc(t("reports.empty")) + "</p>";
+  }
+
   function weekOf(iso) {
     // The Monday (Asia/Shanghai) of the week an instant falls in, as YYYY-MM-DD.
     var local = new Date(new Date(iso).getTime() + 8 * 3600 * 1000);
@@ -681,6 +763,7 @@
           pending = null;
           if (window.htmx) window.htmx.trigger(document.body, "baton:changed");
           if (document.getElementById("overview")) overview();
+          if (document.getElementById("casemap")) casemap();
         }, 150);
       }
       last = position;
@@ -774,6 +857,7 @@
       return;
     }
     overview();
+    casemap();
     if (tok) audit();
     if (tok && !form) live();
   }
