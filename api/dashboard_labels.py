@@ -243,6 +243,8 @@ ZH: dict[str, str] = {
     "map.no_grid": "（未定网格）",
     "map.many": "多",
     "map.few": "少",
+    "rankings.final": "本月排名已定案（{at}）：依据签名树大小 {size}、根 {root}；数据摘要 sha256 {digest}",
+    "rankings.provisional": "本月排名尚未定案：按目前已记录的事件计算",
 }
 
 EN: dict[str, str] = {
@@ -486,6 +488,8 @@ EN: dict[str, str] = {
     "map.no_grid": "(no grid)",
     "map.many": "more",
     "map.few": "fewer",
+    "rankings.final": "Finalised ({at}) on the signed tree of size {size}, root {root}; figures sha256 {digest}",
+    "rankings.provisional": "Not finalised: counted from the events recorded so far",
 }
 
 LABELS = {"zh": ZH, "en": EN}

@@ -721,3 +721,29 @@ def test_the_case_map_places_reports_over_the_grid_boundaries(
     page.wait_for_selector("#map-error .api-error")
     assert page.get_attribute("#map-error .api-error", "data-status") == "403"
     session.close(refused=403)
+
+
+def test_a_finalised_month_shows_its_digest_and_signed_root_on_the_ranking_page(
+    demo_signed_in: Callable[..., Session], demo: Served
+) -> None:
+    """The admin finalises last month over HTTP; the ranking page gives it as finalised, as the API does."""
+    now = datetime.now(ZoneInfo("Asia/Shanghai"))
+    month = f"{now.year - 1}-12" if now.month == 1 else f"{now.year}-{now.month - 1:02d}"
+    r = httpx.post(f"{demo.url}/v1/rankings/{month}/finalise", json={}, headers=demo.auth("admin", None, "root"))
+    assert r.status_code == 201, r.text
+    ranking = api(demo, f"/v1/rankings/{month}", "district", "dangtu", unit_type="community").json()
+    assert ranking["final"]["digest"] == r.json()["digests"]["community"]
+    session = demo_signed_in("district", "dangtu")
+    page = session.open(f"/rankings?month={month}&unit_type=community")
+    note = page.locator("#ranking p.final")
+    expect(note).to_have_attribute("data-digest", ranking["final"]["digest"])
+    assert note.get_attribute("data-tree-size") == str(ranking["final"]["tree_size"])
+    assert ranking["final"]["root"] in note.text_content()
+    rows = page.locator("#ranking tbody tr")
+    assert [rows.nth(i).get_attribute("data-unit") for i in range(rows.count())] == [
+        u["unit"] for u in ranking["units"]
+    ]
+    session.shot("ranking-finalised")
+    page = session.open(f"/rankings?month={now.strftime('%Y-%m')}")
+    expect(page.locator("#ranking p.provisional")).to_have_count(1)
+    session.close()

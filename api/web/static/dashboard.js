@@ -337,7 +337,10 @@
     },
     ranking: function (r) {
       var units = r.units || [];
-      if (!units.length) return '<p class="empty">' + esc(t("rankings.empty")) + "</p>";
+      var final = r.final ? '<p class="ok final" data-digest="' + esc(r.final.digest) + '" data-tree-size="' +
+        esc(r.final.tree_size) + '">' + esc(t("rankings.final", { at: when(r.final.finalised_at), size: r.final.tree_size,
+          root: r.final.root, digest: r.final.digest })) + "</p>" : '<p class="help provisional">' + esc(t("rankings.provisional")) + "</p>";
+      if (!units.length) return final + '<p class="empty">' + esc(t("rankings.empty")) + "</p>";
       var rows = units.map(function (u) {
         return '<tr data-unit="' + esc(u.unit) + '"><td class="rank">' + esc(u.rank === null ? "–" : u.rank) + "</td>" +
           "<td>" + esc(u.name) + "</td>" +
@@ -366,7 +369,7 @@
           label: { show: true, position: "top" }
         }]
       };
-      return chart(option) + table([t("rankings.rank"), t("rankings.unit"), t("rankings.cases"), t("rankings.response"),
+      return final + chart(option) + table([t("rankings.rank"), t("rankings.unit"), t("rankings.cases"), t("rankings.response"),
         t("rankings.resolution"), t("rankings.satisfaction"), t("rankings.composite"), t("rankings.change"),
         t("rankings.class")], rows, "ranking");
     },
