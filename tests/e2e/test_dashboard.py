@@ -159,8 +159,8 @@ class Session:
         assert not cookies, f"the dashboard set cookies: {cookies}"
 
 
-@pytest.fixture
-def signed_in(browser: Any, served: Served, county: County) -> Iterator[Callable[..., Session]]:
+def sessions_on(browser: Any, served: Served) -> Iterator[Callable[..., Session]]:
+    """Open signed-in tabs on this server (role, unit, phone?); close what the test left open."""
     sessions: list[Session] = []
 
     def open_as(role: str, unit: str | None, *, phone: bool = False) -> Session:
@@ -173,6 +173,11 @@ def signed_in(browser: Any, served: Served, county: County) -> Iterator[Callable
     for session in sessions:
         if not session.closed:
             session.context.close()
+
+
+@pytest.fixture
+def signed_in(browser: Any, served: Served, county: County) -> Iterator[Callable[..., Session]]:
+    yield from sessions_on(browser, served)
 
 
 def api(served: Served, path: str, role: str, unit: str | None, **params: str) -> httpx.Response:
@@ -196,18 +201,17 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 @pytest.fixture
 def demo_signed_in(browser: Any, demo: Served) -> Iterator[Callable[..., Session]]:
-    sessions: list[Session] = []
+    yield from sessions_on(browser, demo)
 
-    def open_as(role: str, unit: str | None, *, phone: bool = False) -> Session:
-        session = Session(browser, demo, demo.auth(role, unit, f"{role}-{unit}"), phone=phone)
-        sessions.append(session)
-        session.sign_in()
-        return session
 
-    yield open_as
-    for session in sessions:
-        if not session.closed:
-            session.context.close()
+def refused(open_as: Callable[..., Session], role: str, unit: str, path: str, where: str) -> None:
+    """A role the page is not for: no link to it in the nav, and the API's 403 where the page's data would be."""
+    session = open_as(role, unit)
+    assert path not in nav_links(session.page)
+    page = session.open(path)
+    page.wait_for_selector(f"{where} .api-error")
+    assert page.get_attribute(f"{where} .api-error", "data-status") == "403"
+    session.close(refused=403)
 
 
 def nav_links(page: Any) -> list[str]:
@@ -523,12 +527,9 @@ def test_volunteering_leaderboard_reward_stock_and_lapses_are_the_apis(
     session.shot("volunteering-community-phone")
     session.close()
 
-    session = demo_signed_in("department", "PSB")  # not a volunteering reader: no link, and the API's refusal
-    assert "/volunteering" not in nav_links(session.page)
-    page = session.open("/volunteering")
-    page.wait_for_selector("#leaderboard .api-error")
-    assert page.get_attribute("#leaderboard .api-error", "data-status") == "403"
-    session.close(refused=403)
+    refused(
+        demo_signed_in, "department", "PSB", "/volunteering", "#leaderboard"
+    )  # not a volunteering reader: no link, and the API's refusal
 
 
 def test_branches_grades_aspects_and_rectifications_are_the_apis(
@@ -584,12 +585,9 @@ def test_branches_grades_aspects_and_rectifications_are_the_apis(
     assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
     session.close()
 
-    session = demo_signed_in("volunteer", "tishu")  # no branches for a volunteer: no link, and the API's refusal
-    assert "/branches" not in nav_links(session.page)
-    page = session.open("/branches")
-    page.wait_for_selector("#branches .api-error")
-    assert page.get_attribute("#branches .api-error", "data-status") == "403"
-    session.close(refused=403)
+    refused(
+        demo_signed_in, "volunteer", "tishu", "/branches", "#branches"
+    )  # no branches for a volunteer: no link, and the API's refusal
 
 
 def test_the_assessment_table_and_its_drill_down_to_events_are_the_apis(
@@ -661,12 +659,9 @@ def test_the_assessment_table_and_its_drill_down_to_events_are_the_apis(
     assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
     session.close()
 
-    session = demo_signed_in("volunteer", "tishu")  # not an assessment reader: no link, and the API's refusal
-    assert "/assessment" not in nav_links(session.page)
-    page = session.open("/assessment")
-    page.wait_for_selector("#assessment .api-error")
-    assert page.get_attribute("#assessment .api-error", "data-status") == "403"
-    session.close(refused=403)
+    refused(
+        demo_signed_in, "volunteer", "tishu", "/assessment", "#assessment"
+    )  # not an assessment reader: no link, and the API's refusal
 
 
 def all_reports(served: Served, role: str, unit: str | None) -> list[dict[str, Any]]:
@@ -715,12 +710,9 @@ def test_the_case_map_places_reports_over_the_grid_boundaries(
     session.shot("map-community-phone")
     session.close()
 
-    session = demo_signed_in("department", "PSB")  # departments read whistles, not residents' reports
-    assert "/map" not in nav_links(session.page)
-    page = session.open("/map")
-    page.wait_for_selector("#map-error .api-error")
-    assert page.get_attribute("#map-error .api-error", "data-status") == "403"
-    session.close(refused=403)
+    refused(
+        demo_signed_in, "department", "PSB", "/map", "#map-error"
+    )  # departments read whistles, not residents' reports
 
 
 def test_a_finalised_month_shows_its_digest_and_signed_root_on_the_ranking_page(
