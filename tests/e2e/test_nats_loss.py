@@ -12,6 +12,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -198,19 +199,22 @@ async def repeat_first_command(dept: Department, timeout: float = 20.0) -> str:
     return first
 
 
-async def lose(fault: str, nc: Client, server: EmbeddedNats) -> datetime:
+async def lose(
+    fault: str, nc: Client, server: EmbeddedNats, position: Callable[[], Awaitable[int]]
+) -> tuple[datetime, int]:
     """Delete BATON_EVENTS, or kill the nats-server, delete its store dir and start it again on the same port; the
-    moment the old data was gone (the old server stores nothing after it)."""
+    moment the old data was gone (the old server stores nothing after it) and the store's position then (a copy of
+    an event after it cannot have gone to the old streams)."""
     if fault == "stream_deleted":
         await nc.jetstream().delete_stream(EVENTS_STREAM)
-        return datetime.now(UTC)
+        return datetime.now(UTC), await position()
     assert server.process is not None
     server.kill()
     await server.stop()
-    lost_at = datetime.now(UTC)
+    lost_at, lost_after = datetime.now(UTC), await position()
     await asyncio.to_thread(shutil.rmtree, server.dir)
     await server.start()
-    return lost_at
+    return lost_at, lost_after
 
 
 async def until_republished(nc: Client, position: int, timeout: float = 120.0) -> float:
@@ -264,7 +268,9 @@ async def test_the_runtime_rebuilds_nats_from_the_store(
             await asyncio.sleep(1.5)
             top = await asyncio.to_thread(baton.store.max_position)
             lost_at = time.monotonic()
-            housing.lost_at = await lose(fault, nc, nats_server)
+            housing.lost_at, lost_after = await lose(
+                fault, nc, nats_server, lambda: asyncio.to_thread(baton.store.max_position)
+            )
             republished_s = await until_republished(nc, top)
             await asyncio.sleep(1.5)  # commands go on after the recovery
             stopping = True
@@ -290,7 +296,9 @@ async def test_the_runtime_rebuilds_nats_from_the_store(
         if entry["log_level"] in ("warning", "error") and entry["event"] != "command_rejected":
             print("nats-loss-log", {k: v for k, v in entry.items() if k != "exc_info"})
     figures = check_department(
-        housing, await asyncio.to_thread(expected_copies, baton, "HOUSING"), top if fault == "data_dir_lost" else None
+        housing,
+        await asyncio.to_thread(expected_copies, baton, "HOUSING"),
+        lost_after if fault == "data_dir_lost" else None,
     )
     # every accepted command's events are in the store once
     by_correlation = Counter(e.correlation_id for e in baton.source.envelopes(0, 10_000_000))
@@ -378,7 +386,8 @@ async def test_serve_rebuilds_nats_from_the_store(settings: Settings, tmp_path: 
         try:
             await asyncio.sleep(2.5)
             top = (await served.ready())["store"]["position"]
-            psb.lost_at = housing.lost_at = await lose(fault, nc, server)
+            psb.lost_at, lost_after = await lose(fault, nc, server, served.position)
+            housing.lost_at = psb.lost_at
             republished_s = await until_republished(nc, top)
             await asyncio.sleep(2.0)
         finally:
@@ -396,7 +405,7 @@ async def test_serve_rebuilds_nats_from_the_store(settings: Settings, tmp_path: 
         await housing.stop()
         for conn in (psb.nc, housing.nc, nc):
             await conn.close()
-        lost_after = top if fault == "data_dir_lost" else None
+        lost_after = lost_after if fault == "data_dir_lost" else None
         first_outcomes = {json.loads(m.data)["command_id"]: m for m in reversed(psb.outcomes)}  # repeats: checked below
         result = await audit(served, load, outcomes=list(first_outcomes.values()))  # stops serve, rebuilds read models
         await load.close()
@@ -438,6 +447,9 @@ async def test_serve_rebuilds_nats_from_the_store(settings: Settings, tmp_path: 
     assert result.rejected_with_events == 0
     assert result.nats_rejected_with_events == 0 and result.nats_accepted_without_events == 0
     assert result.read_models_match_rebuild
-    assert "degraded" in statuses
+    if fault == "data_dir_lost":
+        # A server down for seconds is seen; a deleted stream of this small history is recreated and refilled within
+        # one poll of a loaded machine (the in-process test above sees it on a longer history).
+        assert "degraded" in statuses
     for event in ("stream_lost", "stream_recreated", "relay_republished"):
         assert f'"{event}"' in log, event
