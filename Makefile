@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DATA_DIR ?= $(or $(BATON_DATA_DIR),./var)
+TEST_WORKERS ?= 2
 
 .PHONY: run serve demo test test-fast bench bench-scale postgres browser wrk docs clean cluster nats-cluster corpus
 
@@ -24,12 +25,14 @@ serve: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/baton demo
 
-## test: lint (ruff), type-check the domain (mypy --strict), then the whole suite on real SQLite, PostgreSQL, nats-server
+## test: lint (ruff), type-check the domain (mypy --strict), then the whole suite on real SQLite, PostgreSQL, nats-server:
+## two workers, a file per worker at a time; then, alone, the tests that stop a service the others share
 test: $(STAMP) postgres browser wrk
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict domain/
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not exclusive"
+	$(BIN)/pytest -q -m exclusive
 
 ## test-fast: the unit tier only (domain and pure logic with in-memory parts; no services needed): seconds
 test-fast: $(STAMP)

@@ -50,6 +50,32 @@ class FinaliseIn(Strict):
     )
 
 
+RankingUnitType = Literal["community", "street", "department"]
+
+
+class FinaliseRankingIn(Strict):
+    unit_types: list[RankingUnitType] | None = Field(
+        None, description="Default: each of community, street and department not final yet."
+    )
+
+
+class RankingFinalisation(BaseModel):
+    """One unit type's finalised ranking of a month: its figures' digest and the tree it was counted from."""
+
+    month: str
+    unit_type: str
+    digest: str = Field(
+        description="SHA-256 of the figures' canonical JSON (sorted keys), as GET /v1/rankings gives them"
+    )
+    units: int
+    ranked: int
+    cutoff_position: int
+    tree_size: int
+    root: str = Field(description="base64 Merkle root of the history up to tree_size")
+    finalised_at: datetime
+    finalised_by: dict[str, Any] | None
+
+
 class VoidIn(Strict):
     reason: str = Field(min_length=1, max_length=2000, description="Why; it stays in the history for all to see.")
     unit_types: list[UnitType] | None = Field(None, description="Default: every unit type whose finalisation stands.")
@@ -199,7 +225,9 @@ def assessment_router(app: AssessmentApp, notary: Notary, tokens: Tokens) -> API
         description="Over the cases that arrived in the month (Asia/Shanghai): a community's residents' reports "
         "(unreasonable complaints and duplicates left out), a street's communities', a department's summonses. "
         "Composite = 10 % response + 45 % resolution + 45 % satisfaction; four classes by quarter of the ranked "
-        "units (advanced, good, average, lagging). Each unit lists the events behind each rate.",
+        "units (advanced, good, average, lagging). Each unit lists the events behind each rate. A month finalised "
+        "for the unit type (POST /v1/rankings/{month}/finalise) is given as finalised: counted up to its cut-off, "
+        "with `final` naming the digest, tree size and root; else `final` is null and the count is as of now.",
     )
     def ranking(
         month: MonthInPath,
@@ -208,6 +236,31 @@ def assessment_router(app: AssessmentApp, notary: Notary, tokens: Tokens) -> API
     ) -> dict[str, Any]:
         check_reads(actor, ASSESSMENT_READERS, "rankings")
         return app.ranking(month, unit_type)
+
+    @command.post(
+        "/rankings/{month}/finalise",
+        status_code=201,
+        response_model=Accepted,
+        tags=["rankings"],
+        summary="Finalise a month's ranking: its figures' digest, tied to the tree size and root they come from",
+        description="Admin, or the district every ranked unit lies within. Refused (409 `month_not_over`) until the "
+        "month has ended in Asia/Shanghai, and (409) for a unit type already final. From then on "
+        "GET /v1/rankings/{month} gives the figures as finalised, and `baton verify` recounts them from an export.",
+    )
+    def finalise_ranking(
+        ctx: Context, month: MonthInPath, body: FinaliseRankingIn = Body(default_factory=FinaliseRankingIn)
+    ) -> Receipt:
+        return app.finalise_ranking(ctx, month, unit_types=list(body.unit_types) if body.unit_types else None)
+
+    @router.get(
+        "/rankings/{month}/finalisations",
+        response_model=list[RankingFinalisation],
+        tags=["rankings"],
+        summary="A month's finalised rankings, one per unit type finalised (empty while none is)",
+    )
+    def ranking_finalisations(month: MonthInPath, actor: Actor = actor_dep) -> list[dict[str, Any]]:
+        check_reads(actor, ASSESSMENT_READERS, "rankings")
+        return list(app.ranking_finalisations(app.known_month(month)).values())
 
     @command.post(
         "/assessments/{year}/void",

@@ -23,6 +23,7 @@ from fastapi.responses import HTMLResponse
 
 from api.common import Router
 from api.dashboard_labels import LABELS, LANGUAGES, REPORT_STATUSES, WHISTLE_STATUSES
+from services.access import ASSESSMENT_READERS, SEE_EVERYTHING, UNIT_ROLES, Role
 
 ASSETS = {
     "htmx.min.js": "text/javascript; charset=utf-8",
@@ -39,7 +40,26 @@ PAGES = {
     "/scorecards": "scorecards.html",
     "/reports": "reports.html",
     "/audit": "audit.html",
+    "/volunteering": "volunteering.html",
+    "/branches": "branches.html",
+    "/assessment": "assessment.html",
+    "/map": "map.html",
 }
+EVERYONE: frozenset[str] = frozenset()
+NAV: tuple[tuple[str, str, frozenset[str]], ...] = (
+    ("/", "nav.overview", EVERYONE),
+    ("/board", "nav.board", EVERYONE),
+    ("/rankings", "nav.rankings", EVERYONE),
+    ("/scorecards", "nav.scorecards", EVERYONE),
+    ("/reports", "nav.reports", EVERYONE),
+    ("/volunteering", "nav.volunteering", frozenset({*SEE_EVERYTHING, *UNIT_ROLES, Role.ORGANISER, Role.VOLUNTEER})),
+    ("/branches", "nav.branches", frozenset({*SEE_EVERYTHING, *UNIT_ROLES, Role.SECRETARY, Role.DEPARTMENT})),
+    ("/map", "nav.map", frozenset({*SEE_EVERYTHING, *UNIT_ROLES})),
+    ("/assessment", "nav.assessment", frozenset(ASSESSMENT_READERS)),
+    ("/audit", "nav.audit", EVERYONE),
+)
+"""The nav: (path, label, the roles it is shown to; empty: every role). Showing a link is a courtesy to the reader,
+taken from `services.access`'s role sets; what a page then shows is still the API's answer to its token."""
 SECURITY_HEADERS = {
     # Scripts only from this origin (no inline script, no eval: htmx runs with allowEval off); ECharts and htmx set
     # inline styles. Nothing is framed, nothing leaks in a Referer.
@@ -94,9 +114,12 @@ def dashboard_router(data_dir: Path | None = None) -> APIRouter:
                 "t": LABELS[lang],
                 "labels_json": json.dumps(LABELS[lang], ensure_ascii=False).replace("<", "\\u003c"),
                 "path": path,
+                "nav": [(href, key, " ".join(sorted(roles))) for href, key, roles in NAV],
                 "v": versions,
                 "month": month if MONTH.match(month) else now.strftime("%Y-%m"),
                 "months": _months(now, 12),
+                "year": int(y) if (y := request.query_params.get("year", "")).isdigit() and len(y) == 4 else now.year,
+                "years": [now.year - i for i in range(5)],
                 "unit_type": unit_type if unit_type in UNIT_TYPES else "community",
                 "unit_types": UNIT_TYPES,
                 "whistle_id": whistle if ID.match(whistle) else "",

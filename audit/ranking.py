@@ -27,23 +27,14 @@ from domain.common import LOCAL_TIMEZONE
 from domain.errors import InvalidCommand
 from domain.events import handlers_of, handles
 from domain.organisation import Organisation
+from domain.ranking import UNIT_TYPES, check_month
 from domain.report import Report
 from domain.whistle import Whistle
 
-UNIT_TYPES = ("community", "street", "department")
 WEIGHTS = {"response": Decimal("0.10"), "resolution": Decimal("0.45"), "satisfaction": Decimal("0.45")}
 CLASSES = ("advanced", "good", "average", "lagging")
 """先进, 较好, 一般, 后进: by quarter of the ranked units, the first quarter advanced."""
 RATE = Decimal("0.0001")
-
-
-def check_month(month: str) -> tuple[int, int]:
-    """(year, month) of 'YYYY-MM', or InvalidCommand."""
-    try:
-        moment = datetime.strptime(month, "%Y-%m")
-    except ValueError:
-        raise InvalidCommand(f"month {month!r} is not YYYY-MM, e.g. 2026-03") from None
-    return moment.year, moment.month
 
 
 def previous(month: str) -> str:
@@ -259,11 +250,11 @@ def rank(events: Iterable[dict[str, Any]], month: str, unit_type: str, cutoff: i
     if unit_type not in UNIT_TYPES:
         raise InvalidCommand(f"unit_type must be one of: {', '.join(UNIT_TYPES)}")
     check_month(month)
-    cases, last = Cases(), 0
+    cases, last, counted = Cases(), 0, 0
     for e in events:
         if cutoff is not None and e["position"] > cutoff:
             break
-        last = e["position"]
+        last, counted = e["position"], counted + 1
         cases.apply(e)
     now, before = _figures(cases, unit_type, month), _figures(cases, unit_type, previous(month))
     ranked = sorted(
@@ -292,6 +283,7 @@ def rank(events: Iterable[dict[str, Any]], month: str, unit_type: str, cutoff: i
         "month": month,
         "unit_type": unit_type,
         "cutoff_position": last,
+        "events": counted,
         "weights": {k: str(v) for k, v in WEIGHTS.items()},
         "units": rows,
     }

@@ -2,14 +2,16 @@
 
 It checks every checkpoint's signature, recomputes the Merkle tree from the events at every checkpoint,
 compares every event with the leaf the notary recorded for it (so it can name the first altered, missing
-or reordered position), and replays the scoring of every finalised assessment.
+or reordered position), replays the scoring of every finalised assessment and recounts every finalised monthly
+ranking (its figures' digest).
 
 Exit codes:
   0  the bundle is intact
   2  the bundle is unreadable or incomplete (a file is missing or malformed)
   3  a checkpoint's signature does not verify with the key (or the key is not the pinned one)
   4  the events do not match the signed tree: an event altered, missing, reordered or unsigned
-  5  a finalised score does not match the scoring replayed from the events, or a voiding names no finalisation
+  5  a finalised score does not match the scoring replayed from the events, a finalised ranking's figures do not
+     match a recount, or a voiding names no finalisation
 
 A voided finalisation is replayed like any other (it was recorded, so it must be true of its history); a
 standing one made before its year could be finalised is named in the report's notes.
@@ -29,15 +31,19 @@ import rfc8785
 
 from audit.merkle import EMPTY_ROOT, leaf_hash, node_hash
 from audit.note import Checkpoint, NoteError, Verifier
+from audit.ranking import rank
 from audit.scoring import score
 from domain.assessment import Assessment, AssessmentScheme, Scheme
+from domain.common import digest
 from domain.errors import DomainError
 from domain.events import name_of
+from domain.ranking import MonthlyRanking
 from infra.envelope import EventTypes
 
 FINALISED, VOIDED, PUBLISHED = (
     name_of(e) for e in (Assessment.Finalised, Assessment.FinalisationVoided, AssessmentScheme.Published)
 )
+RANKED = name_of(MonthlyRanking.Finalised)
 OK, UNREADABLE, SIGNATURE, EVENTS, SCORES = 0, 2, 3, 4, 5
 
 
@@ -59,6 +65,7 @@ class Report:
     checkpoints: int = 0
     finalised: int = 0
     voided: int = 0
+    rankings: int = 0
     key: str = ""
     pinned: bool = False
     notes: list[str] = field(default_factory=list)
@@ -159,6 +166,7 @@ def _verify(bundle: Path, key: str | None, report: Report, progress: Callable[[i
     history = _check_events(bundle, leaves, checkpoints, trusted, report, progress)
     _check_scores(bundle, leaves, history.finalised, history.schemes, report)
     _check_voidings(history, report)
+    _check_rankings(bundle, leaves, history.rankings, report)
 
 
 def _json(path: Path) -> Any:
@@ -228,6 +236,7 @@ class Assessments:
     finalised: list[dict[str, Any]] = field(default_factory=list)
     finalised_at: dict[int, str] = field(default_factory=dict)
     voidings: list[dict[str, Any]] = field(default_factory=list)
+    rankings: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _check_events(
@@ -287,6 +296,8 @@ def _check_events(
             history.voidings.append({"position": position, **body["data"]})
         elif name == PUBLISHED:
             history.schemes[body["data"]["version"]] = body["data"]["document"]
+        elif name == RANKED:
+            history.rankings.append({"position": position, **body["data"]})
         if progress and index % 5000 == 0:
             progress(index, len(leaves))
         index, line = index + 1, following
@@ -376,6 +387,30 @@ def _check_scores(
                     f"{got[0] if got else None} ({got[1] if got else None}, rank {got[2] if got else None})",
                 )
         report.finalised += len(records)
+
+
+def _check_rankings(bundle: Path, leaves: Leaves, rankings: list[dict[str, Any]], report: Report) -> None:
+    """Recount every finalised month's ranking from the events up to its cut-off and compare the figures' digest."""
+    roots = roots_at(leaves, {r["tree_size"] for r in rankings}) if rankings else {}
+    for record in rankings:
+        month, unit_type, size = record["month"], record["unit_type"], record["tree_size"]
+        what = f"the {month} {unit_type} ranking finalised at position {record['position']}"
+        if base64.b64encode(roots[size]).decode() != record["root"]:
+            raise Failed(SCORES, f"{what} names a root the tree of size {size} does not have")
+        types = EventTypes()
+        events = (types.current_body(json.loads(line)) for _, line in zip(range(size), _lines(bundle), strict=False))
+        try:
+            recounted = rank(events, month, unit_type, record["cutoff_position"])
+        except DomainError as exc:
+            raise Failed(SCORES, f"{what} cannot be recounted: {exc.message}") from None
+        if recounted["events"] != size:
+            raise Failed(SCORES, f"{what} covers {recounted['events']} events, not its tree size {size}")
+        if digest(recounted) != record["digest"]:
+            raise Failed(
+                SCORES,
+                f"{what} has figures of digest {record['digest']}; recounting the events gives {digest(recounted)}",
+            )
+        report.rankings += 1
 
 
 def _finalisation(record: dict[str, Any]) -> tuple[Any, ...]:

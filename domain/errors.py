@@ -128,6 +128,12 @@ class YearNotOver(Conflict):
     code = "year_not_over"
 
 
+class MonthNotOver(Conflict):
+    """A month's ranking was to be finalised before the month ended (Asia/Shanghai)."""
+
+    code = "month_not_over"
+
+
 class NotFinal(Conflict):
     """A finalisation was to be voided that does not stand."""
 

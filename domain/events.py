@@ -21,6 +21,7 @@ from domain.branches import Branch, BranchStandard
 from domain.credentials import Credentials
 from domain.organisation import Organisation
 from domain.privacy import PersonalData
+from domain.ranking import MonthlyRanking
 from domain.report import Report
 from domain.volunteering import Activity, PointsPolicy, Reward, Volunteer
 from domain.whistle import Whistle
@@ -38,6 +39,7 @@ AGGREGATES: tuple[type, ...] = (
     AssessmentScheme,
     MutualEvaluation,
     Assessment,
+    MonthlyRanking,
     PersonalData,
     Credentials,
 )

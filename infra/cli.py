@@ -585,6 +585,14 @@ def ranking(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the JSON result, with the events behind each rate.")
     ] = False,
+    finalise: Annotated[
+        bool,
+        typer.Option(
+            "--finalise",
+            help="Finalise the ended month's ranking of each unit type not final yet (as an admin): its figures' "
+            "digest, tied to the tree size and root they were counted from; `baton verify` recounts it.",
+        ),
+    ] = False,
 ) -> None:
     """The month's ranking (接诉即办): response, resolution, satisfaction, composite, change and class per unit."""
     from domain.errors import DomainError
@@ -592,6 +600,12 @@ def ranking(
 
     baton = bootstrap(_settings())
     try:
+        if finalise:
+            receipt = baton.assessment.finalise_ranking(_cli_context("finalise-ranking"), month)
+            body = receipt.body
+            for kind, value in body["digests"].items():
+                typer.echo(f"{month} {kind} ranking finalised: figures sha256 {value}")
+            typer.echo(f"at position {body['cutoff_position']}, tree size {body['tree_size']}, root {body['root']}")
         result = baton.assessment.ranking(month, unit_type)
     except DomainError as exc:
         err.print(f"[red]{exc.message}[/red]")
@@ -746,7 +760,7 @@ def verify_bundle(
     key: Annotated[str | None, typer.Option(help="The log's verifier key (vkey string or file) to pin.")] = None,
 ) -> None:
     """Check an export offline. Exit 0 intact; 2 unreadable; 3 bad signature; 4 events altered, missing or
-    reordered (the first bad position is named); 5 a finalised score does not replay."""
+    reordered (the first bad position is named); 5 a finalised score or monthly ranking does not replay."""
     from audit.verify import verify
 
     report = verify(bundle, key)
@@ -755,7 +769,8 @@ def verify_bundle(
     if report.ok:
         typer.echo(
             f"intact: {report.events} events, {report.checkpoints} signed checkpoints, "
-            f"{report.finalised} finalised scores replayed ({report.voided} finalisations voided since); "
+            f"{report.finalised} finalised scores replayed ({report.voided} finalisations voided since), "
+            f"{report.rankings} finalised monthly rankings recounted; "
             f"key {report.key}"
         )
     raise typer.Exit(report.code)

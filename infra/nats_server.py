@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import random
 import re
 import signal
 import socket
@@ -61,11 +62,33 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
+def port_range() -> range | None:
+    """BATON_FREE_PORTS ("20000-25999"): the ports free_port draws from; None (unset) lets the kernel choose."""
+    spec = os.environ.get("BATON_FREE_PORTS", "").strip()
+    if not spec:
+        return None
+    match = re.fullmatch(r"(\d+)-(\d+)", spec)
+    if not match or not 1024 <= int(match[1]) <= int(match[2]) <= 65535:
+        raise ValueError(f"BATON_FREE_PORTS must be LOW-HIGH with 1024 <= LOW <= HIGH <= 65535, not {spec!r}")
+    return range(int(match[1]), int(match[2]) + 1)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody listens on right now: the kernel's choice, or one from BATON_FREE_PORTS.
+
+    A range below the kernel's ephemeral ports keeps a server's port from being taken by an outgoing connection,
+    and lets processes that start servers side by side (parallel test workers) each draw from their own.
+    """
+    ports = port_range()
+    candidates = random.sample(ports, min(len(ports), 200)) if ports is not None else [0]
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError(f"no free port on {host} in BATON_FREE_PORTS={os.environ['BATON_FREE_PORTS']}")
 
 
 def write_server_config(

@@ -7,12 +7,15 @@ from domain.branches import BranchStandard
 from domain.credentials import Credentials
 from domain.organisation import Organisation
 from domain.privacy import PersonalData
+from domain.ranking import MonthlyRanking
 from domain.volunteering import PointsPolicy
 
 NOT_PROJECTED: dict[type, str] = {
     Assessment.Opened: "the assessment aggregate's creation; scores are computed from the log",
     Assessment.Finalised: "read from the log by the assessment service and by `baton verify`",
     Assessment.FinalisationVoided: "read from the log by the assessment service and by `baton verify`",
+    MonthlyRanking.Opened: "the monthly ranking aggregate's creation; rankings are counted from the log",
+    MonthlyRanking.Finalised: "read from its aggregate by the assessment service, and from the log by `baton verify`",
     AssessmentScheme.Opened: "the scheme aggregate's creation",
     AssessmentScheme.Published: "read from the log by the assessment service and by `baton verify`",
     BranchStandard.Opened: "the standard aggregate's creation; versions are read by the branch board",

@@ -24,7 +24,19 @@ from domain.assessment import (
     assessment_id,
     evaluation_id,
 )
-from domain.errors import Conflict, DuplicateEntry, InvalidCommand, NotFinal, NotFound, OutOfScope, Thing
+from domain.common import digest
+from domain.errors import (
+    Conflict,
+    DuplicateEntry,
+    InvalidCommand,
+    MonthNotOver,
+    NotFinal,
+    NotFound,
+    OutOfScope,
+    Thing,
+)
+from domain.ranking import UNIT_TYPES as RANKED_TYPES
+from domain.ranking import MonthlyRanking, month_end, ranking_id
 from infra.clock import Clock
 from infra.envelope import EnvelopeCodec
 from infra.store import Store
@@ -178,8 +190,8 @@ class AssessmentApp(BatonApplication):
                 self._cache.popitem(last=False)
         return result
 
-    def ranking(self, month: str, unit_type: str) -> dict[str, Any]:
-        """The month's ranking (接诉即办) of a unit type, from every event stored now."""
+    def known_month(self, month: str) -> str:
+        """The month, if it is YYYY-MM and the history reaches its year; else NotFound naming it."""
         try:
             year, _ = check_month(month)
         except InvalidCommand as exc:
@@ -187,7 +199,15 @@ class AssessmentApp(BatonApplication):
         years = self.years()
         if years is None or not years[0] <= year <= years[1]:
             raise NotFound(f"month {month} is outside the history", Thing.MONTH, month)
-        position = self.store.max_position()
+        return month
+
+    def ranking(self, month: str, unit_type: str) -> dict[str, Any]:
+        """The month's ranking (接诉即办) of a unit type: as finalised if it is, else from every event stored now."""
+        final = self.ranking_finalisations(self.known_month(month)).get(unit_type)
+        position = final["cutoff_position"] if final else self.store.max_position()
+        return {**self._ranked(month, unit_type, position), "final": final}
+
+    def _ranked(self, month: str, unit_type: str, position: int) -> dict[str, Any]:
         key = ("ranking", month, unit_type, position)
         with self._lock:
             if key in self._cache:
@@ -210,6 +230,57 @@ class AssessmentApp(BatonApplication):
         if version not in schemes:
             raise InvalidCommand(f"scheme version {version} is not published by position {position}")
         return version, schemes[version]
+
+    def ranking_finalisations(self, month: str) -> dict[str, dict[str, Any]]:
+        """The month's finalised rankings by unit type, as recorded (empty while none is)."""
+        try:
+            found: MonthlyRanking = self.repository.get(ranking_id(month))
+        except AggregateNotFoundError:
+            return {}
+        return {t: dict(record) for t, record in found.finalised.items()}
+
+    def finalise_ranking(self, ctx: Context, month: str, *, unit_types: list[str] | None = None) -> Receipt:
+        """Fix the month's figures (their digest) for good, tied to the tree size and root they were counted from.
+
+        Default: every unit type not final yet. Refused until the month has ended (Asia/Shanghai) and for a unit
+        type already final; `baton verify` recounts every finalised month from an export and compares the digest.
+        """
+        self.known_month(month)
+        self._check_finaliser(ctx, "finalise a month's ranking")
+        for unit_type in unit_types or ():
+            if unit_type not in RANKED_TYPES:
+                raise InvalidCommand(f"unit_type must be one of: {', '.join(RANKED_TYPES)}, got {unit_type!r}")
+        now, ends = self.clock.now(), month_end(month)
+        if now < ends:  # before the costly count; the aggregate checks it again
+            raise MonthNotOver(
+                f"the {month} ranking cannot be finalised before {ends.isoformat(sep=' ')} ({ends.tzinfo})"
+            )
+        final = self.ranking_finalisations(month)
+        wanted = list(dict.fromkeys(unit_types or [t for t in RANKED_TYPES if t not in final]))
+        if not wanted:
+            raise Conflict(f"the {month} ranking is already final for every unit type ({', '.join(RANKED_TYPES)})")
+        position = self.store.max_position()
+        size, root = self.tree(position)
+        results = [self._ranked(month, t, position) for t in wanted]
+        encoded_root = base64.b64encode(root).decode()
+
+        def decide(now: datetime) -> Decision:
+            try:
+                ranking: MonthlyRanking = self.repository.get(ranking_id(month))
+            except AggregateNotFoundError:
+                ranking = MonthlyRanking(month=month, timestamp=now, meta=ctx.meta())
+            for result in results:
+                ranking.finalise(result, digest(result), size, encoded_root, timestamp=now, meta=ctx.meta())
+            return [ranking], {
+                "month": month,
+                "unit_types": wanted,
+                "digests": {r["unit_type"]: digest(r) for r in results},
+                "cutoff_position": position,
+                "tree_size": size,
+                "root": encoded_root,
+            }
+
+        return self.execute(ctx, decide)
 
     # Finalisation ----------------------------------------------------------------------------
 

@@ -308,6 +308,20 @@ class DepartmentFeed:
         return got
 
 
+# Servers' ports come from below the kernel's ephemeral range (so no outgoing connection takes one), and each
+# parallel worker (pytest-xdist) draws from its own slice, so two workers never start servers on one port.
+FREE_PORTS = range(20000, 32000)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give this process (one xdist worker, or the only one) its own slice of FREE_PORTS."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    width = len(FREE_PORTS) // count
+    low = FREE_PORTS.start + int(worker.removeprefix("gw")) * width
+    os.environ["BATON_FREE_PORTS"] = f"{low}-{low + width - 1}"
+
+
 _TIER_SECONDS: dict[str, float] = {}
 
 
@@ -319,7 +333,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Seconds spent per tier, so the suite's budget (15 minutes) is watched where it goes."""
+    """Seconds spent per tier (summed over parallel workers), so the suite's budget is watched where it goes."""
     if _TIER_SECONDS:
         shares = ", ".join(f"{tier} {seconds:.0f} s" for tier, seconds in sorted(_TIER_SECONDS.items()))
         terminalreporter.write_line(f"time per tier: {shares}")

@@ -113,6 +113,11 @@ class Served:
         assert self.process is not None
         return await until_healthy(self.process, self.url, self.log, timeout)
 
+    async def position(self) -> int:
+        """The store's position as GET /health reports it, whatever the health (NATS may be down)."""
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            return int((await client.get(f"{self.url}/health")).json()["store"]["position"])
+
     def kill9(self) -> None:
         """SIGKILL: no shutdown code runs (the embedded nats-server gets SIGTERM from the kernel)."""
         assert self.process is not None

@@ -11,8 +11,10 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +26,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import blow, seed_county
-from tests.faults import Served
+from tests.faults import BATON, Served
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -157,8 +159,8 @@ class Session:
         assert not cookies, f"the dashboard set cookies: {cookies}"
 
 
-@pytest.fixture
-def signed_in(browser: Any, served: Served, county: County) -> Iterator[Callable[..., Session]]:
+def sessions_on(browser: Any, served: Served) -> Iterator[Callable[..., Session]]:
+    """Open signed-in tabs on this server (role, unit, phone?); close what the test left open."""
     sessions: list[Session] = []
 
     def open_as(role: str, unit: str | None, *, phone: bool = False) -> Session:
@@ -173,8 +175,49 @@ def signed_in(browser: Any, served: Served, county: County) -> Iterator[Callable
             session.context.close()
 
 
+@pytest.fixture
+def signed_in(browser: Any, served: Served, county: County) -> Iterator[Callable[..., Session]]:
+    yield from sessions_on(browser, served)
+
+
 def api(served: Served, path: str, role: str, unit: str | None, **params: str) -> httpx.Response:
     return httpx.get(f"{served.url}{path}", params=params, headers=served.auth(role, unit, f"{role}-{unit}"))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """`baton demo --days 2` on a fresh data dir, then `baton serve` on it: the county the README's tour shows."""
+    server = Served(tmp_path_factory.mktemp("demo"), "sqlite")
+    server.data_dir.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([BATON, "demo", "--days", "2"], env=server.env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    try:
+        with ThreadPoolExecutor(1) as thread:  # Playwright's loop may be running here already: start it in another
+            thread.submit(asyncio.run, server.start()).result()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def demo_signed_in(browser: Any, demo: Served) -> Iterator[Callable[..., Session]]:
+    yield from sessions_on(browser, demo)
+
+
+def refused(open_as: Callable[..., Session], role: str, unit: str, path: str, where: str) -> None:
+    """A role the page is not for: no link to it in the nav, and the API's 403 where the page's data would be."""
+    session = open_as(role, unit)
+    assert path not in nav_links(session.page)
+    page = session.open(path)
+    page.wait_for_selector(f"{where} .api-error")
+    assert page.get_attribute(f"{where} .api-error", "data-status") == "403"
+    session.close(refused=403)
+
+
+def nav_links(page: Any) -> list[str]:
+    """The nav links the page shows (hidden ones left out)."""
+    links = page.locator("nav a:visible")
+    return [str(links.nth(i).get_attribute("href")).split("?")[0] for i in range(links.count())]
 
 
 def test_district_sees_the_whole_county_on_the_overview(signed_in: Callable[..., Session], served: Served) -> None:
@@ -444,3 +487,255 @@ def test_a_demo_data_dir_offers_its_actors_at_sign_in_and_others_do_not(browser:
         assert page.locator("#demo-actors").is_hidden()
     finally:
         context.close()
+
+
+def test_volunteering_leaderboard_reward_stock_and_lapses_are_the_apis(
+    demo_signed_in: Callable[..., Session], demo: Served
+) -> None:
+    """A community's leaderboard, catalogue and lapsed points as the volunteering API has them; on a phone."""
+    session = demo_signed_in("community", "tishu", phone=True)
+    assert "/volunteering" in nav_links(session.page)
+    page = session.open("/volunteering")
+    page.wait_for_selector("#leaderboard table.leaderboard tbody tr")
+    page.wait_for_selector("#lapses .lapse-total")
+    board = api(demo, "/v1/communities/tishu/leaderboard", "community", "tishu", limit="200").json()
+    rows = page.locator("#leaderboard tbody tr")
+    assert [rows.nth(i).get_attribute("data-volunteer") for i in range(rows.count())] == [
+        v["volunteer_id"] for v in board
+    ]
+    for v in board[:5]:
+        row = page.locator(f"#leaderboard tr[data-volunteer='{v['volunteer_id']}']")
+        assert row.locator("td.earned").text_content() == v["earned"]
+        assert row.locator("td.balance").text_content() == v["balance"]
+        assert row.locator("td.expired").text_content() == v["expired"]
+    assert page.locator("#leaderboard .chart canvas").count() == 1
+    lapsed = [v for v in board if float(v["expired"]) != 0]  # a lapse is a negative ledger entry
+    assert lapsed, "the demo lapses last year's points at New Year"
+    total = sum(-float(v["expired"]) for v in lapsed)
+    assert page.get_attribute("#lapses .lapse-total", "data-total") == f"{total:.2f}"
+    assert page.locator("#lapses tbody tr").count() == len(lapsed)
+    rewards = api(demo, "/v1/rewards", "community", "tishu", community="tishu").json()
+    assert rewards, "the demo offers a catalogue"
+    shown = page.locator("#rewards tbody tr")
+    assert [shown.nth(i).get_attribute("data-reward") for i in range(shown.count())] == [
+        r["reward_id"] for r in rewards
+    ]
+    for r in rewards:
+        stock = page.locator(f"#rewards tr[data-reward='{r['reward_id']}'] td.stock").text_content()
+        assert stock.split()[0] == str(r["stock"])
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1  # no sideways scrolling on a phone
+    session.shot("volunteering-community-phone")
+    session.close()
+
+    refused(
+        demo_signed_in, "department", "PSB", "/volunteering", "#leaderboard"
+    )  # not a volunteering reader: no link, and the API's refusal
+
+
+def test_branches_grades_aspects_and_rectifications_are_the_apis(
+    demo_signed_in: Callable[..., Session], demo: Served
+) -> None:
+    """The district's branches by grade and rectifications; a branch's aspects; a community sees its own."""
+    session = demo_signed_in("district", "dangtu")
+    assert "/branches" in nav_links(session.page)
+    page = session.open("/branches")
+    page.wait_for_selector("#branches table.branches tbody tr")
+    page.wait_for_selector("#n-branches")
+    overview = api(demo, "/v1/branches/overview", "district", "dangtu").json()
+    assert page.text_content("#n-branches") == str(overview["branches"])
+    assert page.text_content("#n-open-rect") == str(overview["open_rectifications"])
+    assert page.text_content("#n-overdue-rect") == str(overview["overdue_rectifications"])
+    assert page.locator("#branch-overview .chart canvas").count() == 1
+    board = api(demo, "/v1/branches", "district", "dangtu").json()
+    rows = page.locator("#branches tbody tr")
+    assert [rows.nth(i).get_attribute("data-branch") for i in range(rows.count())] == [b["branch_id"] for b in board]
+    grades = {"red_flag": "红旗型", "exemplary": "示范型", "standard": "标准型", "below_standard": "未达标"}
+    for b in board:
+        row = page.locator(f"#branches tr[data-branch='{b['branch_id']}']")
+        assert row.locator("td.grade").text_content() == (grades[b["grade"]] if b["grade"] else "–")
+        assert row.locator("td.open").text_content() == str(b["open_rectifications"])
+        assert row.locator("td.overdue").text_content() == str(b["overdue_rectifications"])
+    audited = next(b for b in board if b["audits"] and b["open_rectifications"])
+    page.click(f"#branches tr[data-branch='{audited['branch_id']}'] button")
+    page.wait_for_selector("#branch-detail table.aspects tbody tr")
+    detail = api(demo, f"/v1/branches/{audited['branch_id']}", "district", "dangtu").json()
+    latest = max(detail["audit_history"], key=lambda a: a["position"])
+    aspects = page.locator("#branch-detail table.aspects tbody tr")
+    assert [aspects.nth(i).get_attribute("data-aspect") for i in range(aspects.count())] == [
+        a["code"] for a in latest["aspects"]
+    ]
+    assert [aspects.nth(i).locator("td.score").text_content() for i in range(aspects.count())] == [
+        a["score"] for a in latest["aspects"]
+    ]
+    assert "组织生活" in page.text_content("#branch-detail")
+    shown = page.locator("#branch-detail table.rectifications tbody tr")
+    assert [shown.nth(i).get_attribute("data-status") for i in range(shown.count())] == [
+        r["status"] for r in detail["rectifications"]
+    ]
+    assert page.locator("#branch-detail .chart canvas").count() == 1
+    session.shot("branches-district")
+    session.close()
+
+    session = demo_signed_in("community", "tishu", phone=True)
+    page = session.open("/branches")
+    page.wait_for_selector("#branches tbody tr")
+    own = api(demo, "/v1/branches", "community", "tishu").json()
+    assert own and {b["community_id"] for b in own} == {"tishu"}
+    assert page.locator("#branches tbody tr").count() == len(own)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
+    session.close()
+
+    refused(
+        demo_signed_in, "volunteer", "tishu", "/branches", "#branches"
+    )  # no branches for a volunteer: no link, and the API's refusal
+
+
+def test_the_assessment_table_and_its_drill_down_to_events_are_the_apis(
+    demo_signed_in: Callable[..., Session], demo: Served
+) -> None:
+    """Units x indicators as GET /v1/assessments/{year} scores them; an indicator opens its facts and events."""
+    this_year = datetime.now(ZoneInfo("Asia/Shanghai")).year
+    year = next(  # the demo finalises last December's year
+        y for y in (this_year - 1, this_year) if api(demo, f"/v1/assessments/{y}/final", "district", "dangtu").json()
+    )
+    final = [
+        f for f in api(demo, f"/v1/assessments/{year}/finalisations", "district", "dangtu").json() if not f["voided"]
+    ]
+    cutoff = next(f["cutoff_position"] for f in final if f["unit_type"] == "community")
+    session = demo_signed_in("district", "dangtu")
+    assert "/assessment" in nav_links(session.page)
+    page = session.open(f"/assessment?year={year}&unit_type=community")
+    # A finalised year shows its final scores: those at the finalisation's cut-off, not as of now.
+    expect(page.locator("#assessment p[data-cutoff]")).to_have_attribute("data-cutoff", str(cutoff))
+    result = api(
+        demo, f"/v1/assessments/{year}", "district", "dangtu", unit_type="community", position=str(cutoff)
+    ).json()
+    assert result["cutoff_position"] == cutoff
+    ranked = sorted(result["units"], key=lambda u: (u["rank"] is None, u["rank"] or 0, u["unit"]))
+    rows = page.locator("#assessment tbody tr")
+    assert [rows.nth(i).get_attribute("data-unit") for i in range(rows.count())] == [u["unit"] for u in ranked]
+    for unit in ranked:
+        row = page.locator(f"#assessment tr[data-unit='{unit['unit']}']")
+        assert row.locator("td.total").text_content() == (unit["total"] or "–")
+        cells = row.locator("td.ind")
+        assert [cells.nth(i).text_content() for i in range(cells.count())] == [
+            i["score"] or "–" for i in unit["indicators"]
+        ]
+    notes = page.locator("#finalisations p.final")
+    assert notes.count() == len(final) > 0
+    assert {notes.nth(i).get_attribute("data-tree-size") for i in range(notes.count())} == {
+        str(f["tree_size"]) for f in final
+    }
+    assert final[0]["root"] in page.text_content("#finalisations")
+
+    unit = next(u for u in ranked if any(i["events"] for i in u["indicators"]))
+    indicator = next(i for i in unit["indicators"] if i["events"])
+    page.click(f"#assessment tr[data-unit='{unit['unit']}'] button[data-indicator='{indicator['code']}']")
+    page.wait_for_selector("#drill ol.positions li")
+    assert page.get_attribute("#drill h3", "data-events") == str(len(indicator["events"]))
+    facts = page.locator("#drill table.facts tbody tr")
+    assert {facts.nth(i).get_attribute("data-fact") for i in range(facts.count())} == set(indicator["facts"])
+    shown = page.locator("#drill ol.positions a")
+    assert [int(shown.nth(i).get_attribute("data-position")) for i in range(shown.count())] == indicator["events"][:500]
+    assert indicator["name"] in page.text_content("#drill h2")
+    session.shot("assessment-drill-down")
+    session.close()
+
+    session = demo_signed_in("auditor", None)  # an auditor reads events one by one: one behind the score, verified
+    page = session.open(f"/assessment?year={year}&unit_type=community")
+    expect(page.locator("#assessment p[data-cutoff]")).to_have_attribute("data-cutoff", str(cutoff))
+    page.click(f"#assessment tr[data-unit='{unit['unit']}'] button[data-indicator='{indicator['code']}']")
+    page.click("#drill ol.positions a >> nth=0")
+    expect(page.locator("#verdict")).to_have_attribute("data-verdict", "ok", timeout=10_000)
+    assert page.input_value("#position") == str(indicator["events"][0])
+    session.close()
+
+    session = demo_signed_in("community", "tishu", phone=True)
+    page = session.open(f"/assessment?year={this_year}")
+    page.wait_for_selector("#assessment tbody tr")
+    page.wait_for_selector("#finalisations p")
+    if not api(demo, f"/v1/assessments/{this_year}/final", "community", "tishu").json():
+        assert page.locator("#finalisations p.provisional").count() == 1
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
+    session.close()
+
+    refused(
+        demo_signed_in, "volunteer", "tishu", "/assessment", "#assessment"
+    )  # not an assessment reader: no link, and the API's refusal
+
+
+def all_reports(served: Served, role: str, unit: str | None) -> list[dict[str, Any]]:
+    """Every report the token reads, page by page."""
+    items: list[dict[str, Any]] = []
+    cursor: dict[str, str] = {}
+    while True:
+        page = api(served, "/v1/reports", role, unit, limit="200", **cursor).json()
+        items += page["items"]
+        if not page["next_cursor"]:
+            return items
+        cursor = {"cursor": page["next_cursor"]}
+
+
+def test_the_case_map_places_reports_over_the_grid_boundaries(
+    demo_signed_in: Callable[..., Session], demo: Served
+) -> None:
+    """The demo's grid boundaries drawn with ECharts (no tiles), its reports with coordinates as points, by grid."""
+    boundaries = api(demo, "/v1/org/boundaries", "district", "dangtu").json()
+    reports = all_reports(demo, "district", "dangtu")
+    placed = [r for r in reports if r["lat"] is not None and r["long"] is not None]
+    assert boundaries["features"] and placed, "baton demo draws the grids and places reports raised through the apps"
+    session = demo_signed_in("district", "dangtu")
+    assert "/map" in nav_links(session.page)
+    page = session.open("/map")
+    chart = page.locator("#map-chart")
+    expect(chart).to_have_attribute("data-points", str(len(placed)))
+    assert chart.get_attribute("data-regions") == str(len(boundaries["features"]))
+    assert page.locator("#map-chart canvas").count() == 1
+    by_grid: dict[str, int] = {}
+    for r in reports:
+        by_grid[r["grid_id"] or ""] = by_grid.get(r["grid_id"] or "", 0) + 1
+    rows = page.locator("#map-grids tbody tr")
+    assert {
+        rows.nth(i).get_attribute("data-grid"): int(rows.nth(i).locator("td.reports").text_content())
+        for i in range(rows.count())
+    } == by_grid
+    session.shot("map-district")
+    session.close()
+
+    session = demo_signed_in("community", "tishu", phone=True)
+    page = session.open("/map")
+    own = [r for r in all_reports(demo, "community", "tishu") if r["lat"] is not None]
+    expect(page.locator("#map-chart")).to_have_attribute("data-points", str(len(own)))
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
+    session.shot("map-community-phone")
+    session.close()
+
+    refused(
+        demo_signed_in, "department", "PSB", "/map", "#map-error"
+    )  # departments read whistles, not residents' reports
+
+
+def test_a_finalised_month_shows_its_digest_and_signed_root_on_the_ranking_page(
+    demo_signed_in: Callable[..., Session], demo: Served
+) -> None:
+    """The admin finalises last month over HTTP; the ranking page gives it as finalised, as the API does."""
+    now = datetime.now(ZoneInfo("Asia/Shanghai"))
+    month = f"{now.year - 1}-12" if now.month == 1 else f"{now.year}-{now.month - 1:02d}"
+    r = httpx.post(f"{demo.url}/v1/rankings/{month}/finalise", json={}, headers=demo.auth("admin", None, "root"))
+    assert r.status_code == 201, r.text
+    ranking = api(demo, f"/v1/rankings/{month}", "district", "dangtu", unit_type="community").json()
+    assert ranking["final"]["digest"] == r.json()["digests"]["community"]
+    session = demo_signed_in("district", "dangtu")
+    page = session.open(f"/rankings?month={month}&unit_type=community")
+    note = page.locator("#ranking p.final")
+    expect(note).to_have_attribute("data-digest", ranking["final"]["digest"])
+    assert note.get_attribute("data-tree-size") == str(ranking["final"]["tree_size"])
+    assert ranking["final"]["root"] in note.text_content()
+    rows = page.locator("#ranking tbody tr")
+    assert [rows.nth(i).get_attribute("data-unit") for i in range(rows.count())] == [
+        u["unit"] for u in ranking["units"]
+    ]
+    session.shot("ranking-finalised")
+    page = session.open(f"/rankings?month={now.strftime('%Y-%m')}")
+    expect(page.locator("#ranking p.provisional")).to_have_count(1)
+    session.close()

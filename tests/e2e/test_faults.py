@@ -138,6 +138,7 @@ def _pg_cluster() -> list[str]:
     return ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
 
 
+@pytest.mark.exclusive
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 async def test_postgres_restarted(settings: Settings, tmp_path: Path) -> None:
     if shutil.which("pg_ctlcluster") is None:

@@ -12,6 +12,8 @@ import shutil
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +48,8 @@ class Department:
         self.sent: dict[str, bytes] = {}
         self.outcomes: list[Any] = []
         self.inbox: list[Any] = []
-        self.generation = 0
-        """Bumped by the test when NATS lost its data: what is read from then on comes from the new streams."""
-        self.read_in: dict[int, int] = {}  # id(msg) -> the generation it was read in
+        self.lost_at: datetime | None = None
+        """When NATS lost its data (set by the test): a message JetStream stored after it is in the new streams."""
         self._seen: set[tuple[int, int]] = set()  # (stream sequence, timestamp): a redelivery is not a second copy
         self.task: asyncio.Task[None] | None = None
 
@@ -90,7 +91,6 @@ class Department:
                 if key in self._seen:
                     continue
                 self._seen.add(key)
-                self.read_in[id(msg)] = self.generation
                 (self.outcomes if msg.subject.endswith(".outcome") else self.inbox).append(msg)
 
     def start(self) -> None:
@@ -101,6 +101,11 @@ class Department:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
+
+    def generation(self, msg: Any) -> int:
+        """0 for a message of the streams before the loss, 1 for one of the streams after it (by when it was stored:
+        a message of the old streams may still be read after the test learns of the loss, on a loaded machine)."""
+        return int(self.lost_at is not None and msg.metadata.timestamp >= self.lost_at)
 
     def answered(self) -> Counter[str]:
         return Counter(json.loads(m.data)["command_id"] for m in self.outcomes)
@@ -151,7 +156,7 @@ def check_department(dept: Department, expected: dict[str, int], lost_after: int
         ("outcomes", dept.outcomes, lambda m: json.loads(m.data)["command_id"]),
         ("inbox copies", dept.inbox, lambda m: m.headers["Nats-Msg-Id"]),
     ):
-        per_generation = Counter((dept.read_in[id(m)], ident(m)) for m in messages)
+        per_generation = Counter((dept.generation(m), ident(m)) for m in messages)
         twice = [key for key, n in per_generation.items() if n > 1]
         assert not twice, f"{kind} twice on one durable: {twice[:5]}"
         across = Counter(ident(m) for m in messages)
@@ -194,16 +199,22 @@ async def repeat_first_command(dept: Department, timeout: float = 20.0) -> str:
     return first
 
 
-async def lose(fault: str, nc: Client, server: EmbeddedNats) -> None:
-    """Delete BATON_EVENTS, or kill the nats-server, delete its store dir and start it again on the same port."""
+async def lose(
+    fault: str, nc: Client, server: EmbeddedNats, position: Callable[[], Awaitable[int]]
+) -> tuple[datetime, int]:
+    """Delete BATON_EVENTS, or kill the nats-server, delete its store dir and start it again on the same port; the
+    moment the old data was gone (the old server stores nothing after it) and the store's position then (a copy of
+    an event after it cannot have gone to the old streams)."""
     if fault == "stream_deleted":
         await nc.jetstream().delete_stream(EVENTS_STREAM)
-        return
+        return datetime.now(UTC), await position()
     assert server.process is not None
     server.kill()
     await server.stop()
+    lost_at, lost_after = datetime.now(UTC), await position()
     await asyncio.to_thread(shutil.rmtree, server.dir)
     await server.start()
+    return lost_at, lost_after
 
 
 async def until_republished(nc: Client, position: int, timeout: float = 120.0) -> float:
@@ -257,8 +268,9 @@ async def test_the_runtime_rebuilds_nats_from_the_store(
             await asyncio.sleep(1.5)
             top = await asyncio.to_thread(baton.store.max_position)
             lost_at = time.monotonic()
-            await lose(fault, nc, nats_server)
-            housing.generation = 1
+            housing.lost_at, lost_after = await lose(
+                fault, nc, nats_server, lambda: asyncio.to_thread(baton.store.max_position)
+            )
             republished_s = await until_republished(nc, top)
             await asyncio.sleep(1.5)  # commands go on after the recovery
             stopping = True
@@ -284,7 +296,9 @@ async def test_the_runtime_rebuilds_nats_from_the_store(
         if entry["log_level"] in ("warning", "error") and entry["event"] != "command_rejected":
             print("nats-loss-log", {k: v for k, v in entry.items() if k != "exc_info"})
     figures = check_department(
-        housing, await asyncio.to_thread(expected_copies, baton, "HOUSING"), top if fault == "data_dir_lost" else None
+        housing,
+        await asyncio.to_thread(expected_copies, baton, "HOUSING"),
+        lost_after if fault == "data_dir_lost" else None,
     )
     # every accepted command's events are in the store once
     by_correlation = Counter(e.correlation_id for e in baton.source.envelopes(0, 10_000_000))
@@ -372,8 +386,8 @@ async def test_serve_rebuilds_nats_from_the_store(settings: Settings, tmp_path: 
         try:
             await asyncio.sleep(2.5)
             top = (await served.ready())["store"]["position"]
-            await lose(fault, nc, server)
-            psb.generation = housing.generation = 1
+            psb.lost_at, lost_after = await lose(fault, nc, server, served.position)
+            housing.lost_at = psb.lost_at
             republished_s = await until_republished(nc, top)
             await asyncio.sleep(2.0)
         finally:
@@ -391,7 +405,7 @@ async def test_serve_rebuilds_nats_from_the_store(settings: Settings, tmp_path: 
         await housing.stop()
         for conn in (psb.nc, housing.nc, nc):
             await conn.close()
-        lost_after = top if fault == "data_dir_lost" else None
+        lost_after = lost_after if fault == "data_dir_lost" else None
         first_outcomes = {json.loads(m.data)["command_id"]: m for m in reversed(psb.outcomes)}  # repeats: checked below
         result = await audit(served, load, outcomes=list(first_outcomes.values()))  # stops serve, rebuilds read models
         await load.close()
@@ -433,6 +447,9 @@ async def test_serve_rebuilds_nats_from_the_store(settings: Settings, tmp_path: 
     assert result.rejected_with_events == 0
     assert result.nats_rejected_with_events == 0 and result.nats_accepted_without_events == 0
     assert result.read_models_match_rebuild
-    assert "degraded" in statuses
+    if fault == "data_dir_lost":
+        # A server down for seconds is seen; a deleted stream of this small history is recreated and refilled within
+        # one poll of a loaded machine (the in-process test above sees it on a longer history).
+        assert "degraded" in statuses
     for event in ("stream_lost", "stream_recreated", "relay_republished"):
         assert f'"{event}"' in log, event

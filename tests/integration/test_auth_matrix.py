@@ -45,6 +45,10 @@ DASHBOARD = {
     "GET /scorecards",
     "GET /reports",
     "GET /audit",
+    "GET /volunteering",
+    "GET /branches",
+    "GET /assessment",
+    "GET /map",
     "GET /demo/actors",
     "GET /assets/htmx.min.js",
     "GET /assets/echarts.min.js",
@@ -500,6 +504,10 @@ POLICY: dict[str, tuple[Case, ...]] = {
             post("/v1/assessments/2025/void", {"reason": "finalised by mistake"}), {Role.ADMIN: ANY, Role.DISTRICT: IN}
         ),
     ),
+    "POST /v1/rankings/{month}/finalise": (
+        Case(post("/v1/rankings/2025-12/finalise", {}), {Role.ADMIN: ANY, Role.DISTRICT: IN}),
+    ),
+    "GET /v1/rankings/{month}/finalisations": (Case(get("/v1/rankings/2025-12/finalisations"), LEAGUE_TABLES),),
     "GET /v1/assessments/{year}/final": (Case(get("/v1/assessments/2026/final"), LEAGUE_TABLES),),
     "GET /v1/assessments/{year}/finalisations": (Case(get("/v1/assessments/2026/finalisations"), LEAGUE_TABLES),),
     # The audit trail is the whole log, for those who check it.

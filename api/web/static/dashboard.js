@@ -9,6 +9,7 @@
   var TOKEN_KEY = "baton.token";
   var labels = {};
   var pendingCharts = {};
+  var assessment = null;  // the assessment the page shows, for its drill-down
   var chartSeq = 0;
   try { labels = JSON.parse(document.getElementById("labels").textContent); } catch (e) { labels = {}; }
 
@@ -99,6 +100,201 @@
         return '<option value="' + esc(u.id) + '"' + (u.id === selected ? " selected" : "") + ">" + esc(u.name) + "</option>";
       }).join("");
     },
+    "own-community-options": function (org, elt) {
+      // The communities this token's unit covers (every one for a county-wide role); the API still decides.
+      var units = org.units || [], byId = {};
+      units.forEach(function (u) { byId[u.id] = u; });
+      var c = claims(token()) || {};
+      var mine = c.unit && byId[c.unit] ? c.unit : null;
+      function within(id) {
+        for (var at = byId[id]; at; at = byId[at.parent]) if (at.id === mine) return true;
+        return false;
+      }
+      var home = mine && byId[mine].kind === "grid" ? byId[mine].parent : null;
+      var communities = units.filter(function (u) {
+        return u.kind === "community" && (!mine || u.id === home || within(u.id));
+      });
+      var wanted = elt.getAttribute("data-selected") || home || (communities[0] || {}).id || "";
+      return communities.map(function (u) {
+        return '<option value="' + esc(u.id) + '"' + (u.id === wanted ? " selected" : "") + ">" + esc(u.name) + "</option>";
+      }).join("");
+    },
+    leaderboard: function (rows) {
+      if (!rows.length) return '<p class="empty">' + esc(t("volunteering.empty")) + "</p>";
+      var body = rows.map(function (v) {
+        return '<tr data-volunteer="' + esc(v.volunteer_id) + '"><td class="rank">' + esc(v.rank) + "</td>" +
+          "<td>" + esc(v.name === null ? t("volunteering.erased") : v.name) +
+          (v.party_member ? ' <span class="tag">' + esc(t("volunteering.party_member")) + "</span>" : "") + "</td>" +
+          '<td class="num earned">' + esc(v.earned) + "</td>" +
+          '<td class="num balance">' + esc(v.balance) + "</td>" +
+          '<td class="num redeemed">' + esc(v.redeemed) + "</td>" +
+          '<td class="num expired">' + esc(v.expired) + "</td>" +
+          '<td class="num hours">' + esc(v.hours) + "</td></tr>";
+      });
+      var top = rows.slice(0, 10);
+      var option = {
+        animation: false,
+        grid: { left: 8, right: 16, top: 32, bottom: 8, containLabel: true },
+        tooltip: { trigger: "axis" },
+        legend: { data: [t("volunteering.earned"), t("volunteering.balance")] },
+        xAxis: { type: "category", data: top.map(function (v) { return v.name === null ? "–" : v.name; }), axisLabel: { interval: 0, rotate: 30 } },
+        yAxis: { type: "value" },
+        series: [
+          { type: "bar", name: t("volunteering.earned"), data: top.map(function (v) { return Number(v.earned); }) },
+          { type: "bar", name: t("volunteering.balance"), data: top.map(function (v) { return Number(v.balance); }) }
+        ]
+      };
+      return chart(option) + table([t("rankings.rank"), t("volunteering.volunteer"), t("volunteering.earned"),
+        t("volunteering.balance"), t("volunteering.redeemed"), t("volunteering.expired"), t("volunteering.hours")],
+        body, "leaderboard");
+    },
+    rewards: function (rows) {
+      if (!rows.length) return '<p class="empty">' + esc(t("volunteering.no_rewards")) + "</p>";
+      var body = rows.map(function (r) {
+        return '<tr data-reward="' + esc(r.reward_id) + '"' + (r.stock === 0 ? ' class="out"' : "") + "><td>" +
+          esc(r.name) + "</td>" + '<td class="num cost">' + esc(r.cost) + "</td>" +
+          '<td class="num stock">' + esc(r.stock) + (r.stock === 0 ? ' <span class="flag">' +
+            esc(t("volunteering.out_of_stock")) + "</span>" : "") + "</td>" +
+          '<td class="num handed-out">' + esc(r.handed_out) + "</td></tr>";
+      });
+      return table([t("volunteering.reward"), t("volunteering.cost"), t("volunteering.stock"),
+        t("volunteering.handed_out")], body, "rewards");
+    },
+    lapses: function (rows) {
+      // A lapse is a ledger entry against the balance: the API gives it negative; the total is the points lost.
+      var lapsed = rows.filter(function (v) { return Number(v.expired) !== 0; });
+      var total = lapsed.reduce(function (n, v) { return n + Math.abs(Number(v.expired)); }, 0);
+      var summary = '<p class="lapse-total" data-total="' + esc(total.toFixed(2)) + '">' +
+        esc(t("volunteering.lapsed_total", { points: total.toFixed(2), n: lapsed.length })) + "</p>";
+      if (!lapsed.length) return summary;
+      var body = lapsed.map(function (v) {
+        return '<tr data-volunteer="' + esc(v.volunteer_id) + '"><td>' + esc(v.name === null ? t("volunteering.erased") : v.name) +
+          '</td><td class="num expired">' + esc(v.expired) + '</td><td class="num balance">' + esc(v.balance) + "</td></tr>";
+      });
+      return summary + table([t("volunteering.volunteer"), t("volunteering.expired"), t("volunteering.balance")], body, "lapses");
+    },
+    "branch-overview": function (o) {
+      var grades = Object.keys(o.by_grade || {});
+      var colours = { red_flag: "#c23531", exemplary: "#d48265", standard: "#5b8c7a", below_standard: "#6b7280" };
+      var option = {
+        animation: false,
+        tooltip: { trigger: "item" },
+        legend: { bottom: 0 },
+        series: [{
+          type: "pie", radius: ["35%", "65%"], label: { formatter: "{b}: {c}" },
+          data: grades.map(function (g) {
+            return { name: label("grade", g), value: o.by_grade[g], itemStyle: { color: colours[g] || "#5470c6" } };
+          })
+        }]
+      };
+      return '<div class="cards"><div class="card figure"><span class="n" id="n-branches">' + esc(o.branches) +
+        "</span><span>" + esc(t("branches.count")) + '</span></div><div class="card figure warn"><span class="n" id="n-open-rect">' +
+        esc(o.open_rectifications) + "</span><span>" + esc(t("branches.open")) + "</span></div>" +
+        '<div class="card figure alert"><span class="n" id="n-overdue-rect">' + esc(o.overdue_rectifications) +
+        "</span><span>" + esc(t("branches.overdue")) + "</span></div></div>" + chart(option);
+    },
+    branches: function (rows) {
+      if (!rows.length) return '<p class="empty">' + esc(t("branches.empty")) + "</p>";
+      var body = rows.map(function (b) {
+        return '<tr data-branch="' + esc(b.branch_id) + '"' + (b.overdue_rectifications ? ' class="overdue"' : "") + ">" +
+          '<td><button type="button" class="link" hx-get="/v1/branches/' + esc(encodeURIComponent(b.branch_id)) +
+          '" hx-target="#branch-detail" data-render="branch">' + esc(b.name) + "</button></td>" +
+          "<td>" + esc(b.community_id || b.parent_id) + "</td>" +
+          '<td class="grade">' + (b.grade ? '<span class="grade g-' + esc(b.grade) + '">' + esc(label("grade", b.grade)) +
+            "</span>" : "–") + "</td>" +
+          '<td class="num total">' + esc(b.total === null ? "–" : b.total) + "</td>" +
+          "<td>" + esc(b.last_audit_on || "–") + "</td>" +
+          '<td class="num open">' + esc(b.open_rectifications) + "</td>" +
+          '<td class="num overdue">' + esc(b.overdue_rectifications) + "</td></tr>";
+      });
+      return table([t("branches.branch"), t("col.community"), t("branches.grade"), t("branches.total"),
+        t("branches.last_audit"), t("branches.open"), t("branches.overdue")], body, "branches");
+    },
+    branch: function (b) {
+      var audit = (b.audit_history || [])[0] || null;
+      (b.audit_history || []).forEach(function (a) { if (!audit || a.position > audit.position) audit = a; });
+      var parts = ['<h2 data-branch="' + esc(b.branch_id) + '">' + esc(b.name) + " · " +
+        esc(b.grade ? label("grade", b.grade) : "–") + "</h2>"];
+      if (audit) {
+        var aspects = audit.aspects || [];
+        var option = {
+          animation: false,
+          grid: { left: 8, right: 24, top: 16, bottom: 8, containLabel: true },
+          tooltip: { trigger: "axis" },
+          xAxis: { type: "value", min: 0, max: 100, name: "%" },
+          yAxis: { type: "category", inverse: true, data: aspects.map(function (a) { return label("aspect", a.code); }) },
+          series: [{ type: "bar", label: { show: true, position: "right" }, data: aspects.map(function (a) {
+            return Number(a.weight) ? Math.round(10000 * Number(a.score) / Number(a.weight)) / 100 : 0;
+          }) }]
+        };
+        parts.push('<p class="help">' + esc(t("branches.audited", { on: audit.audited_on, version: audit.standard_version,
+          total: audit.total })) + "</p>" + chart(option) + table([t("branches.aspect"), t("branches.score"), t("branches.weight")],
+          aspects.map(function (a) {
+            return '<tr data-aspect="' + esc(a.code) + '"><td>' + esc(label("aspect", a.code)) + '</td><td class="num score">' +
+              esc(a.score) + '</td><td class="num weight">' + esc(a.weight) + "</td></tr>";
+          }), "aspects"));
+      } else {
+        parts.push('<p class="empty">' + esc(t("branches.not_audited")) + "</p>");
+      }
+      var rects = b.rectifications || [];
+      parts.push("<h3>" + esc(t("branches.rectifications")) + "</h3>");
+      parts.push(rects.length ? table([t("branches.finding"), t("col.due"), t("col.status")], rects.map(function (r) {
+        return '<tr data-rectification="' + esc(r.rectification_id) + '" data-status="' + esc(r.status) + '"' +
+          (r.status === "overdue" ? ' class="overdue"' : "") + '><td class="text">' + esc(r.text) + "</td><td>" +
+          esc(r.due_on) + '</td><td><span class="status s-' + esc(r.status) + '">' + esc(label("rectification", r.status)) +
+          "</span></td></tr>";
+      }), "rectifications") : '<p class="empty">' + esc(t("branches.no_rectifications")) + "</p>");
+      return parts.join("");
+    },
+    assessment: function (a) {
+      assessment = a;
+      document.getElementById("drill").innerHTML = "";
+      var units = (a.units || []).slice().sort(function (x, y) {
+        return (x.rank === null) - (y.rank === null) || (x.rank || 0) - (y.rank || 0) || (x.unit < y.unit ? -1 : 1);
+      });
+      if (!units.length) return '<p class="empty">' + esc(t("assessment.empty")) + "</p>";
+      var indicators = units[0].indicators || [];
+      var body = units.map(function (u) {
+        return '<tr data-unit="' + esc(u.unit) + '"><td class="rank">' + esc(u.rank === null ? "–" : u.rank) + "</td><td>" +
+          esc(u.name) + '</td><td class="num total">' + esc(u.total === null ? "–" : u.total) + '</td><td class="grade">' +
+          esc(u.grade ? label("agrade", u.grade) : "–") + "</td>" + u.indicators.map(function (i) {
+            return '<td class="num ind" data-indicator="' + esc(i.code) + '"><button type="button" class="link drill" data-unit="' +
+              esc(u.unit) + '" data-indicator="' + esc(i.code) + '">' + esc(i.score === null ? "–" : i.score) + "</button></td>";
+          }).join("") + "</tr>";
+      });
+      var ranked = units.filter(function (u) { return u.total !== null; });
+      var option = {
+        animation: false,
+        grid: { left: 8, right: 16, top: 32, bottom: 8, containLabel: true },
+        tooltip: { trigger: "axis" },
+        xAxis: { type: "category", data: ranked.map(function (u) { return u.name; }), axisLabel: { interval: 0, rotate: 30 } },
+        yAxis: { type: "value", min: 0, max: 100, name: t("assessment.total") },
+        series: [{ type: "bar", data: ranked.map(function (u) { return Number(u.total); }), label: { show: true, position: "top" } }]
+      };
+      return '<p class="help" data-cutoff="' + esc(a.cutoff_position) + '">' + esc(t("assessment.cutoff",
+        { version: a.scheme_version, position: a.cutoff_position })) + "</p>" + chart(option) +
+        table([t("rankings.rank"), t("rankings.unit"), t("assessment.total"), t("assessment.grade")].concat(
+          indicators.map(function (i) { return i.name + " (" + i.weight + ")"; })), body, "assessment");
+    },
+    finalisations: function (rows) {
+      var standing = rows.filter(function (f) { return !f.voided; });
+      // A finalised unit type is shown as finalised: its scores at the finalisation's cut-off, not as of now.
+      var form = document.getElementById("assessment-filter");
+      var type = form.querySelector("[name=unit_type]").value;
+      var final = standing.filter(function (f) { return f.unit_type === type; })[0];
+      var cutoff = form.querySelector("[name=position]");
+      var wanted = final ? String(final.cutoff_position) : "";
+      if (cutoff.value !== wanted) {
+        cutoff.value = wanted;
+        setTimeout(function () { window.htmx.trigger(form, "change"); }, 0);
+      }
+      if (!standing.length) return '<p class="help provisional">' + esc(t("assessment.provisional")) + "</p>";
+      return standing.map(function (f) {
+        return '<p class="ok final" data-unit-type="' + esc(f.unit_type) + '" data-tree-size="' + esc(f.tree_size) + '">' +
+          esc(t("assessment.final", { type: label("unit_type", f.unit_type), size: f.tree_size, root: f.root,
+            at: when(f.finalised_at) })) + "</p>";
+      }).join("");
+    },
     board: function (page) {
       var items = page.items || [];
       if (!items.length) return '<p class="empty">' + esc(t("board.empty")) + "</p>";
@@ -141,7 +337,10 @@
     },
     ranking: function (r) {
       var units = r.units || [];
-      if (!units.length) return '<p class="empty">' + esc(t("rankings.empty")) + "</p>";
+      var final = r.final ? '<p class="ok final" data-digest="' + esc(r.final.digest) + '" data-tree-size="' +
+        esc(r.final.tree_size) + '">' + esc(t("rankings.final", { at: when(r.final.finalised_at), size: r.final.tree_size,
+          root: r.final.root, digest: r.final.digest })) + "</p>" : '<p class="help provisional">' + esc(t("rankings.provisional")) + "</p>";
+      if (!units.length) return final + '<p class="empty">' + esc(t("rankings.empty")) + "</p>";
       var rows = units.map(function (u) {
         return '<tr data-unit="' + esc(u.unit) + '"><td class="rank">' + esc(u.rank === null ? "–" : u.rank) + "</td>" +
           "<td>" + esc(u.name) + "</td>" +
@@ -170,7 +369,7 @@
           label: { show: true, position: "top" }
         }]
       };
-      return chart(option) + table([t("rankings.rank"), t("rankings.unit"), t("rankings.cases"), t("rankings.response"),
+      return final + chart(option) + table([t("rankings.rank"), t("rankings.unit"), t("rankings.cases"), t("rankings.response"),
         t("rankings.resolution"), t("rankings.satisfaction"), t("rankings.composite"), t("rankings.change"),
         t("rankings.class")], rows, "ranking");
     },
@@ -264,18 +463,55 @@
     }
     var params = evt.detail.parameters;
     var names = Object.keys(params);
+    var missing = false;
     evt.detail.path = evt.detail.path.replace(/\{(\w+)\}/g, function (m, name) {
       var value = params[name];
       delete params[name];
+      if (!value) missing = true;
       return encodeURIComponent(value || "");
     });
+    if (missing) { evt.preventDefault(); return; } // a choice the page has not made yet (its options still loading)
     names.forEach(function (name) { if (params[name] === "") delete params[name]; });
   });
 
-  document.addEventListener("htmx:afterSettle", function (evt) { drawCharts(evt.detail.target || document); });
+  document.addEventListener("htmx:afterSettle", function (evt) {
+    drawCharts(evt.detail.target || document);
+    var elt = evt.detail.elt;
+    if (elt && elt.getAttribute && elt.getAttribute("data-render") === "own-community-options") {
+      window.htmx.trigger(document.body, "baton:ready");  // the community is chosen: the page's parts read it
+    }
+  });
   document.addEventListener("htmx:sendError", function (evt) {
     var target = evt.detail.target;
     if (target) target.innerHTML = errorBox(0, null);
+  });
+
+  // The assessment's drill-down: an indicator of a unit, its formula, facts and the events behind it ------------
+  var DRILL_SHOWN = 500;
+  document.addEventListener("click", function (evt) {
+    var button = evt.target.closest ? evt.target.closest("button.drill") : null;
+    if (!button || !assessment) return;
+    var unit = (assessment.units || []).filter(function (u) { return u.unit === button.getAttribute("data-unit"); })[0];
+    if (!unit) return;
+    var ind = unit.indicators.filter(function (i) { return i.code === button.getAttribute("data-indicator"); })[0];
+    var events = ind.events || [];
+    var facts = Object.keys(ind.facts || {}).map(function (f) {
+      return '<tr data-fact="' + esc(f) + '"><td><code>' + esc(f) + '</code></td><td class="num">' + esc(ind.facts[f]) + "</td></tr>";
+    });
+    var links = events.slice(0, DRILL_SHOWN).map(function (p) {
+      return '<li><a data-position="' + esc(p) + '" href="/audit?lang=' + esc(encodeURIComponent(lang())) + "&amp;position=" +
+        esc(p) + '">' + esc(p) + "</a></li>";
+    });
+    var drill = document.getElementById("drill");
+    drill.innerHTML = '<h2 data-unit="' + esc(unit.unit) + '" data-indicator="' + esc(ind.code) + '">' + esc(unit.name) +
+      " · " + esc(ind.name) + "</h2><dl><dt>" + esc(t("assessment.formula")) + "</dt><dd><code>" + esc(ind.formula) +
+      "</code></dd><dt>" + esc(t("assessment.value")) + "</dt><dd>" + esc(ind.value === null ? "–" : ind.value) + "</dd><dt>" +
+      esc(t("assessment.score")) + "</dt><dd>" + esc(ind.score === null ? "–" : ind.score) + "</dd></dl>" +
+      table([t("assessment.fact"), t("assessment.count")], facts, "facts") +
+      '<h3 data-events="' + esc(events.length) + '">' + esc(t("assessment.events", { n: events.length })) + "</h3>" +
+      '<p class="help">' + esc(t("assessment.events_help")) + '</p><ol class="positions">' + links.join("") + "</ol>" +
+      (events.length > DRILL_SHOWN ? '<p class="help">' + esc(t("assessment.more", { n: DRILL_SHOWN })) + "</p>" : "");
+    drill.scrollIntoView({ block: "start" });
   });
 
   // The overview: every whistle this token sees (up to 2,000), counted in the browser -----------------------------
@@ -309,6 +545,88 @@
     }).catch(function () {
       document.getElementById("overview-error").innerHTML = errorBox(0, null);
     });
+  }
+
+  // The map: residents' reports where they carry coordinates, over the grids' boundaries (no tiles: offline) ----
+  function casemap() {
+    var section = document.getElementById("casemap");
+    if (!section || !token()) return;
+    var reports = [], LIMIT = 200, MAX_PAGES = 10;
+    function page(cursor, n) {
+      return api("/v1/reports?limit=" + LIMIT + (cursor ? "&cursor=" + encodeURIComponent(cursor) : "")).then(function (r) {
+        if (r.status !== 200) throw r;
+        reports = reports.concat(r.body.items || []);
+        return r.body.next_cursor && n < MAX_PAGES ? page(r.body.next_cursor, n + 1) : !!r.body.next_cursor;
+      });
+    }
+    Promise.all([api("/v1/org/boundaries"), api("/v1/org"), page(null, 1)]).then(function (answers) {
+      var bounds = answers[0], org = answers[1], more = answers[2];
+      if (bounds.status !== 200) throw bounds;
+      if (org.status !== 200) throw org;
+      drawCaseMap(bounds.body, org.body, reports, more);
+    }).catch(function (r) {
+      document.getElementById("map-error").innerHTML = r && r.status ? errorBox(r.status, r.body) : errorBox(0, null);
+    });
+  }
+
+  function drawCaseMap(collection, org, reports, more) {
+    var names = {};
+    (org.units || []).forEach(function (u) { names[u.id] = u.name; });
+    var features = collection.features || [];
+    var placed = reports.filter(function (r) { return r.lat !== null && r.long !== null; });
+    var byGrid = {};
+    reports.forEach(function (r) {
+      var key = r.grid_id || "";
+      var row = byGrid[key] || (byGrid[key] = { reports: 0, open: 0, placed: 0 });
+      row.reports += 1;
+      if (["closed", "merged", "unreasonable"].indexOf(r.status) < 0) row.open += 1;
+      if (r.lat !== null && r.long !== null) row.placed += 1;
+    });
+    var el = document.getElementById("map-chart");
+    el.setAttribute("data-points", String(placed.length));
+    el.setAttribute("data-regions", String(features.length));
+    document.getElementById("map-summary").textContent = t("map.summary", {
+      n: reports.length, placed: placed.length, grids: features.length
+    }) + (more ? t("overview.more", { n: reports.length }) : "");
+    var colours = { received: "#d97706", accepted: "#1d5fbf", escalated: "#c23531", resolved: "#15803d", closed: "#6b7280" };
+    var points = placed.map(function (r) {
+      return { name: r.description, value: [r.long, r.lat], status: r.status, itemStyle: { color: colours[r.status] || "#5470c6" } };
+    });
+    var scatter = {
+      type: "scatter", name: t("map.reports"), data: points, symbolSize: 12,
+      tooltip: { formatter: function (p) { return esc(p.data.name) + "<br>" + esc(label("status", p.data.status)); } }
+    };
+    var option;
+    if (features.length && window.echarts) {
+      window.echarts.registerMap("baton-grids", collection);
+      var counts = features.map(function (f) { return { name: f.id, value: (byGrid[f.id] || {}).reports || 0 }; });
+      var top = Math.max.apply(null, counts.map(function (c) { return c.value; }).concat([1]));
+      option = {
+        animation: false,
+        tooltip: { trigger: "item" },
+        visualMap: { min: 0, max: top, left: 8, bottom: 8, text: [t("map.many"), t("map.few")], inRange: { color: ["#f5f6f7", "#f4b183", "#c23531"] }, seriesIndex: 0 },
+        geo: { map: "baton-grids", nameProperty: "id", roam: true, itemStyle: { borderColor: "#646a73" } },
+        series: [
+          { type: "map", geoIndex: 0, name: t("map.by_grid"), data: counts,
+            tooltip: { formatter: function (p) { return esc(names[p.name] || p.name) + ": " + esc(p.value || 0); } } },
+          Object.assign(scatter, { coordinateSystem: "geo" })
+        ]
+      };
+    } else {
+      option = {  // no boundary drawn: the points on plain longitude/latitude axes
+        animation: false, tooltip: { trigger: "item" },
+        xAxis: { type: "value", scale: true, name: "E" }, yAxis: { type: "value", scale: true, name: "N" },
+        series: [scatter]
+      };
+    }
+    if (window.echarts) window.echarts.init(el).setOption(option);
+    var rows = Object.keys(byGrid).sort().map(function (g) {
+      var row = byGrid[g];
+      return '<tr data-grid="' + esc(g) + '"><td>' + esc(g ? names[g] || g : t("map.no_grid")) + '</td><td class="num reports">' +
+        esc(row.reports) + '</td><td class="num open">' + esc(row.open) + '</td><td class="num placed">' + esc(row.placed) + "</td></tr>";
+    });
+    document.getElementById("map-grids").innerHTML = rows.length ? table([t("map.grid"), t("map.reports"),
+      t("map.open"), t("map.placed")], rows, "grids") : '<p class="empty">' + esc(t("reports.empty")) + "</p>";
   }
 
   function weekOf(iso) {
@@ -448,6 +766,7 @@
           pending = null;
           if (window.htmx) window.htmx.trigger(document.body, "baton:changed");
           if (document.getElementById("overview")) overview();
+          if (document.getElementById("casemap")) casemap();
         }, 150);
       }
       last = position;
@@ -515,6 +834,9 @@
     if (c && who) {
       who.textContent = t("signin.as") + ": " + c.role + (c.unit ? " · " + c.unit : "");
       who.setAttribute("data-role", c.role);
+      Array.prototype.forEach.call(document.querySelectorAll("nav a[data-roles]"), function (a) {
+        a.hidden = a.getAttribute("data-roles").split(" ").indexOf(c.role) < 0;  // a courtesy: the API decides
+      });
       document.getElementById("signin-link").hidden = true;
       document.getElementById("signout").hidden = false;
     }
@@ -538,6 +860,7 @@
       return;
     }
     overview();
+    casemap();
     if (tok) audit();
     if (tok && !form) live();
   }
