@@ -25,8 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import rfc8785
-
+from audit import canonical
 from audit.merkle import EMPTY_ROOT, leaf_hash, node_hash
 from audit.note import Checkpoint, NoteError, Verifier
 from audit.scoring import score
@@ -255,12 +254,12 @@ def _check_events(
         following = next(lines, None)
         where = f"tree index {index}"
         try:
-            body = json.loads(line)
+            body = canonical.loads(line)
             position = int(body["position"])
         except (ValueError, KeyError, TypeError):
             raise Failed(EVENTS, f"the event at {where} (after position {previous_position}) is not readable") from None
         where = f"position {position} (tree index {index})"
-        if rfc8785.dumps(body) != line:
+        if canonical.dumps(body) != line:
             raise Failed(EVENTS, f"the event at {where} is altered: it is not in canonical form")
         leaf = leaf_hash(line)
         ours.add(leaf)
@@ -353,7 +352,9 @@ def _check_scores(
                 SCORES, f"the {year} {unit_type} assessment uses scheme {version}, which is not in the history"
             )
         types = EventTypes()
-        events = (types.current_body(json.loads(line)) for _, line in zip(range(size), _lines(bundle), strict=False))
+        events = (
+            types.current_body(canonical.loads(line)) for _, line in zip(range(size), _lines(bundle), strict=False)
+        )
         try:
             replayed = score(events, schemes[version], year, unit_type, cutoff)
         except DomainError as exc:

@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import rfc8785
 import structlog
 from eventsourcing.persistence import IntegrityError
 
+from audit import canonical as jcs
 from audit.merkle import EMPTY_ROOT, consistency_proof, inclusion_proof, leaf_hash, node_hash, split
 from audit.note import Checkpoint, Signer, read_private_key
 from infra.envelope import Envelope, EnvelopeCodec
@@ -53,7 +53,7 @@ def local_signing_key(data_dir: Path) -> LocalCopy:
 
 def canonical(envelope: Envelope) -> bytes:
     """The event's canonical bytes: RFC 8785 JSON of its public body."""
-    return rfc8785.dumps(envelope.body())
+    return jcs.dumps(envelope.body())
 
 
 class MerkleView(View):
