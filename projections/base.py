@@ -9,6 +9,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
 
+from audit.canonical import compact
 from domain.events import handlers_of
 from infra.envelope import Envelope
 from infra.sql import Fenced, PositionMoved, Tx, View
@@ -117,7 +118,8 @@ def catch_up_together(
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON text (audit.canonical.compact: json.dumps's text, faster)."""
+    return compact(value)
 
 
 def loads(text: str | None) -> Any:

@@ -84,3 +84,35 @@ def test_loads_refuses_what_json_refuses() -> None:
     for bad in (b"", b"{", b"[1,]", b'{"a":1}x'):
         with pytest.raises(ValueError):
             canonical.loads(bad)
+
+
+@settings(max_examples=800)
+@given(JSON)
+def test_compact_is_json_dumps(value: Any) -> None:
+    def reference(v: Any) -> str:
+        return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+
+    assert outcome(canonical.compact, value) == outcome(reference, value)
+
+
+def test_compact_leaves_other_types_to_json() -> None:
+    import enum
+    import uuid
+
+    class Colour(enum.Enum):
+        RED = "red"
+
+    for value in ({"u": uuid.UUID(int=1)}, [Colour.RED], {1: "int key"}, ["\ud800"], {"t": (1, "x")}, [1.5]):
+        expected = outcome(lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":")), value)
+        assert outcome(canonical.compact, value) == expected
+
+
+def test_dumps_refuses_what_rfc8785_refuses() -> None:
+    import enum
+    import uuid
+
+    class Colour(enum.Enum):
+        RED = "red"
+
+    for value in ({"u": uuid.UUID(int=1)}, [Colour.RED], uuid.UUID(int=1), {"t": (1, "x")}):
+        assert outcome(canonical.dumps, value) == outcome(rfc8785.dumps, value)
