@@ -96,7 +96,8 @@ def measure(argv: list[str], env: dict[str, str], log: Path) -> Measured:
 
 
 def notary_catch_up(data_dir: Path) -> None:
-    """Give every stored event its Merkle leaf (what `baton export` does first), in this process."""
+    """Give every stored event its Merkle leaf (what `baton export` does first): this process appends, helper
+    processes on both cores hash."""
     from infra.bootstrap import bootstrap
     from infra.logging import configure_logging
     from infra.settings import Settings
@@ -104,7 +105,7 @@ def notary_catch_up(data_dir: Path) -> None:
     configure_logging("warning", "console")
     baton = bootstrap(Settings(data_dir=data_dir))
     try:
-        print(json.dumps({"tree_size": baton.notary.catch_up()}))
+        print(json.dumps({"tree_size": baton.notary.catch_up(helpers=True)}))
     finally:
         baton.close()
 
