@@ -310,6 +310,10 @@ class EnvelopeCodec:
         """The event as the code reads it now: recorded, then upcast to its class's version."""
         return self.types.current(self.recorded(notification))
 
+    def name(self, topic: str) -> tuple[str, str]:
+        """(aggregate, type) of a stored event's topic, e.g. ("whistle", "blown")."""
+        return self._name(topic)
+
     def _name(self, topic: str) -> tuple[str, str]:
         name = self._names.get(topic)
         if name is None:
