@@ -45,6 +45,8 @@ STANDARDS_DIR = Path(__file__).resolve().parent.parent / "standards"
 err = Console(stderr=True, soft_wrap=True)
 REBUILD_BATCH = 10_000
 """Events per rebuild transaction of each read model: fewer commits (each an fsync) than the live batches."""
+REBUILD_HELP_FROM = 100_000
+"""Events from which helper processes decode for a rebuild (infra.helpers; each costs ~1 s to start)."""
 
 
 @contextmanager
@@ -837,7 +839,9 @@ def rebuild(
 
 def _rebuild(settings: Settings, name: str | None) -> None:
     from infra.bootstrap import bootstrap
-    from projections.base import catch_up_together
+    from infra.envelope import Envelope
+    from infra.helpers import helped, helper_envelopes
+    from projections.base import apply_together, catch_up_together
 
     baton = bootstrap(settings)
     try:
@@ -854,6 +858,10 @@ def _rebuild(settings: Settings, name: str | None) -> None:
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
         ) as progress:
             task = progress.add_task(", ".join(names), total=top or 1)
+            if top >= REBUILD_HELP_FROM:  # helper processes on both cores read and decode; this one applies
+                stretches = helped(settings, 0, top, helper_envelopes, REBUILD_BATCH)
+                batches = ([Envelope(*fields) for fields in found] for _, found in stretches)
+                apply_together(projections, batches, progress=lambda p: progress.update(task, completed=p))
             position = catch_up_together(
                 projections, batch_size=REBUILD_BATCH, progress=lambda p: progress.update(task, completed=p)
             )

@@ -21,6 +21,7 @@ import orjson
 from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscoder, Mapper, Notification, UUIDAsHex
 from eventsourcing.utils import resolve_topic
 
+from audit import canonical as jcs
 from domain.events import META_FIELDS, event_classes, public_name, upcast, version_of
 from domain.privacy import SEALED_PREFIX, Sealed
 from infra.privacy import SealedAsToken
@@ -90,6 +91,21 @@ class Envelope:
             body["type_version"] = self.type_version
         return body
 
+    def astuple(self) -> tuple[Any, ...]:
+        """The fields in order: Envelope(*envelope.astuple()) == envelope."""
+        return (
+            self.position,
+            self.aggregate,
+            self.aggregate_id,
+            self.version,
+            self.type,
+            self.occurred_at,
+            self.actor,
+            self.data,
+            self.correlation_id,
+            self.type_version,
+        )
+
     def to_json(self) -> bytes:
         return json.dumps(self.body(), ensure_ascii=False, separators=(",", ":")).encode()
 
@@ -113,6 +129,11 @@ class Envelope:
             correlation_id=correlation_id,
             type_version=int(body.get("type_version", 1)),
         )
+
+
+def canonical(envelope: Envelope) -> bytes:
+    """The event's canonical bytes: RFC 8785 JSON of its public body (what its Merkle leaf hashes)."""
+    return jcs.dumps(envelope.body())
 
 
 class EventTypes:

@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from infra.envelope import EnvelopeCodec
-from infra.notary import DOCUMENTED, HELP_FROM, Notary, _helper_lines, canonical, helped
+from infra.envelope import EnvelopeCodec, canonical
+from infra.helpers import DOCUMENTED, helped, helper_lines
+from infra.notary import HELP_FROM, Notary
 from infra.store import Store
 
 FORMAT = "baton-export/1"
@@ -96,7 +97,7 @@ def _write_helped(
     one writes them, with the notary's leaves, in order); return how many were written."""
     notary, written = baton.notary, 0
     top = notary.view.leaves(size - 1, size)[0][0]
-    for _, (positions, lines, documents) in helped(baton.store.settings, 0, top, _helper_lines):
+    for _, (positions, lines, documents) in helped(baton.store.settings, 0, top, helper_lines):
         stored = notary.view.leaves(written, written + len(positions))
         if [p for p, _ in stored] != positions:
             raise RuntimeError(f"tree leaves from {written} are not the store's positions {positions[:1]}...")

@@ -14,25 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
-import os
 import threading
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 from eventsourcing.persistence import IntegrityError
 
-from audit import canonical as jcs
 from audit.merkle import EMPTY_ROOT, consistency_proof, inclusion_proof, leaf_hash, node_hash, split
 from audit.note import Checkpoint, Signer, read_private_key
-from infra.envelope import Envelope, EnvelopeCodec
+from infra.envelope import EnvelopeCodec, canonical
+from infra.helpers import helped, helper_leaves
 from infra.secrets import LocalCopy, SecretName, SecretStore
-from infra.settings import Settings
 from infra.sql import Fenced, PositionMoved, Sql, Tx, View
 from infra.store import Store
 
@@ -56,83 +51,8 @@ def local_signing_key(data_dir: Path) -> LocalCopy:
     return LocalCopy(data_dir / "keys" / "checkpoint.ed25519", read_private_key)
 
 
-def canonical(envelope: Envelope) -> bytes:
-    """The event's canonical bytes: RFC 8785 JSON of its public body."""
-    return jcs.dumps(envelope.body())
-
-
 HELP_FROM = 100_000
 """Events behind from which catch_up(helpers=True) hashes in helper processes (each costs ~1 s to start)."""
-HELP_STRETCH = 20_000
-"""Positions one helper task reads, decodes, canonicalises and hashes."""
-
-_helper: tuple[Store, EnvelopeCodec] | None = None
-
-
-def _start_helper(settings: Settings) -> None:
-    """In a helper process: open the store and a codec, once."""
-    global _helper
-    store = Store(settings)
-    _helper = (store, EnvelopeCodec(store.mapper))
-
-
-def _helper_leaves(after: int, stop: int) -> tuple[list[int], bytes]:
-    """In a helper process: the positions in (after, stop] and their leaf hashes, 32 bytes each, concatenated."""
-    assert _helper is not None
-    store, codec = _helper
-    positions, hashes = [], bytearray()
-    while notifications := store.select(after, 2000, stop=stop):
-        for n in notifications:
-            positions.append(n.id)
-            hashes += leaf_hash(canonical(codec.recorded(n)))
-        after = notifications[-1].id
-    return positions, bytes(hashes)
-
-
-def _helper_lines(after: int, stop: int) -> tuple[list[int], bytes, list[dict[str, Any]]]:
-    """In a helper process: the positions in (after, stop], their canonical bytes as lines of events.jsonl, and the
-    bodies of the events whose documents an export copies (DOCUMENTED)."""
-    assert _helper is not None
-    store, codec = _helper
-    positions, lines, documents = [], bytearray(), []
-    while notifications := store.select(after, 2000, stop=stop):
-        for n in notifications:
-            envelope = codec.recorded(n)
-            positions.append(n.id)
-            lines += canonical(envelope) + b"\n"
-            if envelope.name in DOCUMENTED:
-                documents.append(envelope.body())
-        after = notifications[-1].id
-    return positions, bytes(lines), documents
-
-
-DOCUMENTED = frozenset({"assessment_scheme.published", "branch_standard.published", "assessment.finalised"})
-"""Events whose documents an export copies beside the events (infra.export)."""
-
-
-def helped(settings: Settings, after: int, top: int, work: Callable[[int, int], Any]) -> Iterator[tuple[int, Any]]:
-    """(after, work(after, stop)) for each stretch of HELP_STRETCH positions up to top, in order, computed by helper
-    processes on both cores (spawned: no fork of a process holding connections and threads), a few ahead."""
-    stretches = iter([(a, min(a + HELP_STRETCH, top)) for a in range(after, top, HELP_STRETCH)])
-    workers = max(1, min(2, os.cpu_count() or 1))
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, context, initializer=_start_helper, initargs=(settings,)) as pool:
-        pending: deque[tuple[int, Future[Any]]] = deque()
-        try:
-            for start, stop in stretches:
-                pending.append((start, pool.submit(work, start, stop)))
-                if len(pending) >= 2 * workers:
-                    break
-            while pending:
-                start, future = pending.popleft()
-                done = future.result()
-                following = next(stretches, None)
-                if following is not None:
-                    pending.append((following[0], pool.submit(work, *following)))
-                yield start, done
-        finally:
-            for _, left in pending:
-                left.cancel()
 
 
 class MerkleView(View):
@@ -300,7 +220,7 @@ class Notary:
         tracked, top = self.position(), self.store.max_position()
         if top - tracked < HELP_FROM:
             return
-        for after, (positions, hashes) in helped(self.store.settings, tracked, top, _helper_leaves):
+        for after, (positions, hashes) in helped(self.store.settings, tracked, top, helper_leaves):
             if not positions:
                 continue
             try:

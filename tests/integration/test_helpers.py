@@ -1,9 +1,12 @@
-"""The notary's catch-up with helper processes (both cores) gives every event the leaf release 0.1.0 signed, in
-order, and the tree a catch-up in one process makes; it stops where another notary got ahead, and that one goes on."""
+"""Helper processes (infra.helpers, both cores) change nothing but the time: the notary's catch-up gives every event
+the leaf release 0.1.0 signed and the tree one process makes, and stops where another notary got ahead; an export is
+the signed bundle byte for byte; a rebuild gives the recorded figures."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -11,10 +14,14 @@ import pytest
 from audit import verify as verify_module
 from audit.merkle import leaf_hash
 from audit.verify import Report, verify
+from infra import helpers as helpers_module
 from infra import notary as notary_module
+from infra.bootstrap import bootstrap
+from infra.clock import ManualClock
 from infra.notary import Notary, canonical
 from infra.settings import Settings
-from tests.scenarios import CORPUS, load, old_bundle
+from tests.corpus.record import read_figures
+from tests.scenarios import CORPUS, differences, load, old_bundle, recorded
 
 FIRST = CORPUS / "0.1.0"
 
@@ -23,7 +30,7 @@ def test_helpers_make_the_signed_leaves_and_tree(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(notary_module, "HELP_FROM", 1)
-    monkeypatch.setattr(notary_module, "HELP_STRETCH", 97)  # many stretches, none aligned with a subtree
+    monkeypatch.setattr(helpers_module, "HELP_STRETCH", 97)  # many stretches, none aligned with a subtree
     signed = (old_bundle(FIRST, tmp_path / "bundle") / "leaves.bin").read_bytes()
     baton = load(FIRST, tmp_path / "data", settings.store)
     try:
@@ -45,7 +52,7 @@ def test_helpers_make_the_signed_leaves_and_tree(
 
 def test_helpers_stop_where_another_notary_got_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(notary_module, "HELP_FROM", 1)
-    monkeypatch.setattr(notary_module, "HELP_STRETCH", 50)
+    monkeypatch.setattr(helpers_module, "HELP_STRETCH", 50)
     baton = load(FIRST, tmp_path / "data")
     try:
         view = baton.notary.view
@@ -73,7 +80,7 @@ def test_an_export_written_with_helpers_is_the_signed_bundle(tmp_path: Path, mon
 
     for module in (notary_module, export_module):
         monkeypatch.setattr(module, "HELP_FROM", 1)
-    monkeypatch.setattr(notary_module, "HELP_STRETCH", 97)
+    monkeypatch.setattr(helpers_module, "HELP_STRETCH", 97)
     old = old_bundle(FIRST, tmp_path / "bundle")
     baton = load(FIRST, tmp_path / "data")
     try:
@@ -91,3 +98,23 @@ def test_an_export_written_with_helpers_is_the_signed_bundle(tmp_path: Path, mon
     assert checked is not None  # the helpers' pass, not the one-process one after a doubt
     assert checked.finalised == json.loads((old / "finalised.json").read_text())
     assert verify_module.verify(new).events == len((old / "leaves.bin").read_bytes()) // 32
+
+
+def test_a_rebuild_with_helpers_gives_the_recorded_figures(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infra import cli
+
+    monkeypatch.setattr(cli, "REBUILD_HELP_FROM", 1)
+    monkeypatch.setattr(cli, "REBUILD_BATCH", 97)  # many batches, each a stretch of one helper task
+    baton = load(FIRST, tmp_path / "data", settings.store)
+    baton.close()
+    rebuilt_settings = Settings(data_dir=tmp_path / "data", store=settings.store)
+    cli._rebuild(rebuilt_settings, None)
+    baton = bootstrap(rebuilt_settings, ManualClock(datetime.fromisoformat(recorded(FIRST)["recorded_at"])))
+    try:
+        assert all(p.position() == baton.store.max_position() for p in baton.projections.values())
+        figures = asyncio.run(read_figures(baton))
+        assert differences(json.loads((FIRST / "figures.json").read_text()), figures) == []
+    finally:
+        baton.close()
