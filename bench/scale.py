@@ -251,7 +251,7 @@ def table(results: list[Step]) -> Table:
         title="County x 10: offline operations as the history grows "
         "(seconds · events/s · x its substrate in this run · a 200M-event city-year at that rate · peak RSS)"
     )
-    columns = ("events", "substrate", "notary catch-up", "rebuild (4 views)", "score (a year: community)", "export")
+    columns = ("events", "substrate", "notary catch-up", "rebuild (5 views)", "score (a year: community)", "export")
     for column in (*columns, "verify"):
         t.add_column(column, justify="right")
     previous = 0

@@ -239,19 +239,37 @@ class EnvelopeCodec:
         """recorded(), through eventsourcing's transcoder and jsonable() (the reference the fast path must equal)."""
         state: dict[str, Any] = self.mapper.transcoder.decode(notification.state)
         type_version = int(state.pop("class_version", 1))
-        aggregate, type_ = self._name(notification.topic)
         meta = state.get("meta") or {}
         timestamp = state["timestamp"]
+        return self._envelope(
+            notification,
+            timestamp.isoformat() if isinstance(timestamp, datetime) else str(timestamp),
+            meta.get("actor"),
+            {k: jsonable(v) for k, v in state.items() if k not in META_FIELDS},
+            meta.get("correlation_id"),
+            type_version,
+        )
+
+    def _envelope(
+        self,
+        notification: Notification,
+        occurred_at: str,
+        actor: dict[str, Any] | None,
+        data: dict[str, Any],
+        correlation_id: str | None,
+        type_version: int,
+    ) -> Envelope:
+        aggregate, type_ = self._name(notification.topic)
         return Envelope(
             position=notification.id,
             aggregate=aggregate,
             aggregate_id=str(notification.originator_id),
             version=notification.originator_version,
             type=type_,
-            occurred_at=timestamp.isoformat() if isinstance(timestamp, datetime) else str(timestamp),
-            actor=meta.get("actor"),
-            data={k: jsonable(v) for k, v in state.items() if k not in META_FIELDS},
-            correlation_id=meta.get("correlation_id"),
+            occurred_at=occurred_at,
+            actor=actor,
+            data=data,
+            correlation_id=correlation_id,
             type_version=type_version,
         )
 
@@ -288,19 +306,7 @@ class EnvelopeCodec:
             ):
                 raise _Slow
         actor, correlation_id = meta.get("actor"), meta.get("correlation_id")
-        aggregate, type_ = self._name(notification.topic)
-        return Envelope(
-            position=notification.id,
-            aggregate=aggregate,
-            aggregate_id=str(notification.originator_id),
-            version=notification.originator_version,
-            type=type_,
-            occurred_at=timestamp,
-            actor=actor,
-            data=data,
-            correlation_id=correlation_id,
-            type_version=int(state.get("class_version", 1)),
-        )
+        return self._envelope(notification, timestamp, actor, data, correlation_id, int(state.get("class_version", 1)))
 
     @staticmethod
     def _transcoded(value: dict[str, Any]) -> bool:

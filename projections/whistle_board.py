@@ -137,25 +137,17 @@ class WhistleBoardView(View):
 
     def flush_writes(self, tx: Tx) -> None:
         """The batch's links, timeline rows and deadlines: one executemany each."""
-        links = tx.memo.pop("whistle_board.links", None)
-        if links:
-            tx.executemany(
-                self.q(
-                    "INSERT INTO {baton_whistle_departments} (whistle_id, department) VALUES (%s, %s) "
-                    "ON CONFLICT DO NOTHING"
-                ),
-                list(links),
-            )
-        timeline = tx.memo.pop("whistle_board.timeline", None)
-        if timeline:
-            tx.executemany(
-                self.q(
-                    "INSERT INTO {baton_whistle_timeline} "
-                    "(whistle_id, version, position, type, occurred_at, actor, data) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-                ),
-                timeline,
-            )
+        for key, sql in (
+            ("links", "INSERT INTO {baton_whistle_departments} (whistle_id, department) VALUES (%s, %s)"),
+            (
+                "timeline",
+                "INSERT INTO {baton_whistle_timeline} (whistle_id, version, position, type, occurred_at, actor, data) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            ),
+        ):
+            rows = tx.memo.pop(f"whistle_board.{key}", None)
+            if rows:
+                tx.executemany(self.q(f"{sql} ON CONFLICT DO NOTHING"), list(rows))
         deadlines: dict[tuple[str, str], str | None] | None = tx.memo.pop("whistle_board.deadlines", None)
         if deadlines:
             gone = [key for key, due in deadlines.items() if due is None]
