@@ -1,6 +1,6 @@
 """County x 10 at scale: write about a million events of governance, then time rebuild, score, export and verify.
 
-    python -m bench.scale [--events 1000000] [--steps 250000,500000] [--data-dir DIR] [--seed 2019]
+    python -m bench.scale [--events 1000000] [--steps 250000,500000] [--data-dir DIR] [--seed 2019] [--store URL]
 
 The history (bench/scale_history.py) grows in one SQLite data dir; at each step the four offline operations
 run, each in a fresh subprocess whose peak RSS comes from wait4(), so memory is per operation and can be
@@ -135,7 +135,7 @@ def substrate(data_dir: Path, bundle: Path) -> None:
     print(json.dumps({"read_per_s": read, "sha_per_s": lines / (time.perf_counter() - started)}))
 
 
-def generate(data_dir: Path, steps: list[int], seed: int, console: Console) -> Any:
+def generate(data_dir: Path, steps: list[int], seed: int, console: Console, store: str = "sqlite") -> Any:
     """Yield (events, year, seconds) after writing each step's history into data_dir."""
     from bench.scale_history import START, History
     from infra.bootstrap import bootstrap
@@ -145,10 +145,10 @@ def generate(data_dir: Path, steps: list[int], seed: int, console: Console) -> A
 
     configure_logging("warning", "console")
     clock = ManualClock(START.replace(year=START.year - 1))
-    baton = bootstrap(Settings(data_dir=data_dir), clock)
+    baton = bootstrap(Settings(data_dir=data_dir, store=store), clock)
     try:
         if baton.store.max_position():
-            raise SystemExit(f"{data_dir} already holds events; give a fresh --data-dir")
+            raise SystemExit(f"{store if store != 'sqlite' else data_dir} already holds events; give a fresh one")
         history = History(baton, clock, seed)
         started = time.perf_counter()
         history.setup()
@@ -179,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
     env = {
         **os.environ,
         "BATON_DATA_DIR": str(data_dir),
+        "BATON_STORE": args.store,  # the subprocesses' Settings read it (PostgreSQL: events and views there)
         "BATON_LOG_LEVEL": "warning",
         "BATON_LOG_FORMAT": "console",
         "COLUMNS": "120",
@@ -190,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     )
     results: list[Step] = []
     try:
-        for events, year, generated in generate(data_dir, steps, args.seed, console):
+        for events, year, generated in generate(data_dir, steps, args.seed, console, args.store):
             if args.generate_only:
                 continue
             logs.mkdir(exist_ok=True)
@@ -289,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data-dir", type=Path, default=None, help="a fresh data dir (default: a new one in /tmp)")
     parser.add_argument("--seed", type=int, default=2019)
+    parser.add_argument(
+        "--store", default="sqlite", help="sqlite (in the data dir), or a PostgreSQL URL with a fresh ?schema=NAME"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data dir made in /tmp")
     parser.add_argument("--report", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--generate-only", action="store_true", help="write the history, measure nothing")
