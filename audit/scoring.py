@@ -271,6 +271,9 @@ class Facts:
 
 HANDLERS = handlers_of(Facts)
 PUBLISHED = name_of(AssessmentScheme.Published)
+SCORED = frozenset({*Facts.reads(), PUBLISHED})
+"""The events score() reads more of than their position and name: a caller may hand it only those three (and
+empty data) for any other, without decoding it."""
 
 
 def score(

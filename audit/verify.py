@@ -27,8 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import rfc8785
-
+from audit import canonical
 from audit.merkle import EMPTY_ROOT, leaf_hash, node_hash
 from audit.note import Checkpoint, NoteError, Verifier
 from audit.ranking import rank
@@ -44,6 +43,7 @@ FINALISED, VOIDED, PUBLISHED = (
     name_of(e) for e in (Assessment.Finalised, Assessment.FinalisationVoided, AssessmentScheme.Published)
 )
 RANKED = name_of(MonthlyRanking.Finalised)
+ASSESSED = frozenset({FINALISED, VOIDED, PUBLISHED, RANKED})
 OK, UNREADABLE, SIGNATURE, EVENTS, SCORES = 0, 2, 3, 4, 5
 
 
@@ -163,7 +163,11 @@ def _verify(bundle: Path, key: str | None, report: Report, progress: Callable[[i
         raise Failed(EVENTS, f"the bundle holds {len(leaves)} leaves but its last signed checkpoint covers {last}")
     signed_roots = roots_at(leaves, set(checkpoints))
     trusted = all(signed_roots[size] == cp.root for size, cp in checkpoints.items())
-    history = _check_events(bundle, leaves, checkpoints, trusted, report, progress)
+    history = None
+    if trusted and len(leaves) >= HELP_FROM:
+        history = _check_events_helped(bundle, leaves, report, progress)
+    if history is None:  # not helped, or something is wrong: the one-process pass finds and names it
+        history = _check_events(bundle, leaves, checkpoints, trusted, report, progress)
     _check_scores(bundle, leaves, history.finalised, history.schemes, report)
     _check_voidings(history, report)
     _check_rankings(bundle, leaves, history.rankings, report)
@@ -264,12 +268,12 @@ def _check_events(
         following = next(lines, None)
         where = f"tree index {index}"
         try:
-            body = json.loads(line)
+            body = canonical.loads(line)
             position = int(body["position"])
         except (ValueError, KeyError, TypeError):
             raise Failed(EVENTS, f"the event at {where} (after position {previous_position}) is not readable") from None
         where = f"position {position} (tree index {index})"
-        if rfc8785.dumps(body) != line:
+        if canonical.dumps(body) != line:
             raise Failed(EVENTS, f"the event at {where} is altered: it is not in canonical form")
         leaf = leaf_hash(line)
         ours.add(leaf)
@@ -287,17 +291,7 @@ def _check_events(
             )
         versions[body["aggregate_id"]] = body["version"]
         previous_position = position
-        body = types.current_body(body)  # signed as recorded; read as the code reads it now
-        name = f"{body['aggregate']}.{body['type']}"
-        if name == FINALISED:
-            history.finalised.append({"position": position, **body["data"]})
-            history.finalised_at[position] = body["occurred_at"]
-        elif name == VOIDED:
-            history.voidings.append({"position": position, **body["data"]})
-        elif name == PUBLISHED:
-            history.schemes[body["data"]["version"]] = body["data"]["document"]
-        elif name == RANKED:
-            history.rankings.append({"position": position, **body["data"]})
+        _assessed(history, position, types.current_body(body))  # signed as recorded; read as the code reads it now
         if progress and index % 5000 == 0:
             progress(index, len(leaves))
         index, line = index + 1, following
@@ -320,6 +314,144 @@ def _check_events(
     if finalised_copy != history.finalised:
         raise Failed(SCORES, "finalised.json differs from the AssessmentFinalised events in the history")
     return history
+
+
+HELP_FROM = 100_000
+"""Events from which helper processes on both cores check the lines (each costs ~1 s to start)."""
+CHUNK = 4 << 20
+"""Bytes of events.jsonl one helper task checks."""
+_types: EventTypes | None = None
+
+
+@dataclass
+class Chunk:
+    """What a helper found in a run of whole lines, all of them canonical JSON events in increasing positions."""
+
+    lines: int
+    leaves: bytes
+    first_position: int
+    last_position: int
+    versions: dict[Any, tuple[Any, Any]]
+    """Each aggregate's first and last version in the chunk (consecutive in between)."""
+    assessments: list[tuple[int, dict[str, Any]]]
+    """(position, current body) of each finalisation, voiding and published scheme."""
+
+
+def _check_chunk(chunk: bytes) -> Chunk | None:
+    """In a helper process: the facts of a run of lines, or None if any line is not as it must be (then the
+    one-process pass finds the first such line and names it, as it always did)."""
+    global _types
+    if _types is None:
+        _types = EventTypes()
+    lines = chunk.split(b"\n")
+    if chunk.endswith(b"\n"):
+        lines.pop()
+    hashes, versions, assessments = bytearray(), {}, []
+    first = previous = 0
+    try:
+        for line in lines:
+            body = canonical.loads(line)
+            position = int(body["position"])
+            if canonical.dumps(body) != line or position <= previous:
+                return None
+            first, previous = first or position, position
+            hashes += leaf_hash(line)
+            aggregate, version = body["aggregate_id"], body["version"]
+            seen = versions.get(aggregate)
+            if seen is not None and version != seen[1] + 1:
+                return None
+            versions[aggregate] = (version if seen is None else seen[0], version)
+            name = f"{body['aggregate']}.{body['type']}"
+            if name in ASSESSED:
+                assessments.append((position, _types.current_body(body)))
+    except Exception:  # whatever it is, the one-process pass meets it again and reports it
+        return None
+    return Chunk(len(lines), bytes(hashes), first, previous, versions, assessments)
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    """events.jsonl in runs of whole lines of about CHUNK bytes."""
+    with path.open("rb") as f:
+        rest = b""
+        while page := f.read(CHUNK):
+            page = rest + page
+            cut = page.rfind(b"\n") + 1
+            if cut:
+                rest = page[cut:]
+                yield page[:cut]
+            else:
+                rest = page
+        if rest:
+            yield rest
+
+
+def _check_events_helped(
+    bundle: Path, leaves: Leaves, report: Report, progress: Callable[[int, int], None] | None
+) -> Assessments | None:
+    """_check_events with helper processes on both cores parsing, canonicalising and hashing chunks of lines while
+    this one compares their leaves with leaves.bin and their versions across chunks; None on any doubt."""
+    import multiprocessing
+    import os
+    from collections import deque
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    path = bundle / "events.jsonl"
+    if not path.exists():
+        return None
+    workers = max(1, min(2, os.cpu_count() or 1))
+    versions: dict[Any, Any] = {}
+    history = Assessments()
+    index = previous = 0
+    with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn")) as pool, leaves.path.open("rb") as signed:
+        chunks = _chunks(path)
+        pending: deque[Future[Chunk | None]] = deque()
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(_check_chunk, chunk))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                found = pending.popleft().result()
+                following = next(chunks, None)
+                if following is not None:
+                    pending.append(pool.submit(_check_chunk, following))
+                if found is None or found.first_position <= previous:
+                    return None
+                if signed.read(len(found.leaves)) != found.leaves:
+                    return None
+                for aggregate, (first, last) in found.versions.items():
+                    if first != versions.get(aggregate, 0) + 1:
+                        return None
+                    versions[aggregate] = last
+                for position, body in found.assessments:
+                    _assessed(history, position, body)
+                index, previous = index + found.lines, found.last_position
+                if progress:
+                    progress(index, len(leaves))
+        finally:
+            for left in pending:
+                left.cancel()
+    if index != len(leaves):
+        return None
+    report.events = index
+    finalised_copy = _json(bundle / "finalised.json")
+    if finalised_copy != history.finalised:
+        raise Failed(SCORES, "finalised.json differs from the AssessmentFinalised events in the history")
+    return history
+
+
+def _assessed(history: Assessments, position: int, body: dict[str, Any]) -> None:
+    """Keep a finalisation, voiding, published scheme or finalised ranking (a body as the code reads it now)."""
+    name = f"{body['aggregate']}.{body['type']}"
+    if name == FINALISED:
+        history.finalised.append({"position": position, **body["data"]})
+        history.finalised_at[position] = body["occurred_at"]
+    elif name == VOIDED:
+        history.voidings.append({"position": position, **body["data"]})
+    elif name == PUBLISHED:
+        history.schemes[body["data"]["version"]] = body["data"]["document"]
+    elif name == RANKED:
+        history.rankings.append({"position": position, **body["data"]})
 
 
 def _mismatch(line: bytes, following: bytes | None, leaves: Leaves, index: int, previous_position: int) -> str:
@@ -364,7 +496,9 @@ def _check_scores(
                 SCORES, f"the {year} {unit_type} assessment uses scheme {version}, which is not in the history"
             )
         types = EventTypes()
-        events = (types.current_body(json.loads(line)) for _, line in zip(range(size), _lines(bundle), strict=False))
+        events = (
+            types.current_body(canonical.loads(line)) for _, line in zip(range(size), _lines(bundle), strict=False)
+        )
         try:
             replayed = score(events, schemes[version], year, unit_type, cutoff)
         except DomainError as exc:

@@ -1,17 +1,23 @@
 """County x 10 at scale: write about a million events of governance, then time rebuild, score, export and verify.
 
-    python -m bench.scale [--events 1000000] [--steps 250000,500000] [--data-dir DIR] [--seed 2019]
+    python -m bench.scale [--events 1000000] [--steps 250000,500000] [--data-dir DIR] [--seed 2019] [--store URL]
 
 The history (bench/scale_history.py) grows in one SQLite data dir; at each step the four offline operations
 run, each in a fresh subprocess whose peak RSS comes from wait4(), so memory is per operation and can be
 compared as the history grows. Nothing runs online: no nats-server, relay or `baton serve`. The notary's
 tree is caught up (in its own subprocess, timed separately) before `baton export`, which would otherwise do
 it itself.
+
+Each operation is also printed as a ratio of its bare substrate, measured in the same run at the same size in a
+subprocess of its own: the same store's select_notifications read of every event (notary, rebuild, score,
+export), and SHA-256 of each line of the export's events.jsonl (verify); and as the time a city-year of 200
+million events (Beijing's 12345: ~25M cases of ~8 events) would take at that rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -28,6 +34,8 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
+CITY_YEAR = 200_000_000
+"""Events in a city-year: Beijing's 12345 took ~25M requests in 2025, ~8 events a case."""
 
 
 @dataclass
@@ -53,6 +61,11 @@ class Step:
     export: Measured
     verify: Measured
     export_mb: float
+    substrate: Measured
+    read_per_s: float
+    """The same store's select_notifications over every event, events/s."""
+    sha_per_s: float
+    """SHA-256 of each line of the export's events.jsonl, lines/s."""
 
 
 # A small launcher between this process and the measured one: a child's peak RSS starts from its parent's at
@@ -83,7 +96,8 @@ def measure(argv: list[str], env: dict[str, str], log: Path) -> Measured:
 
 
 def notary_catch_up(data_dir: Path) -> None:
-    """Give every stored event its Merkle leaf (what `baton export` does first), in this process."""
+    """Give every stored event its Merkle leaf (what `baton export` does first): this process appends, helper
+    processes on both cores hash."""
     from infra.bootstrap import bootstrap
     from infra.logging import configure_logging
     from infra.settings import Settings
@@ -91,12 +105,37 @@ def notary_catch_up(data_dir: Path) -> None:
     configure_logging("warning", "console")
     baton = bootstrap(Settings(data_dir=data_dir))
     try:
-        print(json.dumps({"tree_size": baton.notary.catch_up()}))
+        print(json.dumps({"tree_size": baton.notary.catch_up(helpers=True)}))
     finally:
         baton.close()
 
 
-def generate(data_dir: Path, steps: list[int], seed: int, console: Console) -> Any:
+def substrate(data_dir: Path, bundle: Path) -> None:
+    """Print the bare substrate's rates: the store's select_notifications of every event; sha256 per exported line."""
+    from infra.bootstrap import bootstrap
+    from infra.logging import configure_logging
+    from infra.settings import Settings
+
+    configure_logging("warning", "console")
+    baton = bootstrap(Settings(data_dir=data_dir))
+    try:
+        store, after, count = baton.store, 0, 0
+        started = time.perf_counter()
+        while batch := store.select(after, 2000):
+            count += len(batch)
+            after = batch[-1].id
+        read = count / (time.perf_counter() - started)
+    finally:
+        baton.close()
+    lines, started = 0, time.perf_counter()
+    with (bundle / "events.jsonl").open("rb") as f:
+        for line in f:
+            hashlib.sha256(line).digest()
+            lines += 1
+    print(json.dumps({"read_per_s": read, "sha_per_s": lines / (time.perf_counter() - started)}))
+
+
+def generate(data_dir: Path, steps: list[int], seed: int, console: Console, store: str = "sqlite") -> Any:
     """Yield (events, year, seconds) after writing each step's history into data_dir."""
     from bench.scale_history import START, History
     from infra.bootstrap import bootstrap
@@ -106,10 +145,10 @@ def generate(data_dir: Path, steps: list[int], seed: int, console: Console) -> A
 
     configure_logging("warning", "console")
     clock = ManualClock(START.replace(year=START.year - 1))
-    baton = bootstrap(Settings(data_dir=data_dir), clock)
+    baton = bootstrap(Settings(data_dir=data_dir, store=store), clock)
     try:
         if baton.store.max_position():
-            raise SystemExit(f"{data_dir} already holds events; give a fresh --data-dir")
+            raise SystemExit(f"{store if store != 'sqlite' else data_dir} already holds events; give a fresh one")
         history = History(baton, clock, seed)
         started = time.perf_counter()
         history.setup()
@@ -140,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
     env = {
         **os.environ,
         "BATON_DATA_DIR": str(data_dir),
+        "BATON_STORE": args.store,  # the subprocesses' Settings read it (PostgreSQL: events and views there)
         "BATON_LOG_LEVEL": "warning",
         "BATON_LOG_FORMAT": "console",
         "COLUMNS": "120",
@@ -151,31 +191,38 @@ def run(args: argparse.Namespace) -> int:
     )
     results: list[Step] = []
     try:
-        for events, year, generated in generate(data_dir, steps, args.seed, console):
+        for events, year, generated in generate(data_dir, steps, args.seed, console, args.store):
             if args.generate_only:
                 continue
             logs.mkdir(exist_ok=True)
             out = Path(tempfile.mkdtemp(prefix=f"baton-scale-export-{events}-", dir="/tmp"))
             shutil.rmtree(out)
-            py = [sys.executable, "-m", "bench.scale", "--notary-only", "--data-dir", str(data_dir)]
+            py = [sys.executable, "-m", "bench.scale", "--data-dir", str(data_dir)]
+            notary = measure([*py, "--notary-only"], env, logs / f"notary-{events}.log")
+            rebuild = measure([*baton, "rebuild"], env, logs / f"rebuild-{events}.log")
+            score = measure(
+                [*baton, "score", "--year", str(year), "--unit-type", "community"], env, logs / f"score-{events}.log"
+            )
+            export = measure([*baton, "export", "--out", str(out)], env, logs / f"export-{events}.log")
+            bare = measure([*py, "--substrate-only", str(out)], env, logs / f"substrate-{events}.log")
+            rates = json.loads(bare.output.strip().splitlines()[-1]) if bare.code == 0 else {}
             step = Step(
                 events=events,
                 year=year,
                 generate_s=generated,
-                notary=measure(py, env, logs / f"notary-{events}.log"),
-                rebuild=measure([*baton, "rebuild"], env, logs / f"rebuild-{events}.log"),
-                score=measure(
-                    [*baton, "score", "--year", str(year), "--unit-type", "community"],
-                    env,
-                    logs / f"score-{events}.log",
-                ),
-                export=measure([*baton, "export", "--out", str(out)], env, logs / f"export-{events}.log"),
+                notary=notary,
+                rebuild=rebuild,
+                score=score,
+                export=export,
                 verify=measure([*baton, "verify", str(out)], env, logs / f"verify-{events}.log"),
                 export_mb=sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20 if out.exists() else 0,
+                substrate=bare,
+                read_per_s=rates.get("read_per_s", 0.0),
+                sha_per_s=rates.get("sha_per_s", 0.0),
             )
             shutil.rmtree(out, ignore_errors=True)
             results.append(step)
-            for name in ("notary", "rebuild", "score", "export", "verify"):
+            for name in ("notary", "rebuild", "score", "export", "verify", "substrate"):
                 measured: Measured = getattr(step, name)
                 if measured.code != 0:
                     console.print(f"[red]{name} at {events:,} events exited {measured.code}[/red]\n{measured.output}")
@@ -195,29 +242,38 @@ def run(args: argparse.Namespace) -> int:
         "Merkle catch-up (its own column: the events new since the previous row) and export's one signed checkpoint. "
         f"Generator peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB."
     )
-    return 0 if all(getattr(r, n).code == 0 for r in results for n in ("rebuild", "score", "export", "verify")) else 1
+    names = ("rebuild", "score", "export", "verify", "substrate")
+    return 0 if all(getattr(r, n).code == 0 for r in results for n in names) else 1
 
 
 def table(results: list[Step]) -> Table:
-    """One row per history size: seconds, events per second and peak RSS of each operation."""
-    t = Table(title="County x 10: offline operations as the history grows (seconds · events/s · peak RSS)")
-    columns = ("events", "notary catch-up", "rebuild (4 views)", "score (year: community)", "export", "verify")
-    for column in columns:
+    """One row per history size: each operation's seconds, events/s, ratio to its substrate, city-year time, RSS."""
+    t = Table(
+        title="County x 10: offline operations as the history grows "
+        "(seconds · events/s · x its substrate in this run · a 200M-event city-year at that rate · peak RSS)"
+    )
+    columns = ("events", "substrate", "notary catch-up", "rebuild (5 views)", "score (a year: community)", "export")
+    for column in (*columns, "verify"):
         t.add_column(column, justify="right")
     previous = 0
     for r in results:
 
-        def cell(m: Measured, events: int | None) -> str:
-            rate = f" · {events / m.seconds:,.0f}/s" if events else ""
-            return f"{m.seconds:.1f} s{rate} · {m.peak_mb:.0f} MB"
+        def cell(m: Measured, events: int, bare: float) -> str:
+            if events <= 0 or bare <= 0:
+                return f"{m.seconds:.1f} s · {m.peak_mb:.0f} MB"
+            rate = events / m.seconds
+            city = CITY_YEAR / rate
+            when = f"{city / 3600:.1f} h" if city >= 5400 else f"{city / 60:.0f} min"
+            return f"{m.seconds:.1f} s · {rate:,.0f}/s · {rate / bare:.2f}x · 200M {when} · {m.peak_mb:.0f} MB"
 
         t.add_row(
             f"{r.events:,}",
-            cell(r.notary, r.events - previous),
-            cell(r.rebuild, r.events),
-            f"{r.year}: {cell(r.score, None)}",
-            f"{cell(r.export, r.events)} · bundle {r.export_mb:,.0f} MB",
-            cell(r.verify, r.events),
+            f"read {r.read_per_s:,.0f}/s · sha256 {r.sha_per_s:,.0f} lines/s",
+            cell(r.notary, r.events - previous, r.read_per_s),
+            cell(r.rebuild, r.events, r.read_per_s),
+            f"{r.year}: {cell(r.score, r.events, r.read_per_s)}",
+            f"{cell(r.export, r.events, r.read_per_s)} · bundle {r.export_mb:,.0f} MB",
+            cell(r.verify, r.events, r.sha_per_s),
         )
         previous = r.events
     return t
@@ -234,11 +290,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data-dir", type=Path, default=None, help="a fresh data dir (default: a new one in /tmp)")
     parser.add_argument("--seed", type=int, default=2019)
+    parser.add_argument(
+        "--store", default="sqlite", help="sqlite (in the data dir), or a PostgreSQL URL with a fresh ?schema=NAME"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data dir made in /tmp")
     parser.add_argument("--report", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--generate-only", action="store_true", help="write the history, measure nothing")
     parser.add_argument("--notary-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--substrate-only", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.substrate_only is not None:
+        substrate(args.data_dir, args.substrate_only)
+        return 0
     if args.generate_only:
         args.keep = True
     if args.notary_only:

@@ -1,4 +1,4 @@
-"""Feed each projection from BATON_EVENTS through its own durable, batched pull consumer."""
+"""Feed every projection from BATON_EVENTS through one durable, batched pull consumer: each batch decoded once."""
 
 from __future__ import annotations
 
@@ -16,31 +16,35 @@ from projections.base import BatonProjection
 
 log = structlog.get_logger("baton.projections")
 
+DURABLE = "baton_projections"
+"""The read models' one durable consumer (each read model keeps its own position beside its tables)."""
+
 
 def projection_router(projections: list[BatonProjection[Any]], types: EventTypes, batch_size: int = 500) -> NatsRouter:
-    """One durable consumer per projection; a batch and its position commit together."""
+    """One durable consumer for all read models; each one's batch and its position commit together.
+
+    Four consumers (one per read model) fetched and decoded every event four times. A read model that is
+    ahead skips what it has (its own position); one that is behind fills the gap from the store."""
     router = NatsRouter()
-    for projection in projections:
-        _subscribe(router, projection, types, batch_size)
-    return router
 
-
-def _subscribe(router: NatsRouter, projection: BatonProjection[Any], types: EventTypes, batch_size: int) -> None:
     @router.subscriber(
         "baton.evt.>",
         stream=stream(EVENTS_STREAM),
-        durable=f"baton_{projection.name}",
+        durable=DURABLE,
         pull_sub=pull(batch_size),
         ack_policy=AckPolicy.NACK_ON_ERROR,
-        title=f"projection.{projection.name}",
+        title="projections",
         include_in_schema=False,
     )
     async def apply_events(bodies: list[dict[str, Any]]) -> None:
         envelopes = [types.current(Envelope.from_body(b)) for b in bodies]  # as recorded -> as the code reads
-        try:
-            position = await anyio.to_thread.run_sync(projection.process_batch, envelopes)
-        except Exception:
-            log.exception("projection_batch_failed", projection=projection.name, size=len(envelopes))
-            await anyio.sleep(1.0)
-            raise
-        log.debug("projection_applied", projection=projection.name, size=len(envelopes), position=position)
+        for projection in projections:
+            try:
+                position = await anyio.to_thread.run_sync(projection.process_batch, envelopes)
+            except Exception:
+                log.exception("projection_batch_failed", projection=projection.name, size=len(envelopes))
+                await anyio.sleep(1.0)
+                raise  # nacked: redelivered to all, and each read model skips what it has applied
+            log.debug("projection_applied", projection=projection.name, size=len(envelopes), position=position)
+
+    return router

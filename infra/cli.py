@@ -43,6 +43,10 @@ open311_key_app = typer.Typer(
 open311_app.add_typer(open311_key_app, name="key")
 STANDARDS_DIR = Path(__file__).resolve().parent.parent / "standards"
 err = Console(stderr=True, soft_wrap=True)
+REBUILD_BATCH = 10_000
+"""Events per rebuild transaction of each read model: fewer commits (each an fsync) than the live batches."""
+REBUILD_HELP_FROM = 100_000
+"""Events from which helper processes decode for a rebuild (infra.helpers; each costs ~1 s to start)."""
 
 
 @contextmanager
@@ -856,7 +860,9 @@ def rebuild(
 
 def _rebuild(settings: Settings, name: str | None) -> None:
     from infra.bootstrap import bootstrap
-    from projections.base import catch_up_together
+    from infra.envelope import Envelope
+    from infra.helpers import helped, helper_envelopes
+    from projections.base import apply_together, catch_up_together
 
     baton = bootstrap(settings)
     try:
@@ -873,7 +879,13 @@ def _rebuild(settings: Settings, name: str | None) -> None:
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
         ) as progress:
             task = progress.add_task(", ".join(names), total=top or 1)
-            position = catch_up_together(projections, progress=lambda p: progress.update(task, completed=p))
+            if top >= REBUILD_HELP_FROM:  # helper processes on both cores read and decode; this one applies
+                stretches = helped(settings, 0, top, helper_envelopes, REBUILD_BATCH)
+                batches = ([Envelope(*fields) for fields in found] for _, found in stretches)
+                apply_together(projections, batches, progress=lambda p: progress.update(task, completed=p))
+            position = catch_up_together(
+                projections, batch_size=REBUILD_BATCH, progress=lambda p: progress.update(task, completed=p)
+            )
             progress.update(task, completed=top or 1)
         for projection_name in names:
             err.print(f"{projection_name}: rebuilt up to position {position}")

@@ -20,13 +20,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import rfc8785
 import structlog
 from eventsourcing.persistence import IntegrityError
 
 from audit.merkle import EMPTY_ROOT, consistency_proof, inclusion_proof, leaf_hash, node_hash, split
 from audit.note import Checkpoint, Signer, read_private_key
-from infra.envelope import Envelope, EnvelopeCodec
+from infra.envelope import EnvelopeCodec, canonical
+from infra.helpers import helped, helper_leaves
 from infra.secrets import LocalCopy, SecretName, SecretStore
 from infra.sql import Fenced, PositionMoved, Sql, Tx, View
 from infra.store import Store
@@ -51,9 +51,8 @@ def local_signing_key(data_dir: Path) -> LocalCopy:
     return LocalCopy(data_dir / "keys" / "checkpoint.ed25519", read_private_key)
 
 
-def canonical(envelope: Envelope) -> bytes:
-    """The event's canonical bytes: RFC 8785 JSON of its public body."""
-    return rfc8785.dumps(envelope.body())
+HELP_FROM = 100_000
+"""Events behind from which catch_up(helpers=True) hashes in helper processes (each costs ~1 s to start)."""
 
 
 class MerkleView(View):
@@ -207,10 +206,37 @@ class Notary:
     def position(self) -> int:
         return self.view.max_tracking_id(self.name) or 0
 
-    def catch_up(self, batch: int = 2000) -> int:
-        """Give every stored event not yet in the tree its leaf; return the tree size."""
+    def catch_up(self, batch: int = 2000, helpers: bool = False) -> int:
+        """Give every stored event not yet in the tree its leaf; return the tree size.
+
+        With HELPERS, a long way behind (HELP_FROM events or more), helper processes on the other cores read,
+        decode, canonicalise and hash stretches of the store while this one appends their leaves in order."""
         with self._appending:
+            if helpers:
+                self._catch_up_helped()
             return self._catch_up(batch)
+
+    def _catch_up_helped(self) -> None:
+        tracked, top = self.position(), self.store.max_position()
+        if top - tracked < HELP_FROM:
+            return
+        for after, (positions, hashes) in helped(self.store.settings, tracked, top, helper_leaves):
+            if not positions:
+                continue
+            try:
+                with self.view.db.transaction() as tx:
+                    if self.fence is not None:
+                        self.fence.check(tx)
+                    at = self.view.locked_position(tx, self.name)
+                    if at > after:
+                        raise PositionMoved(f"the notary's position is {at}, past {after}")
+                    leaves = [(p, hashes[32 * i : 32 * i + 32]) for i, p in enumerate(positions)]
+                    self.view.append(tx, leaves, self.view.size(tx))
+                    self.view.advance(tx, self.name, at, positions[-1])
+            except (IntegrityError, PositionMoved):
+                # Another notary appended meanwhile: the plain catch-up goes on from where it got to.
+                log.info("notary_caught_up_by_another", tracked=after, position=self.position())
+                return
 
     def _catch_up(self, batch: int) -> int:
         while True:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
 
+from audit.canonical import compact
 from domain.events import handlers_of
 from infra.envelope import Envelope
 from infra.sql import Fenced, PositionMoved, Tx, View
@@ -116,8 +117,27 @@ def catch_up_together(
             progress(position)
 
 
+def apply_together(
+    projections: Sequence[BatonProjection[Any]],
+    batches: Iterable[Sequence[Envelope]],
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Apply each batch (consecutive events, decoded elsewhere) to every view in turn; return the last position."""
+    position = min((p.position() for p in projections), default=0)
+    for batch in batches:
+        if not batch:
+            continue
+        for projection in projections:
+            projection.process_batch(batch)
+        position = batch[-1].position
+        if progress is not None:
+            progress(position)
+    return position
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON text (audit.canonical.compact: json.dumps's text, faster)."""
+    return compact(value)
 
 
 def loads(text: str | None) -> Any:

@@ -119,38 +119,49 @@ class WhistleBoardView(View):
         )
 
     def link_departments(self, tx: Tx, whistle_id: str, departments: list[str]) -> None:
-        tx.executemany(
-            self.q(
-                "INSERT INTO {baton_whistle_departments} (whistle_id, department) VALUES (%s, %s) "
-                "ON CONFLICT DO NOTHING"
-            ),
-            [(whistle_id, d) for d in departments],
-        )
+        """Kept until flush_writes (nothing reads the links within a batch)."""
+        links: dict[tuple[str, str], None] = tx.memo.setdefault("whistle_board.links", {})
+        for d in departments:
+            links[(whistle_id, d)] = None
 
     def add_to_timeline(self, tx: Tx, e: Envelope) -> None:
-        tx.execute(
-            self.q(
-                "INSERT INTO {baton_whistle_timeline} "
-                "(whistle_id, version, position, type, occurred_at, actor, data) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-            ),
-            (e.aggregate_id, e.version, e.position, e.type, e.occurred_at, dumps(e.actor), dumps(e.data)),
-        )
+        """Kept until flush_writes, one row per event."""
+        timeline: list[tuple[Any, ...]] = tx.memo.setdefault("whistle_board.timeline", [])
+        timeline.append((e.aggregate_id, e.version, e.position, e.type, e.occurred_at, dumps(e.actor), dumps(e.data)))
 
     def set_deadline(self, tx: Tx, whistle_id: str, kind: str, due_at: str | None) -> None:
-        if due_at is None:
-            tx.execute(
-                self.q("DELETE FROM {baton_deadlines} WHERE whistle_id = %s AND kind = %s"),
-                (whistle_id, kind),
-            )
-            return
-        tx.execute(
-            self.q(
-                "INSERT INTO {baton_deadlines} (whistle_id, kind, due_at) VALUES (%s, %s, %s) "
-                "ON CONFLICT (whistle_id, kind) DO UPDATE SET due_at = excluded.due_at"
+        """Kept until flush_writes: the last setting of each whistle's deadline in a batch is the one that counts."""
+        deadlines: dict[tuple[str, str], str | None] = tx.memo.setdefault("whistle_board.deadlines", {})
+        deadlines.pop((whistle_id, kind), None)  # re-insert: the writes go out in the order they were last set
+        deadlines[(whistle_id, kind)] = due_at
+
+    def flush_writes(self, tx: Tx) -> None:
+        """The batch's links, timeline rows and deadlines: one executemany each."""
+        for key, sql in (
+            ("links", "INSERT INTO {baton_whistle_departments} (whistle_id, department) VALUES (%s, %s)"),
+            (
+                "timeline",
+                "INSERT INTO {baton_whistle_timeline} (whistle_id, version, position, type, occurred_at, actor, data) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
             ),
-            (whistle_id, kind, due_at),
-        )
+        ):
+            rows = tx.memo.pop(f"whistle_board.{key}", None)
+            if rows:
+                tx.executemany(self.q(f"{sql} ON CONFLICT DO NOTHING"), list(rows))
+        deadlines: dict[tuple[str, str], str | None] | None = tx.memo.pop("whistle_board.deadlines", None)
+        if deadlines:
+            gone = [key for key, due in deadlines.items() if due is None]
+            due = [(w, kind, at) for (w, kind), at in deadlines.items() if at is not None]
+            if gone:
+                tx.executemany(self.q("DELETE FROM {baton_deadlines} WHERE whistle_id = %s AND kind = %s"), gone)
+            if due:
+                tx.executemany(
+                    self.q(
+                        "INSERT INTO {baton_deadlines} (whistle_id, kind, due_at) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (whistle_id, kind) DO UPDATE SET due_at = excluded.due_at"
+                    ),
+                    due,
+                )
 
     # Reads ----------------------------------------------------------------------
 
@@ -285,6 +296,7 @@ class WhistleBoardProjection(BatonProjection[WhistleBoardView]):
         rows = tx.memo.pop(self.name, None)
         if rows:
             self.view.save_rows(tx, rows.values())
+        self.view.flush_writes(tx)
 
     @handles(Whistle.Blown)
     def _blown(self, tx: Tx, e: Envelope) -> None:

@@ -13,7 +13,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.utils import get_topic
 
 from audit.ranking import check_month, rank
-from audit.scoring import schemes_in, score
+from audit.scoring import SCORED, schemes_in, score
 from domain.assessment import (
     SCHEME_ID,
     UNIT_TYPES,
@@ -117,14 +117,20 @@ class AssessmentApp(BatonApplication):
 
     # Scores ----------------------------------------------------------------------------------
 
-    def envelopes(self, stop: int, batch: int = 5000) -> Iterator[dict[str, Any]]:
-        """The public bodies of the stored events up to position stop, in store order."""
+    def envelopes(self, stop: int, batch: int = 5000, reads: frozenset[str] | None = None) -> Iterator[dict[str, Any]]:
+        """The public bodies of the stored events up to position stop, in store order; with READS, the events not
+        named there only as their position, aggregate and type (with empty data), not decoded."""
         after = 0
         while True:
             notifications = self.store.select(after, batch, stop=stop)
             if not notifications:
                 return
             for n in notifications:
+                if reads is not None:
+                    aggregate, type_ = self.codec.name(n.topic)
+                    if f"{aggregate}.{type_}" not in reads:
+                        yield {"position": n.id, "aggregate": aggregate, "type": type_, "data": {}}
+                        continue
                 yield self.codec.envelope(n).body()
             after = notifications[-1].id
 
@@ -183,7 +189,7 @@ class AssessmentApp(BatonApplication):
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        result = score(self.envelopes(position), schemes[version], year, unit_type, position)
+        result = score(self.envelopes(position, reads=SCORED), schemes[version], year, unit_type, position)
         with self._lock:
             self._cache[key] = result
             while len(self._cache) > 32:

@@ -37,7 +37,9 @@ def test_small_scale_run_measures_every_operation(tmp_path: Path) -> None:
     rows = json.loads(report.read_text())
     assert len(rows) == 2 and rows[0]["events"] >= 4000 and rows[1]["events"] >= 6000  # a batch may overshoot
     for row in rows:
-        for name in ("notary", "rebuild", "score", "export", "verify"):
+        for name in ("notary", "rebuild", "score", "export", "verify", "substrate"):
             assert row[name]["code"] == 0, (name, row[name]["output"])
             assert row[name]["peak_mb"] > 0
+        assert row["read_per_s"] > 0 and row["sha_per_s"] > 0  # each row's substrate, measured in the same run
     assert "Offline throughout" in done.stdout
+    assert "x its substrate" in done.stdout and "200M" in done.stdout

@@ -33,6 +33,17 @@ from tests.conftest import START, Auth
 from tests.scenarios import ROOT, governed_year
 
 
+@pytest.fixture(autouse=True, params=["one process", "helpers"])
+def helpers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every check twice: in one process, and with helper processes checking chunks of a few lines each (the
+    path a bundle of HELP_FROM events or more takes), which must give the same report."""
+    if request.param == "helpers":
+        from audit import verify as verify_module
+
+        monkeypatch.setattr(verify_module, "HELP_FROM", 1)
+        monkeypatch.setattr(verify_module, "CHUNK", 3000)
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One governed year, finalised and exported (SQLite; the bundle format is the same for PostgreSQL)."""
