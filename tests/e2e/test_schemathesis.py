@@ -79,12 +79,14 @@ class Seeded:
     headers: dict[str, dict[str, str]] = field(default_factory=dict)
     statuses: Counter[int] = field(default_factory=Counter)
     refused_by_a_rule: Counter[str] = field(default_factory=Counter)
+    operations: set[str] = field(default_factory=set)
     started: float | None = None
     ended: float = 0.0
 
     def call(self, case: Any, checks: list[Any], **transport: Any) -> None:
         """Send the case and check the answer, counting its status and timing the run."""
         self.started = self.started or time.monotonic()
+        self.operations.add(f"{case.method.upper()} {case.path}")
         self.statuses[case.call_and_validate(checks=self.checks(checks), **transport).status_code] += 1
         self.ended = time.monotonic()
 
@@ -116,6 +118,17 @@ class Seeded:
             f"{self.statuses.total()} cases in {seconds:.1f} s, statuses {dict(sorted(self.statuses.items()))}; "
             f"valid requests refused by a rule: {dict(self.refused_by_a_rule.most_common())}"
         )
+
+
+OPERATIONS = {f"{method.upper()} {path}" for path, item in DOCUMENT["paths"].items() for method in item}
+
+
+def every_operation_was_sent(county: Seeded, request: pytest.FixtureRequest) -> None:
+    """Fail if a whole run (no -k) left an operation of the document untried: a runner that skips cases passes."""
+    # pytest-xdist's --dist loadfile once ran each schemathesis test without its cases, silently: this catches that.
+    if not request.config.option.keyword:
+        missing = sorted(OPERATIONS - county.operations)
+        assert not missing, f"{len(missing)} of {len(OPERATIONS)} operations never sent: {missing[:5]}"
 
 
 async def seed(client: httpx.AsyncClient, auth: Auth, now: datetime) -> Seeded:
@@ -269,7 +282,9 @@ IN_PROCESS_CHECKS = [check for check in CHECKS if check is not ignored_auth]
 
 
 @pytest.fixture(scope="module")
-def fuzzed_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FastAPI, Seeded]]:
+def fuzzed_app(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[FastAPI, Seeded]]:
     """The real app on a fresh SQLite store with the test county seeded; no rate limit (it is tested elsewhere)."""
     clock = ManualClock(START)
     settings = Settings(
@@ -286,6 +301,7 @@ def fuzzed_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FastA
     county = asyncio.run(seeded())
     yield app, county
     print(f"\nschemathesis in-process: {county.figures()}")
+    every_operation_was_sent(county, request)
     baton.close()
 
 
@@ -308,7 +324,7 @@ served_schema = schemathesis.openapi.from_dict(copy.deepcopy(DOCUMENT), config=c
 
 
 @pytest.fixture(scope="module")
-def served_county(served: Served) -> Iterator[Seeded]:
+def served_county(served: Served, request: pytest.FixtureRequest) -> Iterator[Seeded]:
     """The test county seeded into `baton serve` over HTTP (which serves the document the cases come from)."""
     assert httpx.get(f"{served.url}/openapi.json").json() == DOCUMENT
 
@@ -319,6 +335,7 @@ def served_county(served: Served) -> Iterator[Seeded]:
     county = asyncio.run(seeded())
     yield county
     print(f"\nschemathesis served: {county.figures()}")
+    every_operation_was_sent(county, request)
 
 
 @served_schema.parametrize()
