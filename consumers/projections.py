@@ -18,6 +18,11 @@ log = structlog.get_logger("baton.projections")
 
 DURABLE = "baton_projections"
 """The read models' one durable consumer (each read model keeps its own position beside its tables)."""
+RETIRED_DURABLES = tuple(
+    f"baton_{name}" for name in ("whistle_board", "department_scorecard", "volunteering", "branches", "reports")
+)
+"""The per-read-model durables of releases before one consumer fed them all: deleted where found, since JetStream
+keeps a durable's pending count (and its memory) for as long as it exists, read or not."""
 
 
 def projection_router(projections: list[BatonProjection[Any]], types: EventTypes, batch_size: int = 500) -> NatsRouter:

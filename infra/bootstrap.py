@@ -19,7 +19,7 @@ from consumers.common import durables, ensure_durables, install_prompt_batches
 from consumers.inbox import inbox_router
 from consumers.intake import INTAKE_DURABLE, Intake, OutcomeQueue, intake_router
 from consumers.notify import notify_router, warn_of_deadlines
-from consumers.projections import projection_router
+from consumers.projections import RETIRED_DURABLES, projection_router
 from infra import metrics
 from infra.clock import Clock, SystemClock
 from infra.envelope import Envelope, EnvelopeCodec
@@ -36,6 +36,7 @@ from infra.jetstream import (
     ensure_streams,
     patiently,
     publish_all,
+    retire_consumers,
     rewind_consumer,
 )
 from infra.lease import ROLES, Fence, Leases, Role, Roles, default_instance, holder_name
@@ -409,6 +410,9 @@ class Runtime:
         level = asyncio.create_task(self._keep_level(projections), name="projections-level")
         try:
             await asyncio.to_thread(catch_up_together, projections)
+            nc = self.nc
+            assert nc is not None
+            await patiently("retired durables", lambda: retire_consumers(nc, EVENTS_STREAM, RETIRED_DURABLES))
             await self._consume("baton-projections", projection_router(projections, self.baton.codec.types))
         finally:
             level.cancel()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -334,6 +334,19 @@ async def ensure_consumer(nc: Client, stream: str, config: ConsumerConfig, repli
         log.warning("consumer_replicas_not_raised", stream=stream, consumer=durable, error=exc.description)
         return
     log.info("consumer_replicas_raised", stream=stream, consumer=durable, had_replicas=explicit, replicas="stream's")
+
+
+async def retire_consumers(nc: Client, stream: str, durables: Iterable[str]) -> list[str]:
+    """Delete durable consumers a former release made on STREAM, where they are still found; the ones deleted."""
+    retired = []
+    for durable in durables:
+        try:
+            await jetstream_api(nc, f"CONSUMER.DELETE.{stream}.{durable}")
+        except NotFoundError:
+            continue
+        retired.append(durable)
+        log.info("consumer_retired", stream=stream, consumer=durable)
+    return retired
 
 
 async def rewind_consumer(nc: Client, stream: str, durable: str) -> int | None:
