@@ -48,6 +48,28 @@ class MonthlyRanking(Aggregate):
         self.month = month
         self.finalised: dict[str, dict[str, Any]] = {}
 
+    @staticmethod
+    def check_month_over(month: str, now: datetime) -> None:
+        """A month's ranking is finalised once the month has ended (in its time zone)."""
+        ends = month_end(month)
+        if now < ends:
+            raise MonthNotOver(
+                f"the {month} ranking cannot be finalised before {ends.isoformat(sep=' ')} ({ends.tzinfo}): "
+                f"until then its cases are still arriving (GET /v1/rankings/{month} shows them as of now)"
+            )
+
+    def check_figures(self, result: dict[str, Any], tree_size: int) -> None:
+        """The figures are this month's, of a unit type not yet final, counted from the tree size given."""
+        unit_type = result["unit_type"]
+        if unit_type not in UNIT_TYPES:
+            raise InvalidCommand(f"unit_type must be one of: {', '.join(UNIT_TYPES)}")
+        if result["month"] != self.month:
+            raise Conflict(f"the figures are {result['month']}'s, not {self.month}'s")
+        if unit_type in self.finalised:
+            raise Conflict(f"the {self.month} ranking of {unit_type} units is already final")
+        if result["events"] != tree_size:
+            raise Conflict("the figures were counted from another tree size than the one given")
+
     def finalise(
         self,
         result: dict[str, Any],
@@ -59,21 +81,9 @@ class MonthlyRanking(Aggregate):
         meta: Meta,
     ) -> None:
         """Fix a unit type's figures for the month, once the month is over, as counted up to a cut-off."""
-        ends = month_end(self.month)
-        if timestamp < ends:
-            raise MonthNotOver(
-                f"the {self.month} ranking cannot be finalised before {ends.isoformat(sep=' ')} ({ends.tzinfo}): "
-                f"until then its cases are still arriving (GET /v1/rankings/{self.month} shows them as of now)"
-            )
+        self.check_month_over(self.month, timestamp)
+        self.check_figures(result, tree_size)
         unit_type = result["unit_type"]
-        if unit_type not in UNIT_TYPES:
-            raise InvalidCommand(f"unit_type must be one of: {', '.join(UNIT_TYPES)}")
-        if result["month"] != self.month:
-            raise Conflict(f"the figures are {result['month']}'s, not {self.month}'s")
-        if unit_type in self.finalised:
-            raise Conflict(f"the {self.month} ranking of {unit_type} units is already final")
-        if result["events"] != tree_size:
-            raise Conflict("the figures were counted from another tree size than the one given")
         self._finalised(
             month=self.month,
             unit_type=unit_type,

@@ -29,14 +29,13 @@ from domain.errors import (
     Conflict,
     DuplicateEntry,
     InvalidCommand,
-    MonthNotOver,
     NotFinal,
     NotFound,
     OutOfScope,
     Thing,
 )
 from domain.ranking import UNIT_TYPES as RANKED_TYPES
-from domain.ranking import MonthlyRanking, month_end, ranking_id
+from domain.ranking import MonthlyRanking, ranking_id
 from infra.clock import Clock
 from infra.envelope import EnvelopeCodec
 from infra.store import Store
@@ -256,11 +255,7 @@ class AssessmentApp(BatonApplication):
         for unit_type in unit_types or ():
             if unit_type not in RANKED_TYPES:
                 raise InvalidCommand(f"unit_type must be one of: {', '.join(RANKED_TYPES)}, got {unit_type!r}")
-        now, ends = self.clock.now(), month_end(month)
-        if now < ends:  # before the costly count; the aggregate checks it again
-            raise MonthNotOver(
-                f"the {month} ranking cannot be finalised before {ends.isoformat(sep=' ')} ({ends.tzinfo})"
-            )
+        MonthlyRanking.check_month_over(month, self.clock.now())  # before the costly count
         final = self.ranking_finalisations(month)
         wanted = list(dict.fromkeys(unit_types or [t for t in RANKED_TYPES if t not in final]))
         if not wanted:
