@@ -87,3 +87,54 @@ def test_a_batch_reads_and_writes_each_board_row_once(baton: Container, monkeypa
     assert reads == [], "every row was made in this batch, so none is read back"
     assert len(writes) == 1 and sorted(writes[0]) == sorted(whistles)
     assert board.view.dump() == one_by_one
+
+
+def recount(baton: Container) -> dict[tuple[str, str], tuple[int, int]]:
+    """The scorecard tally counted again from its rows, as scorecards were counted before there was a tally."""
+    counted: dict[tuple[str, str], tuple[int, int]] = {}
+    view = baton.scorecard.view
+    queries = (
+        "SELECT department, 'report_in.' || state AS measure, COUNT(*) AS n, COALESCE(SUM(minutes), 0) AS m "
+        "FROM {baton_score_summons} GROUP BY department, state",
+        "SELECT department, 'handling.' || state AS measure, COUNT(*) AS n, COALESCE(SUM(minutes), 0) AS m "
+        "FROM {baton_score_orders} GROUP BY department, state",
+        "SELECT department, 'rating.' || rating AS measure, COUNT(*) AS n, 0 AS m "
+        "FROM {baton_score_ratings} GROUP BY department, rating",
+        "SELECT department, 'resident.' || rating AS measure, COUNT(*) AS n, 0 AS m "
+        "FROM {baton_score_resident_ratings} GROUP BY department, rating",
+    )
+    with view.db.transaction(commit=False) as tx:
+        for sql in queries:
+            tx.execute(view.q(sql))
+            counted.update({(r["department"], r["measure"]): (int(r["n"]), int(r["m"])) for r in tx.fetchall()})
+    return counted
+
+
+def tally(baton: Container) -> dict[tuple[str, str], tuple[int, int]]:
+    """The tally's non-zero rows (a state every row has left stays at zero)."""
+    rows = baton.scorecard.view.dump()["baton_score_tally"]
+    return {(r["department"], r["measure"]): (int(r["n"]), int(r["minutes"])) for r in rows if r["n"]}
+
+
+async def test_the_scorecards_tally_equals_its_rows_and_an_older_installation_gains_it(
+    client: httpx.AsyncClient, auth: Auth, clock: ManualClock, runtime: Runtime, baton: Container, settings: Settings
+) -> None:
+    await seed_county(client, auth)
+    await play(client, auth, clock, runtime)
+    counted = recount(baton)
+    measures = {measure.partition(".")[0] for _, measure in counted}
+    assert {"report_in", "handling", "rating"} <= measures, measures
+    assert tally(baton) == counted
+    cards = baton.scorecard.view.scorecards()
+    assert [c["department"] for c in cards] == sorted({d for d, _ in counted}), cards
+    assert baton.scorecard.view.scorecards("HOUSING") == [c for c in cards if c["department"] == "HOUSING"]
+    await runtime.stop()
+
+    view = baton.scorecard.view
+    with view.db.transaction() as tx:  # as an installation from before the tally has it
+        tx.execute(f"DROP TABLE {view.db.table('baton_score_tally')}")
+    type(view)(view.db)  # the next start's DDL
+    assert tally(baton) == counted
+    assert baton.scorecard.view.scorecards() == cards
+    type(view)(view.db)  # and the one after adds nothing
+    assert baton.scorecard.view.scorecards() == cards
