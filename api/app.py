@@ -11,7 +11,14 @@ from fastapi import APIRouter, FastAPI, Response
 from api.assessment import assessment_router
 from api.branches import branch_router
 from api.changes import changes_router
-from api.common import Router, install_error_handlers, install_middleware, install_openapi
+from api.common import (
+    RouteIndex,
+    Router,
+    install_error_handlers,
+    install_middleware,
+    install_openapi,
+    install_param_cache,
+)
 from api.credentials import credentials_router
 from api.dashboard import dashboard_router
 from api.limits import RateLimit, RequestGuard
@@ -37,6 +44,7 @@ def create_app(
     rate_burst: int | None = None,
 ) -> FastAPI:
     """The ASGI app (starting it starts a given runtime too); body and rate limits default to the settings."""
+    install_param_cache()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,6 +66,9 @@ def create_app(
             "`Idempotency-Key` header: the same key and body never apply twice."
         ),
         lifespan=lifespan,
+        # Baton's metrics are Prometheus'; with OpenTelemetry on (no provider set), FastAPI asks every request
+        # whether a provider has appeared since.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.assessment = baton.assessment  # the years the history reaches, for paths with a year
     app.state.runtime = runtime
@@ -92,6 +103,7 @@ def create_app(
     # HTML shells at / (outside /v1 and the OpenAPI); data from the API
     include(app, dashboard_router(baton.settings.data_dir))
     tokens.attach(baton.credentials.current)
+    app.router.middleware_stack = RouteIndex(app.router)
     return app
 
 

@@ -26,6 +26,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 EXEMPT_PATHS = frozenset({"/health"})
+BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
 async def send_error(
@@ -88,6 +89,9 @@ class RequestGuard:
             await send_error(send, *self._nul(scope, "headers"))
             return
         declared = _header(scope, b"content-length")
+        if declared is None and scope["method"] in BODILESS and _header(scope, b"transfer-encoding") is None:
+            await self.app(scope, receive, send)  # no body to guard: the wrappers below cost more than the check
+            return
         limit = self.max_bytes if self.max_bytes > 0 else None
         photo = scope.get("path") == MEDIA_PATH and scope.get("method") == "POST"
         if photo:  # a photo is bytes, not JSON: its own limit, and a NUL in it is no escape

@@ -44,6 +44,13 @@ class OrganisationApp(BatonApplication):
             self._snapshot, self._checked_at = snapshot, checked_at
         return snapshot
 
+    def fresh(self) -> Organisation | None:
+        """current() when it needs no look at the store (looked within FRESH_FOR s), else None: for the event loop."""
+        snapshot = self._snapshot
+        if snapshot is not None and time.monotonic() - self._checked_at < self.FRESH_FOR:
+            return snapshot
+        return None
+
     def _notify(self, recordings: list[Recording[UUID]]) -> None:
         self._generation += 1
         self._checked_at = float("-inf")
