@@ -25,7 +25,7 @@ from psycopg import sql
 from api.app import create_app
 from api.tokens import Tokens
 from audit.verify import verify
-from bench.served import BoardPoller, Load, Row, Served, latencies, p50_p99, run_paced, write_rows, wrk
+from bench.served import BoardPoller, Load, Row, Served, latencies, measure_reads, p50_p99, run_paced, write_rows, wrk
 from bench.substrate import BARE_STREAM, Timing, bare_publish, bare_read, bare_saves, bare_sha256
 from demo.county import County, build_county
 from infra.bootstrap import ALL, COMMANDS, Container, Runtime, bootstrap
@@ -498,22 +498,12 @@ class ServedBench:
         """Reads a community's pages make, round robin at plan.read_rate, against GET {} of bare Starlette."""
         served, plan = self.served, self.plan
         await served.settle(plan.drain_timeout)
-        rows = write_rows(self.scratch / "reads.tsv", await served.read_rows())
-        bare_rows = write_rows(self.scratch / "bare.tsv", [Row("bare", "GET", "/")])
-        rate, seconds, timeout = plan.read_rate, plan.read_seconds, plan.drain_timeout
-        ours = await asyncio.to_thread(run_paced, served.url, rows, rate, seconds, self.scratch / "r.jsonl", timeout)
-        bare = await asyncio.to_thread(
-            run_paced, served.bare_url, bare_rows, rate, seconds, self.scratch / "b.jsonl", timeout
-        )
-        refused = [r for r in ours if r["status"] != 200]
-        if refused:
-            raise RuntimeError(f"{len(refused)} of {len(ours)} reads refused, e.g. {refused[0]}")
-        p50, p99 = p50_p99(latencies(ours))
-        bare_p50, bare_p99 = p50_p99(latencies(bare))
-        kinds = {r["kind"] for r in ours}
-        worst = max(kinds, key=lambda k: p50_p99(latencies([r for r in ours if r["kind"] == k]))[1])
-        worst_p99 = p50_p99(latencies([r for r in ours if r["kind"] == worst]))[1]
-        note = f"{len(kinds)} kinds round robin ({', '.join(sorted(kinds))}); slowest p99: {worst} {worst_p99:.1f} ms"
+        found = await measure_reads(served, self.scratch, plan.read_rate, plan.read_seconds, plan.drain_timeout)
+        (p50, p99), (bare_p50, bare_p99) = found["ours"], found["bare"]
+        by_kind = found["kinds"]
+        worst = max(by_kind, key=lambda k: by_kind[k][1])
+        note = f"{len(by_kind)} kinds round robin ({', '.join(by_kind)}); "
+        note += f"slowest p99: {worst} {by_kind[worst][1]:.1f} ms"
         return Figure("ms", p50, bare_p50, ours_p99=p99, bare_p99=bare_p99, note=note)
 
 

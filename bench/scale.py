@@ -135,6 +135,47 @@ def substrate(data_dir: Path, bundle: Path) -> None:
     print(json.dumps({"read_per_s": read, "sha_per_s": lines / (time.perf_counter() - started)}))
 
 
+READ_RATE, READ_SECONDS = 200, 10.0
+
+
+def served_reads(data_dir: Path, store: str, console: Console) -> dict[str, Any]:
+    """`baton serve` on the history, once it has published and signed everything: the reads a community's pages
+    make at READ_RATE/s from the paced client's process, against bare Starlette at the same rate."""
+    import asyncio
+
+    from bench.served import Served, measure_reads
+    from infra.settings import Settings
+
+    async def run() -> dict[str, Any]:
+        served = Served(Settings(data_dir=data_dir, store=store), seed=False, log_file=data_dir / "serve-reads.log")
+        async with served.running():
+            started = time.perf_counter()
+            health = await served.idle(timeout=3600)
+            took = time.perf_counter() - started
+            console.print(f"baton serve caught up (relay, read models, notary) in {took:.0f} s")
+            scratch = Path(tempfile.mkdtemp(prefix="baton-scale-reads-", dir="/tmp"))
+            try:
+                found = await measure_reads(served, scratch, READ_RATE, READ_SECONDS, 120)
+                return {**found, "events": int(health["store"]["position"])}
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+    return asyncio.run(run())
+
+
+def reads_table(found: dict[str, Any]) -> Table:
+    t = Table(
+        title=f"Reads from outside at {found['events']:,} events: {found['requests']} requests at {found['rate']}/s "
+        "(paced client → baton serve) vs bare Starlette at the same rate"
+    )
+    for column in ("read", "p50 ms", "p99 ms", "p99 x bare"):
+        t.add_column(column, justify="right")
+    bare_p99 = found["bare"][1]
+    for kind, (p50, p99) in [*found["kinds"].items(), ("all", found["ours"]), ("bare Starlette {}", found["bare"])]:
+        t.add_row(kind, f"{p50:.1f}", f"{p99:.1f}", f"{bare_p99 / p99:.2f}x" if p99 else "n/a")
+    return t
+
+
 def generate(data_dir: Path, steps: list[int], seed: int, console: Console, store: str = "sqlite") -> Any:
     """Yield (events, year, seconds) after writing each step's history into data_dir."""
     from bench.scale_history import START, History
@@ -230,6 +271,9 @@ def run(args: argparse.Namespace) -> int:
                 f"  measured at {events:,}: rebuild {step.rebuild.seconds:.1f} s, score {step.score.seconds:.1f} s, "
                 f"export {step.export.seconds:.1f} s, verify {step.verify.seconds:.1f} s"
             )
+        if args.reads and results:
+            found = served_reads(data_dir, args.store, console)
+            console.print(reads_table(found))
     finally:
         if own_dir and not args.keep:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -296,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the data dir made in /tmp")
     parser.add_argument("--report", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--generate-only", action="store_true", help="write the history, measure nothing")
+    parser.add_argument(
+        "--reads", action="store_true", help="after the last step, serve the history and time reads from outside"
+    )
+    parser.add_argument(
+        "--reads-only", action="store_true", help="serve the history already in --data-dir and time reads from outside"
+    )
     parser.add_argument("--notary-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--substrate-only", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -304,6 +354,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.generate_only:
         args.keep = True
+    if args.reads_only:
+        if args.data_dir is None:
+            parser.error("--reads-only needs --data-dir: a history bench.scale wrote and rebuilt")
+        console = Console(soft_wrap=True, width=max(Console().width, 160))
+        console.print(reads_table(served_reads(args.data_dir, args.store, console)))
+        return 0
     if args.notary_only:
         notary_catch_up(args.data_dir)
         return 0

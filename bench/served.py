@@ -318,6 +318,8 @@ class Served:
     county: County = field(default_factory=build_county)
     tokens: Tokens = field(default_factory=lambda: Tokens(Keyring.single(SECRET.encode(), "configured")))
     baton: Container | None = None
+    seed: bool = True
+    """Seed the demo county over HTTP; False: serve the history the data dir holds."""
 
     @property
     def url(self) -> str:
@@ -357,7 +359,8 @@ class Served:
         try:
             await until_healthy(serve, self.url, log_path, 90)
             await until_healthy(bare, self.bare_url, log_path, 30)
-            await self._seed()
+            if self.seed:
+                await self._seed()
             self.baton = await asyncio.to_thread(bootstrap, self.settings)
             try:
                 yield
@@ -395,6 +398,20 @@ class Served:
             await asyncio.sleep(0.05)
         raise TimeoutError(f"the whistle board did not catch up within {timeout:.0f} s")
 
+    async def idle(self, timeout: float) -> dict[str, Any]:
+        """Wait until /health says the relay, every read model and the notary hold everything stored; the health."""
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
+            while True:
+                health = (await client.get("/health")).json()
+                lags = [health["relay"].get("lag"), (health.get("notary") or {}).get("lag")]
+                lags += [p.get("lag") for p in health["projections"].values()]
+                if all(lag == 0 for lag in lags):
+                    return dict(health)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"baton serve did not catch up within {timeout:.0f} s: {health}")
+                await asyncio.sleep(1.0)
+
     # What the load generators send ---------------------------------------------------------------
 
     def blow_rows(self) -> list[Row]:
@@ -428,6 +445,14 @@ class Served:
                 if not cursor:
                     return items
 
+    async def _any_department(self) -> str | None:
+        """A department the board's newest whistle summoned (the demo county's HOUSING is not in every county)."""
+        async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
+            r = await client.get("/v1/whistles", params={"limit": 1}, headers={"Authorization": self.auth("admin")})
+            items = r.json()["items"]
+        summoned = items[0].get("summoned") if items else None
+        return str(summoned[0]) if summoned else None
+
     def report_in_rows(self, whistles: Sequence[dict[str, Any]]) -> list[Row]:
         """Each summoned department reporting in on each whistle, once, shuffled."""
         departments = [d["code"] for d in self.county.departments]
@@ -443,25 +468,47 @@ class Served:
     async def read_rows(self) -> list[Row]:
         """Reads a community's page makes: the board (a filter, a second page), a whistle, a scorecard, a branch
         list, a leaderboard; each by the token a person reading it would hold."""
-        community = self.county.communities[0]
-        as_community = self.auth("community", community)
         as_street = self.auth("admin")
         async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
+            busiest = await client.get("/v1/whistles", params={"limit": 1}, headers={"Authorization": as_street})
+            community = busiest.json()["items"][0]["community_id"]  # one with whistles, in any county
+            as_community = self.auth("community", community)
             page = await client.get("/v1/whistles", params={"limit": 20}, headers={"Authorization": as_street})
             ours = await client.get(
                 "/v1/whistles", params={"community": community, "limit": 1}, headers={"Authorization": as_community}
             )
         cursor = page.json()["next_cursor"] or "0"
         whistle = ours.json()["items"][0]["whistle_id"]
+        department = (await self._any_department()) or "HOUSING"
         return [
             Row("board", "GET", "/v1/whistles?limit=20", as_street),
             Row("board filtered", "GET", f"/v1/whistles?community={community}&status=blown&limit=20", as_community),
             Row("board page 2", "GET", f"/v1/whistles?limit=20&cursor={cursor}", as_street),
             Row("detail", "GET", f"/v1/whistles/{whistle}", as_community),
-            Row("scorecard", "GET", "/v1/scorecards/HOUSING", as_street),
+            Row("scorecard", "GET", f"/v1/scorecards/{department}", as_street),
             Row("branches", "GET", "/v1/branches", as_street),
             Row("leaderboard", "GET", f"/v1/communities/{community}/leaderboard", as_community),
         ]
+
+
+async def measure_reads(served: Served, scratch: Path, rate: int, seconds: float, timeout: float) -> dict[str, Any]:
+    """Reads a community's pages make, round robin at `rate`, then GET {} of bare Starlette at the same rate: p50 and
+    p99 of each (ms), and of each kind of read."""
+    rows = write_rows(scratch / "reads.tsv", await served.read_rows())
+    bare_rows = write_rows(scratch / "bare.tsv", [Row("bare", "GET", "/")])
+    ours = await asyncio.to_thread(run_paced, served.url, rows, rate, seconds, scratch / "r.jsonl", timeout)
+    bare = await asyncio.to_thread(run_paced, served.bare_url, bare_rows, rate, seconds, scratch / "b.jsonl", timeout)
+    refused = [r for r in ours if r["status"] != 200]
+    if refused:
+        raise RuntimeError(f"{len(refused)} of {len(ours)} reads refused, e.g. {refused[0]}")
+    kinds = sorted({r["kind"] for r in ours})
+    return {
+        "rate": rate,
+        "requests": len(ours),
+        "ours": p50_p99(latencies(ours)),
+        "bare": p50_p99(latencies(bare)),
+        "kinds": {k: p50_p99(latencies([r for r in ours if r["kind"] == k])) for k in kinds},
+    }
 
 
 def _json(value: Any) -> str:
