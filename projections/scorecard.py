@@ -11,6 +11,10 @@ from infra.envelope import Envelope
 from infra.sql import Tx, View
 from projections.base import BatonProjection
 
+_NO_TALLY = "NOT EXISTS (SELECT 1 FROM {baton_score_tally})"
+"""In each part of the tally's backfill: a condition on no row, so both databases test it once and, once there is a
+tally, skip the scans (tested once on the whole union, SQLite counted every row at every start: 0.7 s at 1M events)."""
+
 
 class ScorecardView(View):
     """One row per summons, per work order and per rating; per department, a tally of each, kept as they change."""
@@ -48,13 +52,14 @@ class ScorecardView(View):
         "INSERT INTO {baton_score_tally} (department, measure, n, minutes) "
         "SELECT department, measure, SUM(n), SUM(minutes) FROM ("
         "SELECT department, 'report_in.' || state AS measure, COUNT(*) AS n, COALESCE(SUM(minutes), 0) AS minutes "
-        "FROM {baton_score_summons} GROUP BY department, state UNION ALL "
+        f"FROM {{baton_score_summons}} WHERE {_NO_TALLY} GROUP BY department, state UNION ALL "
         "SELECT department, 'handling.' || state, COUNT(*), COALESCE(SUM(minutes), 0) "
-        "FROM {baton_score_orders} GROUP BY department, state UNION ALL "
-        "SELECT department, 'rating.' || rating, COUNT(*), 0 FROM {baton_score_ratings} GROUP BY department, rating "
-        "UNION ALL SELECT department, 'resident.' || rating, COUNT(*), 0 "
-        "FROM {baton_score_resident_ratings} GROUP BY department, rating) AS old "
-        "WHERE NOT EXISTS (SELECT 1 FROM {baton_score_tally}) GROUP BY department, measure",
+        f"FROM {{baton_score_orders}} WHERE {_NO_TALLY} GROUP BY department, state UNION ALL "
+        "SELECT department, 'rating.' || rating, COUNT(*), 0 "
+        f"FROM {{baton_score_ratings}} WHERE {_NO_TALLY} GROUP BY department, rating UNION ALL "
+        "SELECT department, 'resident.' || rating, COUNT(*), 0 "
+        f"FROM {{baton_score_resident_ratings}} WHERE {_NO_TALLY} GROUP BY department, rating"
+        ") AS old GROUP BY department, measure",
     )
 
     def bump(self, tx: Tx, department: str, column: str) -> None:
