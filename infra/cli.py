@@ -83,6 +83,7 @@ def serve() -> None:
     from api.app import create_app
     from api.tokens import Keyring, Tokens
     from infra.bootstrap import ALL, COMMANDS, Runtime, bootstrap
+    from infra.heap import freeze_startup_heap, log_long_pauses
 
     settings = _settings()
     with _exclusive(settings, "serve"):
@@ -95,6 +96,9 @@ def serve() -> None:
         tokens = Tokens(keyring, timedelta(days=settings.token_ttl_days))
         runtime = Runtime(baton, part=COMMANDS if settings.projector_process else ALL)
         asgi = create_app(baton, tokens, runtime)
+        log_long_pauses()
+        baton.org.current()  # the organisation every request reads, loaded now to be frozen with the rest
+        freeze_startup_heap()
         try:
             run_http(asgi, settings.http_host, settings.http_port)
         finally:

@@ -12,6 +12,7 @@ import signal
 import sys
 
 from infra.bootstrap import PROJECTOR, Runtime, bootstrap
+from infra.heap import freeze_startup_heap, log_long_pauses
 from infra.settings import Settings
 
 
@@ -35,8 +36,10 @@ async def run_projector(settings: Settings) -> None:
         loop.add_signal_handler(stop, done.set)
     baton = bootstrap(settings)
     runtime = Runtime(baton, part=PROJECTOR, watch=False)
+    log_long_pauses()
     try:
         await runtime.start()
+        freeze_startup_heap()
         await done.wait()
     finally:
         await runtime.stop()
