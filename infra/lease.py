@@ -210,7 +210,10 @@ class Roles:
 
     async def _keep(self, name: str) -> None:
         while True:
+            started = time.monotonic()
             await asyncio.sleep(self.leases.ttl / 5)
+            if (late := time.monotonic() - started - self.leases.ttl / 5) > self.leases.ttl / 2:
+                log.warning("lease_loop_late", lease=name, seconds=round(late, 2))  # the event loop was held up
             try:
                 await self._turn(name)
             except asyncio.CancelledError:
@@ -221,8 +224,8 @@ class Roles:
     async def _turn(self, name: str) -> None:
         """Renew, take or give up one role's lease."""
         running = self.running.get(name)
-        if running is not None and time.monotonic() - running.renewed > self.leases.ttl:
-            await self._stop(name, "not renewed in time")
+        if running is not None and (unrenewed := time.monotonic() - running.renewed) > self.leases.ttl:
+            await self._stop(name, "not renewed in time", unrenewed_s=round(unrenewed, 1))
         elif running is not None and running.task.done():
             await self._stop(name, f"ended: {_outcome(running.task)}")
         asked = time.monotonic()
@@ -231,6 +234,8 @@ class Roles:
         except Exception as exc:
             log.warning("lease_ask_failed", lease=name, error=repr(exc))
             return
+        if (took := time.monotonic() - asked) > self.leases.ttl / 2:  # what kept it: the database, or this loop
+            log.warning("lease_ask_slow", lease=name, seconds=round(took, 2), ttl=self.leases.ttl)
         running = self.running.get(name)
         if running is not None:
             if holding is not None and holding.epoch == running.fence.holding.epoch:
@@ -245,11 +250,11 @@ class Roles:
             metrics.lease_changes.labels(name, "taken").inc()
             log.info("lease_taken", lease=name, holder=holding.holder, epoch=holding.epoch)
 
-    async def _stop(self, name: str, why: str) -> None:
+    async def _stop(self, name: str, why: str, **detail: Any) -> None:
         running = self.running.pop(name)
         self.losses += 1
         metrics.lease_changes.labels(name, "lost").inc()
-        log.warning("lease_lost", lease=name, epoch=running.fence.holding.epoch, why=why)
+        log.warning("lease_lost", lease=name, epoch=running.fence.holding.epoch, why=why, **detail)
         await _cancel(running.task)
 
     async def stop(self) -> None:
