@@ -138,7 +138,7 @@ def substrate(data_dir: Path, bundle: Path) -> None:
 READ_RATE, READ_SECONDS = 200, 10.0
 
 
-def served_reads(data_dir: Path, store: str, console: Console) -> dict[str, Any]:
+def served_reads(data_dir: Path, store: str, console: Console, rate: int = READ_RATE) -> dict[str, Any]:
     """`baton serve` on the history, once it has published and signed everything: the reads a community's pages
     make at READ_RATE/s from the paced client's process, against bare Starlette at the same rate."""
     import asyncio
@@ -155,7 +155,7 @@ def served_reads(data_dir: Path, store: str, console: Console) -> dict[str, Any]
             console.print(f"baton serve caught up (relay, read models, notary) in {took:.0f} s")
             scratch = Path(tempfile.mkdtemp(prefix="baton-scale-reads-", dir="/tmp"))
             try:
-                found = await measure_reads(served, scratch, READ_RATE, READ_SECONDS, 120)
+                found = await measure_reads(served, scratch, rate, READ_SECONDS, 120)
                 return {**found, "events": int(health["store"]["position"])}
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -272,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
                 f"export {step.export.seconds:.1f} s, verify {step.verify.seconds:.1f} s"
             )
         if args.reads and results:
-            found = served_reads(data_dir, args.store, console)
+            found = served_reads(data_dir, args.store, console, args.read_rate)
             console.print(reads_table(found))
     finally:
         if own_dir and not args.keep:
@@ -346,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reads-only", action="store_true", help="serve the history already in --data-dir and time reads from outside"
     )
+    parser.add_argument("--read-rate", type=int, default=READ_RATE, help="reads/s offered (default: %(default)s)")
     parser.add_argument("--notary-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--substrate-only", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.data_dir is None:
             parser.error("--reads-only needs --data-dir: a history bench.scale wrote and rebuilt")
         console = Console(soft_wrap=True, width=max(Console().width, 160))
-        console.print(reads_table(served_reads(args.data_dir, args.store, console)))
+        console.print(reads_table(served_reads(args.data_dir, args.store, console, args.read_rate)))
         return 0
     if args.notary_only:
         notary_catch_up(args.data_dir)

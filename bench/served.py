@@ -486,7 +486,7 @@ class Served:
             Row("board page 2", "GET", f"/v1/whistles?limit=20&cursor={cursor}", as_street),
             Row("detail", "GET", f"/v1/whistles/{whistle}", as_community),
             Row("scorecard", "GET", f"/v1/scorecards/{department}", as_street),
-            Row("branches", "GET", "/v1/branches", as_street),
+            Row("branches", "GET", f"/v1/branches?community={community}", as_community),
             Row("leaderboard", "GET", f"/v1/communities/{community}/leaderboard", as_community),
         ]
 
