@@ -53,6 +53,8 @@ def local_signing_key(data_dir: Path) -> LocalCopy:
 
 HELP_FROM = 100_000
 """Events behind from which catch_up(helpers=True) hashes in helper processes (each costs ~1 s to start)."""
+APPEND_AT_ONCE = 2_000
+"""Leaves appended in one transaction of a helped catch-up (as many as the plain catch-up reads at once)."""
 
 
 class MerkleView(View):
@@ -221,42 +223,48 @@ class Notary:
         if top - tracked < HELP_FROM:
             return
         for after, (positions, hashes) in helped(self.store.settings, tracked, top, helper_leaves):
-            if not positions:
-                continue
+            leaves = [(p, hashes[32 * i : 32 * i + 32]) for i, p in enumerate(positions)]
+            # A stretch's leaves in several transactions: one write of 20,000 held the views database (where the
+            # leases are renewed, on SQLite) for seconds on a busy disk, and every lease was lost.
+            for start in range(0, len(leaves), APPEND_AT_ONCE):
+                part = leaves[start : start + APPEND_AT_ONCE]
+                try:
+                    with self.view.db.transaction() as tx:
+                        if self.fence is not None:
+                            self.fence.check(tx)
+                        at = self.view.locked_position(tx, self.name)
+                        if at > after:
+                            raise PositionMoved(f"the notary's position is {at}, past {after}")
+                        self.view.append(tx, part, self.view.size(tx))
+                        self.view.advance(tx, self.name, at, part[-1][0])
+                except (IntegrityError, PositionMoved):
+                    # Another notary appended meanwhile: the plain catch-up goes on from where it got to.
+                    log.info("notary_caught_up_by_another", tracked=after, position=self.position())
+                    return
+                after = part[-1][0]
+
+    def _catch_up(self, batch: int) -> int:
+        while True:
+            # Read and hash before the write transaction, which then only appends: hashing inside it held the views
+            # database (where SQLite's leases are renewed) nearly without a break through a long catch-up, and the
+            # lease renewals, waiting their turn, were starved past their TTL.
+            tracked = self.position()
+            notifications = self.store.select(tracked, batch)
+            if not notifications:
+                return self.view.size()
+            leaves = [(n.id, leaf_hash(canonical(self.codec.recorded(n)))) for n in notifications]
             try:
                 with self.view.db.transaction() as tx:
                     if self.fence is not None:
                         self.fence.check(tx)
                     at = self.view.locked_position(tx, self.name)
-                    if at > after:
-                        raise PositionMoved(f"the notary's position is {at}, past {after}")
-                    leaves = [(p, hashes[32 * i : 32 * i + 32]) for i, p in enumerate(positions)]
+                    if at != tracked:
+                        raise PositionMoved(f"the notary's position is {at}, not {tracked}")
                     self.view.append(tx, leaves, self.view.size(tx))
-                    self.view.advance(tx, self.name, at, positions[-1])
+                    self.view.advance(tx, self.name, tracked, leaves[-1][0])
             except (IntegrityError, PositionMoved):
-                # Another notary appended meanwhile: the plain catch-up goes on from where it got to.
-                log.info("notary_caught_up_by_another", tracked=after, position=self.position())
-                return
-
-    def _catch_up(self, batch: int) -> int:
-        while True:
-            tracked = 0
-            try:
-                with self.view.db.transaction() as tx:
-                    if self.fence is not None:
-                        self.fence.check(tx)
-                    tracked = self.view.locked_position(tx, self.name)
-                    notifications = self.store.select(tracked, batch)
-                    if not notifications:
-                        return self.view.size(tx)
-                    leaves = []
-                    for n in notifications:
-                        leaves.append((n.id, leaf_hash(canonical(self.codec.recorded(n)))))
-                    self.view.append(tx, leaves, self.view.size(tx))
-                    self.view.advance(tx, self.name, tracked, notifications[-1].id)
-            except (IntegrityError, PositionMoved):
-                # Another notary (the lease holder's, or a finalisation's in an HTTP process) read the same
-                # position and appended these leaves first. Go on from where it got to.
+                # Another notary (the lease holder's, or a finalisation's in an HTTP process) appended these leaves
+                # first. Go on from where it got to.
                 if self.position() <= tracked:
                     raise
                 log.info("notary_caught_up_by_another", tracked=tracked, position=self.position())
