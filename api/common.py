@@ -391,20 +391,6 @@ def off_loop(endpoint: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     return run
 
 
-class PrefixedRoute(APIRoute):
-    """An APIRoute that first compares the path with its own fixed beginning (up to its first parameter): one
-    startswith rules out most of the app's routes, where FastAPI's full match of each costs ~1 us."""
-
-    def __init__(self, path: str, endpoint: Callable[..., Any], **route: Any) -> None:
-        super().__init__(path, endpoint, **route)
-        self.fixed = self.path_format.split("{", 1)[0]
-
-    def matches(self, scope: Any) -> tuple[Match, Any]:
-        if scope["type"] == "http" and not scope.get("root_path") and not scope["path"].startswith(self.fixed):
-            return Match.NONE, {}
-        return super().matches(scope)
-
-
 FASTAPI_VERSION = "0.163.2"
 
 
@@ -501,10 +487,10 @@ class RouteIndex:
 
 
 class Router(APIRouter):
-    """An APIRouter of PrefixedRoutes whose sync endpoints run in the thread pool once per request (off_loop)."""
+    """An APIRouter whose sync endpoints run in the thread pool once per request (off_loop)."""
 
     def __init__(self, **router: Any) -> None:
-        super().__init__(route_class=PrefixedRoute, **router)
+        super().__init__(**router)
 
     def add_api_route(self, path: str, endpoint: Callable[..., Any], **route: Any) -> None:
         if not inspect.iscoroutinefunction(endpoint):
