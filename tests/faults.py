@@ -202,7 +202,7 @@ class Load:
     sent again to the next one, as a load balancer does.
     """
 
-    def __init__(self, served: Served | Sequence[Served]) -> None:
+    def __init__(self, served: Served | Sequence[Served], read_timeout: float = 10.0) -> None:
         self.targets = [served] if isinstance(served, Served) else list(served)
         self.served = self.targets[0]
         self.sent: list[Sent] = []
@@ -210,7 +210,7 @@ class Load:
         self.nats_retries = 0
         self.whistles: list[str] = []
         self.stopping = False
-        timeout = httpx.Timeout(10.0, connect=1.0)
+        timeout = httpx.Timeout(read_timeout, connect=1.0)
         self.clients = [httpx.AsyncClient(base_url=s.url, timeout=timeout) for s in self.targets]
         self.client = self.clients[0]
         self.turn = itertools.count()
