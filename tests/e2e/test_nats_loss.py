@@ -50,6 +50,7 @@ class Department:
         self.inbox: list[Any] = []
         self.lost_at: datetime | None = None
         """When NATS lost its data (set by the test): a message JetStream stored after it is in the new streams."""
+        self.resent: set[str] = set()
         self._seen: set[tuple[int, int]] = set()  # (stream sequence, timestamp): a redelivery is not a second copy
         self.task: asyncio.Task[None] | None = None
 
@@ -113,6 +114,7 @@ class Department:
     async def resend_unanswered(self) -> int:
         """What a department system does after NATS lost its outcomes: send again what got none."""
         unanswered = [c for c in self.sent if c not in self.answered()]
+        self.resent.update(unanswered)
         for command_id in unanswered:
             await self._publish(command_id, self.sent[command_id])
         return len(unanswered)
@@ -184,9 +186,19 @@ def check_department(dept: Department, expected: dict[str, int], lost_after: int
 
 
 async def repeat_first_command(dept: Department, timeout: float = 20.0) -> str:
-    """Send the first command again, same command_id and body, once NATS has forgotten it: it is answered from the
-    command log with its first outcome, the same bytes (that outcome is then set aside from the audit)."""
-    first = next(iter(dept.sent))
+    """Send the first command NATS has forgotten again, same command_id and body: it is answered from the command log
+    with its first outcome, the same bytes (that outcome is then set aside from the audit).
+
+    Forgotten: answered only by the old streams and not resent. A command whose outcome was in flight at the loss
+    (resent by the department, or its outcome sent again to the new BATON_DEPT) is in the new streams' duplicate
+    window, so a repeat of it is rightly dropped there as a duplicate (seen on a loaded machine: the first command's
+    outcome was still in flight 1.5 s after it was sent)."""
+    by_generation: dict[str, set[int]] = {}
+    for m in dept.outcomes:
+        by_generation.setdefault(json.loads(m.data)["command_id"], set()).add(dept.generation(m))
+    forgotten = [c for c in dept.sent if by_generation.get(c) == {0} and c not in dept.resent]
+    assert forgotten, "no command was answered by the streams before the loss"
+    first = forgotten[0]
     [before] = [m.data for m in dept.outcomes if json.loads(m.data)["command_id"] == first]
     count = len(dept.outcomes)
     await dept._publish(first, dept.sent[first])
