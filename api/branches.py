@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 
 from api.common import (
     ERRORS,
@@ -16,6 +16,7 @@ from api.common import (
     actor_dependency,
     document,
 )
+from api.paging import PAGED, Page, paging
 from api.schemas import (
     Accepted,
     AuditIn,
@@ -124,12 +125,24 @@ def branch_router(app: BranchApp, view: BranchView, org: OrganisationApp, clock:
     def complete(ctx: Context, branch_id: BranchId, rectification_id: RectificationId, body: EvidenceIn) -> Receipt:
         return app.complete_rectification(ctx, branch_id, rectification_id, evidence=body.evidence)
 
-    @router.get("/branches", response_model=list[BranchBoardRow], summary="The branch status board")
+    @router.get(
+        "/branches",
+        response_model=list[BranchBoardRow],
+        summary="The branch status board, by name (paged: a Link header names the next page)",
+        responses=PAGED,
+    )
     def board(
-        actor: Actor = actor_dep, community: str | None = None, street: str | None = None, grade: str | None = None
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        community: str | None = None,
+        street: str | None = None,
+        grade: str | None = None,
+        page: Page = paging(1000, 1000, (str, str)),
     ) -> list[dict[str, Any]]:
         filters = narrowed_branch_scope(org.current(), actor, community_id=community, street_id=street, grade=grade)
-        return view.board_with_cadence(filters, app.today(clock.now()))
+        rows = view.board_with_cadence(filters, app.today(clock.now()), page.fetch_limit(), page.after)
+        return page.cut(rows, ("name", "branch_id"), request, response)
 
     @router.get("/branches/overview", response_model=BranchOverview, summary="Branches by grade")
     def overview(actor: Actor = actor_dep, street: str | None = None) -> dict[str, Any]:

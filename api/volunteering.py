@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from api.common import (
     ERRORS,
@@ -18,6 +18,7 @@ from api.common import (
     VolunteerId,
     actor_dependency,
 )
+from api.paging import PAGED, Page, paging
 from api.schemas import (
     Accepted,
     ActivityDetail,
@@ -196,10 +197,22 @@ def volunteering_router(
         rows = view.participation(this_year(year), None)
         return [r for r in rows if communities is None or r["community_id"] in communities]
 
-    @router.get("/activities", response_model=list[ActivitySummary], summary="A community's activities")
-    def activities(community: Community, actor: Actor = actor_dep) -> list[dict[str, Any]]:
+    @router.get(
+        "/activities",
+        response_model=list[ActivitySummary],
+        summary="A community's activities, latest start first (paged: a Link header names the next page)",
+        responses=PAGED,
+    )
+    def activities(
+        request: Request,
+        response: Response,
+        community: Community,
+        actor: Actor = actor_dep,
+        page: Page = paging(200, 500, (str, str)),
+    ) -> list[dict[str, Any]]:
         check_reads_volunteering(org.current(), actor, community)
-        return view.activities(community)
+        rows = view.activities(community, page.fetch_limit(), page.after)
+        return page.cut(rows, ("starts_at", "activity_id"), request, response)
 
     @router.get("/activities/{activity_id}", response_model=ActivityDetail, summary="An activity and its roster")
     def activity(activity_id: ActivityId, actor: Actor = actor_dep) -> dict[str, Any]:
@@ -215,12 +228,24 @@ def volunteering_router(
         check_reads_volunteering(org.current(), actor, community)
         return view.catalogue(community)
 
-    @router.get("/redemptions", response_model=list[RedemptionOut], summary="Redemptions, newest first")
+    @router.get(
+        "/redemptions",
+        response_model=list[RedemptionOut],
+        summary="Redemptions, newest first (paged: a Link header names the next page)",
+        responses=PAGED,
+    )
     def redemptions(
-        actor: Actor = actor_dep, community: CommunityFilter = None, volunteer: str | None = None
+        request: Request,
+        response: Response,
+        actor: Actor = actor_dep,
+        community: CommunityFilter = None,
+        volunteer: str | None = None,
+        page: Page = paging(500, 500, (int,)),
     ) -> list[dict[str, Any]]:
         check_reads_redemptions(org.current(), actor, community, volunteer)
-        return view.redemptions(community, volunteer)
+        before = page.after[0] if page.after else None
+        rows = view.redemptions(community, volunteer, page.fetch_limit(), before)
+        return page.cut(rows, ("position",), request, response)
 
     @router.get(
         "/party-service",

@@ -66,9 +66,12 @@ class BranchView(View):
         rows = self.fetch("SELECT document FROM {baton_standards} WHERE version = %s", (version,))
         return loads(rows[0]["document"]) if rows else None
 
-    def board_with_cadence(self, filters: dict[str, str | None], today: date) -> list[dict[str, Any]]:
-        """Board rows, each with this quarter's cadence per meeting kind: met, missed or pending."""
-        rows = self.board(filters)
+    def board_with_cadence(
+        self, filters: dict[str, str | None], today: date, limit: int = 1000, after: tuple[Any, ...] | None = None
+    ) -> list[dict[str, Any]]:
+        """Board rows by name (at most LIMIT, after the (name, branch_id) AFTER), each with this quarter's cadence per
+        meeting kind: met, missed or pending."""
+        rows = self.board(filters, limit, after)
         cadences = self.cadences([r["branch_id"] for r in rows], today)
         for row in rows:
             row["cadence_this_quarter"] = {
@@ -79,14 +82,15 @@ class BranchView(View):
             }
         return rows
 
-    def board(self, filters: dict[str, str | None]) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM {baton_branches} WHERE 1 = 1"
-        params: list[Any] = []
-        for column in ("community_id", "street_id", "district_id", "grade", "parent_kind", "parent_id", "branch_id"):
-            if filters.get(column) is not None:
-                sql += f" AND {column} = %s"
-                params.append(filters[column])
-        return self.fetch(sql + " ORDER BY name, branch_id LIMIT 1000", tuple(params))
+    def board(
+        self, filters: dict[str, str | None], limit: int = 1000, after: tuple[Any, ...] | None = None
+    ) -> list[dict[str, Any]]:
+        where, params = _where(filters)
+        sql = "SELECT * FROM {baton_branches}" + where
+        if after is not None:
+            sql += " AND (name, branch_id) > (%s, %s)"
+            params.extend(after)
+        return self.fetch(sql + " ORDER BY name, branch_id LIMIT %s", (*params, limit))
 
     def detail(self, branch_id: str, today: date) -> dict[str, Any] | None:
         rows = self.board({"branch_id": branch_id})
@@ -182,15 +186,21 @@ class BranchView(View):
         return out
 
     def overview(self, filters: dict[str, str | None]) -> dict[str, Any]:
-        rows = self.board(filters)
+        """Every branch in FILTERS counted (by SQL, not over a page of the board)."""
+        where, params = _where(filters)
+        rows = self.fetch(
+            "SELECT grade, COUNT(*) AS n, SUM(open_rectifications) AS open, SUM(overdue_rectifications) AS overdue "
+            "FROM {baton_branches}" + where + " GROUP BY grade ORDER BY grade",
+            tuple(params),
+        )
         by_grade: dict[str, int] = {}
         for r in rows:
-            by_grade[r["grade"] or "not_audited"] = by_grade.get(r["grade"] or "not_audited", 0) + 1
+            by_grade[r["grade"] or "not_audited"] = by_grade.get(r["grade"] or "not_audited", 0) + int(r["n"])
         return {
-            "branches": len(rows),
+            "branches": sum(by_grade.values()),
             "by_grade": by_grade,
-            "open_rectifications": sum(r["open_rectifications"] for r in rows),
-            "overdue_rectifications": sum(r["overdue_rectifications"] for r in rows),
+            "open_rectifications": sum(int(r["open"]) for r in rows),
+            "overdue_rectifications": sum(int(r["overdue"]) for r in rows),
         }
 
     def due_rectifications(self, today_iso: str, limit: int = 500) -> list[str]:
@@ -199,6 +209,13 @@ class BranchView(View):
             (today_iso, limit),
         )
         return [r["branch_id"] for r in rows]
+
+
+def _where(filters: dict[str, str | None]) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of the board's filters that are set."""
+    columns = ("community_id", "street_id", "district_id", "grade", "parent_kind", "parent_id", "branch_id")
+    named = [c for c in columns if filters.get(c) is not None]
+    return " WHERE 1 = 1" + "".join(f" AND {c} = %s" for c in named), [filters[c] for c in named]
 
 
 class BranchProjection(BatonProjection[BranchView]):

@@ -102,7 +102,10 @@ class VolunteeringView(View):
         rows = self.fetch("SELECT * FROM {baton_rewards} WHERE community_id = %s ORDER BY cost, name", (community_id,))
         return [{**r, "cost": units(r["cost"])} for r in rows]
 
-    def redemptions(self, community_id: str | None, volunteer_id: str | None) -> list[dict[str, Any]]:
+    def redemptions(
+        self, community_id: str | None, volunteer_id: str | None, limit: int = 500, before: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first: at most LIMIT, stored before position BEFORE."""
         sql = (
             "SELECT d.*, r.name AS reward_name FROM {baton_redemptions} d "
             "JOIN {baton_rewards} r ON r.reward_id = d.reward_id WHERE 1 = 1"
@@ -114,7 +117,10 @@ class VolunteeringView(View):
         if volunteer_id:
             sql += " AND d.volunteer_id = %s"
             params.append(volunteer_id)
-        rows = self.fetch(sql + " ORDER BY d.position DESC LIMIT 500", tuple(params))
+        if before is not None:
+            sql += " AND d.position < %s"
+            params.append(before)
+        rows = self.fetch(sql + " ORDER BY d.position DESC LIMIT %s", (*params, limit))
         return [{**r, "points": units(r["points"])} for r in rows]
 
     def activity(self, activity_id: str) -> dict[str, Any] | None:
@@ -128,11 +134,16 @@ class VolunteeringView(View):
         )
         return {**_activity(rows[0]), "roster": [_roster(r) for r in roster]}
 
-    def activities(self, community_id: str) -> list[dict[str, Any]]:
-        rows = self.fetch(
-            "SELECT * FROM {baton_activities} WHERE community_id = %s ORDER BY starts_at DESC LIMIT 200",
-            (community_id,),
-        )
+    def activities(
+        self, community_id: str, limit: int = 200, before: tuple[Any, ...] | None = None
+    ) -> list[dict[str, Any]]:
+        """Latest start first: at most LIMIT, before the (starts_at, activity_id) BEFORE."""
+        sql = "SELECT * FROM {baton_activities} WHERE community_id = %s"
+        params: list[Any] = [community_id]
+        if before is not None:
+            sql += " AND (starts_at, activity_id) < (%s, %s)"
+            params.extend(before)
+        rows = self.fetch(sql + " ORDER BY starts_at DESC, activity_id DESC LIMIT %s", (*params, limit))
         return [_activity(r) for r in rows]
 
     def party_service(
