@@ -67,6 +67,7 @@ class BatonProjection(Projection[TView], Generic[TView]):
                         fresh = self.source.envelopes(tracked, self.fill_limit, stop=target)
                     if not fresh:
                         return tracked
+                    self.prepare(tx, fresh)
                     for envelope in fresh:
                         self.apply(tx, envelope)
                     self.flush(tx)
@@ -80,6 +81,9 @@ class BatonProjection(Projection[TView], Generic[TView]):
         handler = self.handlers.get(envelope.name)
         if handler is not None:
             handler(self, tx, envelope)
+
+    def prepare(self, tx: Tx, envelopes: Sequence[Envelope]) -> None:
+        """Read what a batch's handlers will ask, at once, into tx.memo (nothing, unless a projection does)."""
 
     def flush(self, tx: Tx) -> None:
         """Write what apply() kept in tx.memo during this batch (nothing, unless a projection batches its writes)."""

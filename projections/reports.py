@@ -3,6 +3,7 @@ and what the watcher must check (deadlines, reports whose whistle moved on)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +122,18 @@ class ReportView(View):
             ),
             (e.aggregate_id, e.version, e.position, e.type, e.occurred_at, (e.actor or {}).get("role"), dumps(data)),
         )
+
+    def followed(self, tx: Tx, whistle_ids: Iterable[str]) -> set[str]:
+        """Those of WHISTLE_IDS an escalated report follows."""
+        found: set[str] = set()
+        ids = list(whistle_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join(["%s"] * len(chunk))
+            sql = f"SELECT DISTINCT whistle_id FROM {{baton_reports}} WHERE whistle_id IN ({marks})"
+            tx.execute(self.q(sql), chunk)
+            found.update(r["whistle_id"] for r in tx.fetchall())
+        return found
 
     def set_whistle_status(self, tx: Tx, whistle_id: str, status: str, at: str, position: int) -> None:
         tx.execute(
@@ -294,6 +307,12 @@ class ReportProjection(BatonProjection[ReportView]):
 
     name = "reports"
 
+    def prepare(self, tx: Tx, envelopes: Sequence[Envelope]) -> None:
+        """Which of the whistles this batch moves a report follows, in one query: most whistles come from no
+        report, and an UPDATE for each of their events was ~10 % of a rebuild on PostgreSQL (a round trip each)."""
+        moved = {e.aggregate_id for e in envelopes if self.handlers.get(e.name) is _MOVES_WHISTLE}
+        tx.memo["followed"] = self.view.followed(tx, moved) if moved else set()
+
     def _update(self, tx: Tx, e: Envelope, public: dict[str, Any], rated: bool = False, **changes: Any) -> None:
         row = self.view.row(tx, e.aggregate_id)
         if rated:
@@ -372,6 +391,7 @@ class ReportProjection(BatonProjection[ReportView]):
         self._update(
             tx, e, {"whistle_id": whistle}, status="escalated", whistle_id=whistle, whistle_status="blown", due_at=None
         )
+        tx.memo.setdefault("followed", set()).add(whistle)  # its whistle's later events in this batch reach it
 
     @handles(Report.ClosedWithWhistle)
     def _closed_with_whistle(self, tx: Tx, e: Envelope) -> None:
@@ -408,5 +428,8 @@ class ReportProjection(BatonProjection[ReportView]):
     )
     def _whistle_moved(self, tx: Tx, e: Envelope) -> None:
         status = e.data.get("status")
-        if status:
+        if status and e.aggregate_id in tx.memo["followed"]:
             self.view.set_whistle_status(tx, e.aggregate_id, status, e.occurred_at, e.position)
+
+
+_MOVES_WHISTLE = ReportProjection._whistle_moved

@@ -192,9 +192,12 @@ async def residents(client: httpx.AsyncClient, auth: Auth) -> None:
     assert r.status_code == 200, r.text
     await post(f"/v1/reports/{rated['report_id']}/resolve", {"result": "已换管"})
     await post(f"/v1/reports/{rated['report_id']}/rating", {"rating": "satisfied", "rated_by": "callback"})
-    await post(
+    whistle = await post(
         f"/v1/reports/{escalated['report_id']}/escalate", {"title": "井盖松动", "summoned_departments": ["URBAN"]}
     )
+    # its whistle moves on: the report follows (a rebuild meets both in one batch)
+    r = await client.post(f"/v1/whistles/{whistle['whistle_id']}/report-in", headers=auth("department", "URBAN"))
+    assert r.status_code == 200, r.text
     await post(f"/v1/reports/{unreasonable['report_id']}/close-unreasonable", {"reason": "不属公共事务"})
 
 
