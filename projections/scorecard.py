@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -12,6 +14,20 @@ from infra.sql import Tx, View
 from projections.base import BatonProjection
 
 _NO_TALLY = "NOT EXISTS (SELECT 1 FROM {baton_score_tally})"
+ROWS = "score_rows"
+
+
+@dataclass
+class Rows:
+    """A batch's summonses ((whistle, department) -> [state, minutes]) and work orders (whistle -> round ->
+    [department, state, minutes]), changed in memory and written when the batch ends."""
+
+    summons: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    orders: dict[str, dict[int, list[Any]]] = field(default_factory=dict)
+    summons_changed: set[tuple[str, str]] = field(default_factory=set)
+    orders_changed: set[tuple[str, int]] = field(default_factory=set)
+
+
 """In each part of the tally's backfill: a condition on no row, so both databases test it once and, once there is a
 tally, skip the scans (tested once on the whole union, SQLite counted every row at every start: 0.7 s at 1M events)."""
 
@@ -94,6 +110,54 @@ class ScorecardView(View):
                     "minutes = {baton_score_tally}.minutes + excluded.minutes"
                 ),
                 [(department, measure, n, minutes) for (department, measure), (n, minutes) in tally.items()],
+            )
+
+    def load_rows(self, tx: Tx, whistle_ids: set[str]) -> Rows:
+        """The summonses and work orders of WHISTLE_IDS, read in a few queries for a batch to change in memory."""
+        rows = Rows(orders={w: {} for w in whistle_ids})
+        ids = sorted(whistle_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join(["%s"] * len(chunk))
+            tx.execute(
+                self.q(
+                    f"SELECT whistle_id, department, state, minutes FROM {{baton_score_summons}} "
+                    f"WHERE whistle_id IN ({marks})"
+                ),
+                chunk,
+            )
+            for r in tx.fetchall():
+                rows.summons[(r["whistle_id"], r["department"])] = [r["state"], r["minutes"]]
+            tx.execute(
+                self.q(
+                    f"SELECT whistle_id, round, department, state, minutes FROM {{baton_score_orders}} "
+                    f"WHERE whistle_id IN ({marks})"
+                ),
+                chunk,
+            )
+            for r in tx.fetchall():
+                rows.orders[r["whistle_id"]][int(r["round"])] = [r["department"], r["state"], r["minutes"]]
+        return rows
+
+    def save_rows(self, tx: Tx, rows: Rows) -> None:
+        """Write the summonses and work orders a batch changed, one statement each."""
+        if rows.summons_changed:
+            tx.executemany(
+                self.q(
+                    "INSERT INTO {baton_score_summons} (whistle_id, department, state, minutes) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (whistle_id, department) DO UPDATE SET "
+                    "state = excluded.state, minutes = excluded.minutes"
+                ),
+                [(w, d, *rows.summons[(w, d)]) for w, d in sorted(rows.summons_changed)],
+            )
+        if rows.orders_changed:
+            tx.executemany(
+                self.q(
+                    "INSERT INTO {baton_score_orders} (whistle_id, round, department, state, minutes) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (whistle_id, round) DO UPDATE SET "
+                    "department = excluded.department, state = excluded.state, minutes = excluded.minutes"
+                ),
+                [(w, n, *rows.orders[w][n]) for w, n in sorted(rows.orders_changed)],
             )
 
     def scorecards(self, department: str | None = None) -> list[dict[str, Any]]:
@@ -183,47 +247,43 @@ class ScorecardProjection(BatonProjection[ScorecardView]):
 
     name = "department_scorecard"
 
+    def prepare(self, tx: Tx, envelopes: Sequence[Envelope]) -> None:
+        """The batch's whistles' summonses and work orders, read at once: a read and a write for each event was a
+        fifth of a rebuild on PostgreSQL (a round trip each)."""
+        tx.memo[ROWS] = self.view.load_rows(tx, {e.aggregate_id for e in envelopes if e.name in self.handlers})
+
     @handles(Whistle.Blown)
     def _blown(self, tx: Tx, e: Envelope) -> None:
-        sql = self.view.q(
-            "INSERT INTO {baton_score_summons} (whistle_id, department, state) VALUES (%s, %s, 'pending') "
-            "ON CONFLICT DO NOTHING"
-        )
+        rows: Rows = tx.memo[ROWS]
         for department in e.data["summoned_departments"]:
-            tx.execute(sql, (e.aggregate_id, department))
-            if tx.rowcount == 1:
+            key = (e.aggregate_id, department)
+            if key not in rows.summons:
+                rows.summons[key] = ["pending", None]
+                rows.summons_changed.add(key)
                 self.view.count(tx, department, "report_in.pending")
 
     @handles(Whistle.ReportedIn)
     def _reported_in(self, tx: Tx, e: Envelope) -> None:
+        rows: Rows = tx.memo[ROWS]
         department = e.data["department"]
-        tx.execute(
-            self.view.q("SELECT state, minutes FROM {baton_score_summons} WHERE whistle_id = %s AND department = %s"),
-            (e.aggregate_id, department),
-        )
-        before = tx.fetchone()
-        state = "late" if e.data["late"] else "on_time"
-        tx.execute(
-            self.view.q(
-                "UPDATE {baton_score_summons} SET state = %s, minutes = %s WHERE whistle_id = %s AND department = %s"
-            ),
-            (state, e.data["minutes"], e.aggregate_id, department),
-        )
+        key = (e.aggregate_id, department)
+        before = rows.summons.get(key)
         if before is not None:
-            was = ("report_in." + before["state"], before["minutes"])
+            state = "late" if e.data["late"] else "on_time"
+            was = ("report_in." + before[0], before[1])
+            rows.summons[key] = [state, e.data["minutes"]]
+            rows.summons_changed.add(key)
             self.view.move(tx, department, was, ("report_in." + state, e.data["minutes"]))
 
     @handles(Whistle.Dispatched)
     def _dispatched(self, tx: Tx, e: Envelope) -> None:
-        tx.execute(
-            self.view.q(
-                "INSERT INTO {baton_score_orders} (whistle_id, round, department, state) "
-                "VALUES (%s, %s, %s, 'open') ON CONFLICT DO NOTHING"
-            ),
-            (e.aggregate_id, e.data["round"], e.data["lead_department"]),
-        )
-        if tx.rowcount == 1:
-            self.view.count(tx, e.data["lead_department"], "handling.open")
+        rows: Rows = tx.memo[ROWS]
+        orders = rows.orders.setdefault(e.aggregate_id, {})
+        round_, lead = int(e.data["round"]), e.data["lead_department"]
+        if round_ not in orders:
+            orders[round_] = [lead, "open", None]
+            rows.orders_changed.add((e.aggregate_id, round_))
+            self.view.count(tx, lead, "handling.open")
 
     @handles(Whistle.Declined)
     def _declined(self, tx: Tx, e: Envelope) -> None:
@@ -233,48 +293,35 @@ class ScorecardProjection(BatonProjection[ScorecardView]):
 
     @handles(Whistle.FedBack)
     def _fed_back(self, tx: Tx, e: Envelope) -> None:
-        tx.execute(
-            self.view.q("SELECT MAX(round) AS round FROM {baton_score_orders} WHERE whistle_id = %s"),
-            (e.aggregate_id,),
-        )
-        latest = tx.fetchone()
-        if latest is not None and latest["round"] is not None:
+        orders = tx.memo[ROWS].orders.get(e.aggregate_id)
+        if orders:
             state = "on_time" if e.data["on_time"] else "late"
-            self._set_order(tx, e.aggregate_id, int(latest["round"]), state, e.data["minutes"])
+            self._set_order(tx, e.aggregate_id, max(orders), state, e.data["minutes"])
 
     @handles(Whistle.DeadlineMissed)
     def _deadline_missed(self, tx: Tx, e: Envelope) -> None:
         if e.data["step"] == "report_in":
-            sql = self.view.q(
-                "UPDATE {baton_score_summons} SET state = 'missed' "
-                "WHERE whistle_id = %s AND department = %s AND state = 'pending'"
-            )
+            rows: Rows = tx.memo[ROWS]
             for department in e.data["departments"]:
-                tx.execute(sql, (e.aggregate_id, department))
-                if tx.rowcount == 1:
+                key = (e.aggregate_id, department)
+                row = rows.summons.get(key)
+                if row is not None and row[0] == "pending":
+                    row[0] = "missed"
+                    rows.summons_changed.add(key)
                     self.view.move(tx, department, ("report_in.pending", None), ("report_in.missed", None))
         else:
             round_ = int(e.data["key"].split(":")[1])
             self._set_order(tx, e.aggregate_id, round_, "missed", None)
 
     def _set_order(self, tx: Tx, whistle_id: str, round_: int, state: str, minutes: int | None) -> None:
-        tx.execute(
-            self.view.q(
-                "SELECT department, state, minutes FROM {baton_score_orders} WHERE whistle_id = %s AND round = %s"
-            ),
-            (whistle_id, round_),
-        )
-        before = tx.fetchone()
-        if before is None:
+        rows: Rows = tx.memo[ROWS]
+        row = rows.orders.get(whistle_id, {}).get(int(round_))
+        if row is None:
             return
-        tx.execute(
-            self.view.q(
-                "UPDATE {baton_score_orders} SET state = %s, minutes = %s WHERE whistle_id = %s AND round = %s"
-            ),
-            (state, minutes, whistle_id, round_),
-        )
-        was = ("handling." + before["state"], before["minutes"])
-        self.view.move(tx, before["department"], was, ("handling." + state, minutes))
+        was = ("handling." + row[1], row[2])
+        row[1], row[2] = state, minutes
+        rows.orders_changed.add((whistle_id, int(round_)))
+        self.view.move(tx, row[0], was, ("handling." + state, minutes))
 
     @handles(Whistle.Evaluated)
     def _evaluated(self, tx: Tx, e: Envelope) -> None:
@@ -301,4 +348,5 @@ class ScorecardProjection(BatonProjection[ScorecardView]):
             self.view.bump(tx, department, "escalations")
 
     def flush(self, tx: Tx) -> None:
+        self.view.save_rows(tx, tx.memo.pop(ROWS))
         self.view.flush_tally(tx)
