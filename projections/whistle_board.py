@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +105,17 @@ class WhistleBoardView(View):
         if row is None:
             raise LookupError(f"whistle {whistle_id} is not on the board")
         return _decode(row)
+
+    def rows(self, tx: Tx, whistle_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The board rows of WHISTLE_IDS that exist, by whistle, in a query for every 500."""
+        found: dict[str, dict[str, Any]] = {}
+        ids = sorted(whistle_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join(["%s"] * len(chunk))
+            tx.execute(self.q(f"SELECT * FROM {{baton_whistles}} WHERE whistle_id IN ({marks})"), chunk)
+            found.update((r["whistle_id"], _decode(r)) for r in tx.fetchall())
+        return found
 
     def save_rows(self, tx: Tx, rows: Iterable[dict[str, Any]]) -> None:
         cols = ", ".join(BOARD_COLUMNS)
@@ -286,6 +297,12 @@ class WhistleBoardProjection(BatonProjection[WhistleBoardView]):
         else:
             handler(self, tx, envelope)
         self.view.add_to_timeline(tx, envelope)
+
+    def prepare(self, tx: Tx, envelopes: Sequence[Envelope]) -> None:
+        """The rows of the whistles this batch moves, read at once (a query a whistle was ~6 % of a PostgreSQL
+        rebuild); a whistle blown in the batch has none yet, and its later events find the row _blown made."""
+        moved = {e.aggregate_id for e in envelopes if e.type != "blown" and e.name in self.handlers}
+        tx.memo[self.name] = self.view.rows(tx, moved) if moved else {}
 
     def _rows(self, tx: Tx) -> dict[str, dict[str, Any]]:
         """The board rows this batch changed, by whistle: read once, written once by flush()."""

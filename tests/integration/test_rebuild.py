@@ -88,6 +88,22 @@ def test_a_batch_reads_and_writes_each_board_row_once(baton: Container, monkeypa
     assert len(writes) == 1 and sorted(writes[0]) == sorted(whistles)
     assert board.view.dump() == one_by_one
 
+    # a batch that moves whistles made before it reads their rows in one query, none one by one
+    batch_reads: list[list[str]] = []
+    rows = board.view.rows
+
+    def counted_rows(tx: Any, whistle_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        batch_reads.append(sorted(whistle_ids))
+        return rows(tx, whistle_ids)
+
+    monkeypatch.setattr(board.view, "rows", counted_rows)
+    community = Context(Actor(Role.COMMUNITY, "tishu", "wang"), "test")
+    for whistle_id in whistles:
+        baton.whistles.dispatch(community, whistle_id, lead_department="HOUSING")
+    board.catch_up(batch_size=1000)
+    assert batch_reads == [sorted(whistles)] and reads == []
+    assert len(writes) == 2 and sorted(writes[1]) == sorted(whistles)
+
 
 def recount(baton: Container) -> dict[tuple[str, str], tuple[int, int]]:
     """The scorecard tally counted again from its rows, as scorecards were counted before there was a tally."""
