@@ -15,6 +15,8 @@ from projections.base import BatonProjection
 
 _NO_TALLY = "NOT EXISTS (SELECT 1 FROM {baton_score_tally})"
 ROWS = "score_rows"
+RATINGS, RESIDENT = "baton_score_ratings", "baton_score_resident_ratings"
+COUNTED = ("declines", "reopens", "escalations")
 
 
 @dataclass
@@ -26,6 +28,11 @@ class Rows:
     orders: dict[str, dict[int, list[Any]]] = field(default_factory=dict)
     summons_changed: set[tuple[str, str]] = field(default_factory=set)
     orders_changed: set[tuple[str, int]] = field(default_factory=set)
+    ratings: dict[str, set[tuple[str, int, str]]] = field(default_factory=lambda: {RATINGS: set(), RESIDENT: set()})
+    """Each ratings table's (whistle, version, department) keys of the batch's whistles, new ones included."""
+    new_ratings: dict[str, list[tuple[str, int, str, str]]] = field(default_factory=lambda: {RATINGS: [], RESIDENT: []})
+    counts: dict[str, list[int]] = field(default_factory=dict)
+    """Per department, what the batch adds to its declines, reopens and escalations."""
 
 
 """In each part of the tally's backfill: a condition on no row, so both databases test it once and, once there is a
@@ -79,14 +86,9 @@ class ScorecardView(View):
     )
 
     def bump(self, tx: Tx, department: str, column: str) -> None:
-        assert column in ("declines", "reopens", "escalations")
-        tx.execute(
-            self.q(
-                f"INSERT INTO {{baton_score_counts}} (department, {column}) VALUES (%s, 1) "
-                f"ON CONFLICT (department) DO UPDATE SET {column} = {{baton_score_counts}}.{column} + 1"
-            ),
-            (department,),
-        )
+        """Add one to a department's declines, reopens or escalations in this batch (written by save_rows)."""
+        counts: dict[str, list[int]] = tx.memo[ROWS].counts
+        counts.setdefault(department, [0, 0, 0])[COUNTED.index(column)] += 1
 
     def count(self, tx: Tx, department: str, measure: str, n: int = 1, minutes: int | None = None) -> None:
         """Add to a department's tally in this batch (written by flush_tally)."""
@@ -137,10 +139,34 @@ class ScorecardView(View):
             )
             for r in tx.fetchall():
                 rows.orders[r["whistle_id"]][int(r["round"])] = [r["department"], r["state"], r["minutes"]]
+            for table in (RATINGS, RESIDENT):
+                tx.execute(
+                    self.q(f"SELECT whistle_id, version, department FROM {{{table}}} WHERE whistle_id IN ({marks})"),
+                    chunk,
+                )
+                rows.ratings[table].update((r["whistle_id"], int(r["version"]), r["department"]) for r in tx.fetchall())
         return rows
 
     def save_rows(self, tx: Tx, rows: Rows) -> None:
-        """Write the summonses and work orders a batch changed, one statement each."""
+        """Write the summonses, work orders, ratings and counts a batch changed, one statement each."""
+        for table, new in rows.new_ratings.items():
+            if new:
+                tx.executemany(
+                    self.q(
+                        f"INSERT INTO {{{table}}} (whistle_id, version, department, rating) VALUES (%s, %s, %s, %s) "
+                        "ON CONFLICT DO NOTHING"
+                    ),
+                    new,
+                )
+        if rows.counts:
+            tx.executemany(
+                self.q(
+                    "INSERT INTO {baton_score_counts} (department, declines, reopens, escalations) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (department) DO UPDATE SET "
+                    + ", ".join(f"{c} = {{baton_score_counts}}.{c} + excluded.{c}" for c in COUNTED)
+                ),
+                [(department, *counts) for department, counts in sorted(rows.counts.items())],
+            )
         if rows.summons_changed:
             tx.executemany(
                 self.q(
@@ -327,18 +353,16 @@ class ScorecardProjection(BatonProjection[ScorecardView]):
     def _evaluated(self, tx: Tx, e: Envelope) -> None:
         department, rating = e.data.get("department"), e.data.get("rating")
         if department:
-            insert = (
-                "INSERT INTO {%s} (whistle_id, version, department, rating) VALUES (%%s, %%s, %%s, %%s) "
-                "ON CONFLICT DO NOTHING"
-            )
-            row = (e.aggregate_id, e.version, department, rating)
-            tx.execute(self.view.q(insert % "baton_score_ratings"), row)
-            if tx.rowcount == 1:
-                self.view.count(tx, department, f"rating.{rating}")
+            rows: Rows = tx.memo[ROWS]
+            key = (e.aggregate_id, e.version, department)
+            tables = [(RATINGS, "rating")]
             if (e.actor or {}).get("role") == "resident":  # the resident's own rating, with their tracking code
-                tx.execute(self.view.q(insert % "baton_score_resident_ratings"), row)
-                if tx.rowcount == 1:
-                    self.view.count(tx, department, f"resident.{rating}")
+                tables.append((RESIDENT, "resident"))
+            for table, measure in tables:
+                if key not in rows.ratings[table]:
+                    rows.ratings[table].add(key)
+                    rows.new_ratings[table].append((*key, rating))
+                    self.view.count(tx, department, f"{measure}.{rating}")
             if e.data["status"] == "reopened":
                 self.view.bump(tx, department, "reopens")
 

@@ -38,6 +38,9 @@ async def test_rebuild_equals_live(
     assert kinds == {"award", "redeem", "void", "expire"}, kinds
     statuses = {row["status"] for row in live["branches"]["baton_rectifications"]}
     assert statuses == {"completed", "overdue", "open"}, statuses
+    counts = {row["department"]: row for row in live["department_scorecard"]["baton_score_counts"]}
+    assert counts["URBAN"]["declines"] == 1 and counts["HOUSING"]["reopens"] >= 1, counts
+    assert sum(row["escalations"] for row in counts.values()) >= 3, counts
     await runtime.stop()
 
     if how == "cli":
