@@ -23,9 +23,10 @@ _TABLE = re.compile(r"\{(\w+)\}")
 class Tx:
     """One transaction on the views database; SQL is written with %s placeholders for both backends."""
 
-    def __init__(self, cursor: Any, postgres: bool) -> None:
+    def __init__(self, cursor: Any, postgres: bool, pipeline: Any = None) -> None:
         self._cursor = cursor
         self._postgres = postgres
+        self._pipeline = pipeline
         self.memo: dict[str, Any] = {}
         """What a projection keeps in memory until it flushes, before this transaction commits."""
 
@@ -53,6 +54,8 @@ class Tx:
 
     @property
     def rowcount(self) -> int:
+        if self._pipeline is not None:
+            self._pipeline.sync()  # a pipelined statement's count is known once its result is back
         cursor = getattr(self._cursor, "sqlite_cursor", self._cursor)
         return int(cursor.rowcount)
 
@@ -73,9 +76,15 @@ class Sql:
         return _TABLE.sub(lambda m: self.table(m.group(1)), statement)
 
     @contextmanager
-    def transaction(self, *, commit: bool = True) -> Iterator[Tx]:
+    def transaction(self, *, commit: bool = True, pipelined: bool = False) -> Iterator[Tx]:
+        """PIPELINED (PostgreSQL): statements go out without waiting for each answer (psycopg's pipeline mode); a
+        read, or a row count, waits for what went before it."""
         with self.datastore.transaction(commit=commit) as cursor:
-            yield Tx(cursor, self.postgres)
+            if pipelined and self.postgres:
+                with cursor.connection.pipeline() as pipeline:
+                    yield Tx(cursor, True, pipeline)
+            else:
+                yield Tx(cursor, self.postgres)
 
     def create(self, *statements: str) -> None:
         """Run DDL ({name} qualified) in one transaction, one instance at a time.

@@ -55,7 +55,7 @@ class BatonProjection(Projection[TView], Generic[TView]):
         target = max(e.position for e in envelopes)
         while True:
             try:
-                with self.view.db.transaction() as tx:
+                with self.view.db.transaction(pipelined=True) as tx:
                     if self.fence is not None:
                         self.fence.check(tx)
                     tracked = self.view.locked_position(tx, self.name)
