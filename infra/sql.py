@@ -60,6 +60,14 @@ class Tx:
         return int(cursor.rowcount)
 
 
+def in_chunks(ids: Iterable[str], size: int = 500) -> Iterator[tuple[list[str], str]]:
+    """IDS (sorted) in runs of SIZE, each with the `%s, %s, ...` of its `IN (...)` list."""
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), size):
+        chunk = ordered[start : start + size]
+        yield chunk, ", ".join(["%s"] * len(chunk))
+
+
 class Sql:
     """The views database: SQLite file or PostgreSQL schema, with table names qualified."""
 

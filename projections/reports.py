@@ -11,7 +11,7 @@ from domain.events import handles
 from domain.report import Report
 from domain.whistle import Whistle
 from infra.envelope import Envelope
-from infra.sql import Tx, View
+from infra.sql import Tx, View, in_chunks
 from projections.base import BatonProjection, dumps, loads
 
 COLUMNS = (
@@ -126,10 +126,7 @@ class ReportView(View):
     def followed(self, tx: Tx, whistle_ids: Iterable[str]) -> set[str]:
         """Those of WHISTLE_IDS an escalated report follows."""
         found: set[str] = set()
-        ids = list(whistle_ids)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ", ".join(["%s"] * len(chunk))
+        for chunk, marks in in_chunks(whistle_ids):
             sql = f"SELECT DISTINCT whistle_id FROM {{baton_reports}} WHERE whistle_id IN ({marks})"
             tx.execute(self.q(sql), chunk)
             found.update(r["whistle_id"] for r in tx.fetchall())

@@ -10,7 +10,7 @@ from typing import Any
 from domain.events import handles
 from domain.whistle import Whistle
 from infra.envelope import Envelope
-from infra.sql import Tx, View
+from infra.sql import Tx, View, in_chunks
 from projections.base import BatonProjection
 
 _NO_TALLY = "NOT EXISTS (SELECT 1 FROM {baton_score_tally})"
@@ -117,10 +117,7 @@ class ScorecardView(View):
     def load_rows(self, tx: Tx, whistle_ids: set[str]) -> Rows:
         """The summonses and work orders of WHISTLE_IDS, read in a few queries for a batch to change in memory."""
         rows = Rows(orders={w: {} for w in whistle_ids})
-        ids = sorted(whistle_ids)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ", ".join(["%s"] * len(chunk))
+        for chunk, marks in in_chunks(whistle_ids):
             tx.execute(
                 self.q(
                     f"SELECT whistle_id, department, state, minutes FROM {{baton_score_summons}} "

@@ -9,7 +9,7 @@ from typing import Any
 from domain.events import handles
 from domain.whistle import Whistle
 from infra.envelope import Envelope
-from infra.sql import Tx, View
+from infra.sql import Tx, View, in_chunks
 from projections.base import BatonProjection, dumps, loads
 
 BOARD_COLUMNS = (
@@ -109,10 +109,7 @@ class WhistleBoardView(View):
     def rows(self, tx: Tx, whistle_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The board rows of WHISTLE_IDS that exist, by whistle, in a query for every 500."""
         found: dict[str, dict[str, Any]] = {}
-        ids = sorted(whistle_ids)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ", ".join(["%s"] * len(chunk))
+        for chunk, marks in in_chunks(whistle_ids):
             tx.execute(self.q(f"SELECT * FROM {{baton_whistles}} WHERE whistle_id IN ({marks})"), chunk)
             found.update((r["whistle_id"], _decode(r)) for r in tx.fetchall())
         return found
