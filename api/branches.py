@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends
 
 from api.common import (
     ERRORS,
@@ -132,8 +132,6 @@ def branch_router(app: BranchApp, view: BranchView, org: OrganisationApp, clock:
         responses=PAGED,
     )
     def board(
-        request: Request,
-        response: Response,
         actor: Actor = actor_dep,
         community: str | None = None,
         street: str | None = None,
@@ -142,7 +140,7 @@ def branch_router(app: BranchApp, view: BranchView, org: OrganisationApp, clock:
     ) -> list[dict[str, Any]]:
         filters = narrowed_branch_scope(org.current(), actor, community_id=community, street_id=street, grade=grade)
         rows = view.board_with_cadence(filters, app.today(clock.now()), page.fetch_limit(), page.after)
-        return page.cut(rows, ("name", "branch_id"), request, response)
+        return page.cut(rows, ("name", "branch_id"))
 
     @router.get("/branches/overview", response_model=BranchOverview, summary="Branches by grade")
     def overview(actor: Actor = actor_dep, street: str | None = None) -> dict[str, Any]:

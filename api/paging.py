@@ -26,25 +26,26 @@ PAGED = {200: {"headers": LINK_HEADER}}
 
 @dataclass(frozen=True)
 class Page:
-    """What the client asked for: at most LIMIT rows after the row the cursor names (none: from the first)."""
+    """What the client asked for: at most LIMIT rows after the row the cursor names (none: from the first); and the
+    request and response the Link header is made from and set on."""
 
     limit: int
     after: tuple[Any, ...] | None
+    request: Request
+    response: Response
 
     def fetch_limit(self) -> int:
         """Rows to read: one more than asked tells whether a next page exists."""
         return self.limit + 1
 
-    def cut(
-        self, rows: list[dict[str, Any]], key: tuple[str, ...], request: Request, response: Response
-    ) -> list[dict[str, Any]]:
+    def cut(self, rows: list[dict[str, Any]], key: tuple[str, ...]) -> list[dict[str, Any]]:
         """ROWS (read with fetch_limit) cut to the limit; a Link header names the page after the last row kept."""
         if len(rows) <= self.limit:
             return rows
         rows = rows[: self.limit]
         cursor = encode(tuple(rows[-1][k] for k in key))
-        url = request.url.include_query_params(cursor=cursor)
-        response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
+        url = self.request.url.include_query_params(cursor=cursor)
+        self.response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
         return rows
 
 
@@ -77,6 +78,8 @@ def paging(default: int, most: int, kinds: tuple[type, ...]) -> Any:
     """A dependency giving a Page: `limit` (1..MOST, DEFAULT) and `cursor` (from a Link header) of a keyset of KINDS."""
 
     def page(
+        request: Request,
+        response: Response,
         limit: Annotated[int, Query(ge=1, le=most, description="Rows per page")] = default,
         cursor: Annotated[
             str | None,
@@ -87,6 +90,6 @@ def paging(default: int, most: int, kinds: tuple[type, ...]) -> Any:
             ),
         ] = None,
     ) -> Page:
-        return Page(limit, decode(cursor, kinds) if cursor is not None else None)
+        return Page(limit, decode(cursor, kinds) if cursor is not None else None, request, response)
 
     return Depends(page)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query
 
 from api.common import (
     ERRORS,
@@ -204,15 +204,13 @@ def volunteering_router(
         responses=PAGED,
     )
     def activities(
-        request: Request,
-        response: Response,
         community: Community,
         actor: Actor = actor_dep,
         page: Page = paging(200, 500, (str, str)),
     ) -> list[dict[str, Any]]:
         check_reads_volunteering(org.current(), actor, community)
         rows = view.activities(community, page.fetch_limit(), page.after)
-        return page.cut(rows, ("starts_at", "activity_id"), request, response)
+        return page.cut(rows, ("starts_at", "activity_id"))
 
     @router.get("/activities/{activity_id}", response_model=ActivityDetail, summary="An activity and its roster")
     def activity(activity_id: ActivityId, actor: Actor = actor_dep) -> dict[str, Any]:
@@ -235,17 +233,14 @@ def volunteering_router(
         responses=PAGED,
     )
     def redemptions(
-        request: Request,
-        response: Response,
         actor: Actor = actor_dep,
         community: CommunityFilter = None,
         volunteer: str | None = None,
         page: Page = paging(500, 500, (int,)),
     ) -> list[dict[str, Any]]:
         check_reads_redemptions(org.current(), actor, community, volunteer)
-        before = page.after[0] if page.after else None
-        rows = view.redemptions(community, volunteer, page.fetch_limit(), before)
-        return page.cut(rows, ("position",), request, response)
+        rows = view.redemptions(community, volunteer, page.fetch_limit(), page.after)
+        return page.cut(rows, ("position",))
 
     @router.get(
         "/party-service",

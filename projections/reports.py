@@ -307,7 +307,7 @@ class ReportProjection(BatonProjection[ReportView]):
     def prepare(self, tx: Tx, envelopes: Sequence[Envelope]) -> None:
         """Which of the whistles this batch moves a report follows, in one query: most whistles come from no
         report, and an UPDATE for each of their events was ~10 % of a rebuild on PostgreSQL (a round trip each)."""
-        moved = {e.aggregate_id for e in envelopes if self.handlers.get(e.name) is _MOVES_WHISTLE}
+        moved = {e.aggregate_id for e in envelopes if e.name in self._whistle_moved.handles}
         tx.memo["followed"] = self.view.followed(tx, moved) if moved else set()
 
     def _update(self, tx: Tx, e: Envelope, public: dict[str, Any], rated: bool = False, **changes: Any) -> None:
@@ -427,6 +427,3 @@ class ReportProjection(BatonProjection[ReportView]):
         status = e.data.get("status")
         if status and e.aggregate_id in tx.memo["followed"]:
             self.view.set_whistle_status(tx, e.aggregate_id, status, e.occurred_at, e.position)
-
-
-_MOVES_WHISTLE = ReportProjection._whistle_moved

@@ -103,9 +103,13 @@ class VolunteeringView(View):
         return [{**r, "cost": units(r["cost"])} for r in rows]
 
     def redemptions(
-        self, community_id: str | None, volunteer_id: str | None, limit: int = 500, before: int | None = None
+        self,
+        community_id: str | None,
+        volunteer_id: str | None,
+        limit: int = 500,
+        before: tuple[Any, ...] | None = None,
     ) -> list[dict[str, Any]]:
-        """Newest first: at most LIMIT, stored before position BEFORE."""
+        """Newest first: at most LIMIT, stored before the (position,) BEFORE."""
         sql = (
             "SELECT d.*, r.name AS reward_name FROM {baton_redemptions} d "
             "JOIN {baton_rewards} r ON r.reward_id = d.reward_id WHERE 1 = 1"
@@ -119,7 +123,7 @@ class VolunteeringView(View):
             params.append(volunteer_id)
         if before is not None:
             sql += " AND d.position < %s"
-            params.append(before)
+            params.extend(before)
         rows = self.fetch(sql + " ORDER BY d.position DESC LIMIT %s", (*params, limit))
         return [{**r, "points": units(r["points"])} for r in rows]
 
